@@ -1,0 +1,1 @@
+"""Shared library of the LIC toolkit: data, models, losses, training, evaluation, export."""

@@ -1,0 +1,80 @@
+"""Checkpoint files: safe loading, atomic writing, state-dict extraction."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.errors import UserError
+
+# Keys under which training scripts of this field store the model weights.
+_STATE_DICT_KEYS = ("state_dict", "model", "network", "model_state_dict", "net")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """Write ``obj`` with torch.save to a temporary file beside ``path``, then rename it into place.
+
+    A crash while writing leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_file(path: str | os.PathLike, trust: bool = False, map_location: str | torch.device = "cpu") -> Any:
+    """Load a torch file. Safe (``weights_only=True``) unless ``trust`` is set by the user.
+
+    Raises :class:`UserError` with one line for a missing, truncated or unsafe file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint file not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if trust:
+            raise UserError(f"cannot read checkpoint {path}: {exc}") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {path} holds objects that safe loading refuses ({first_line}); "
+                        "if you trust the file, pass --trust_checkpoint") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {path} is truncated or not a torch file ({first_line})") from exc
+
+
+def extract_state_dict(obj: Any, path: str | os.PathLike = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """Return the model state dict inside a raw state dict or a training checkpoint.
+
+    Strips a ``module.`` prefix left by DataParallel/DDP.
+    """
+    if isinstance(obj, dict):
+        for key in _STATE_DICT_KEYS:
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} does not contain a model state dict (expected a dict of tensors or a dict "
+                        f"with one of the keys {', '.join(_STATE_DICT_KEYS)})")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
+    """Load the model weights from ``path`` (raw state dict or training checkpoint)."""
+    return extract_state_dict(load_file(path, trust=trust), path)

@@ -1,0 +1,49 @@
+"""Helpers shared by every command-line entry point."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from common.errors import UserError
+
+_TRUE = {"true", "1", "yes", "y", "on", "t"}
+_FALSE = {"false", "0", "no", "n", "off", "f"}
+
+
+def str2bool(value: str | bool) -> bool:
+    """Parse the seeds' boolean flag values (``true``/``false`` and the usual spellings)."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
+    """Add ``--name`` that accepts ``--name``, ``--name true`` and ``--name false``."""
+    parser.add_argument(name, type=str2bool, nargs="?", const=True, default=default,
+                        metavar="{true,false}", help=f"{help} (default: {str(default).lower()})")
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are a single line on stderr (exit code 2)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run a CLI ``main``; user mistakes become one line on stderr and exit code 2."""
+    try:
+        code = main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -1,0 +1,71 @@
+"""bmshj2018-factorized (Ballé et al. 2018) through compressai, with offline weight loading."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from compressai.models import FactorizedPrior
+from compressai.zoo import load_state_dict as zoo_convert_state_dict
+from compressai.zoo.image import cfgs, model_urls
+
+from common.checkpoint import load_state_dict
+from common.errors import UserError
+from common.models import register_model
+
+ARCH = "bmshj2018-factorized"
+QUALITIES = tuple(range(1, 9))
+
+
+def channels(quality: int) -> tuple[int, int]:
+    """(N, M) of the zoo model at ``quality``."""
+    check_quality(quality)
+    n, m = cfgs[ARCH][quality]
+    return n, m
+
+
+def check_quality(quality: int) -> None:
+    if quality not in QUALITIES:
+        raise UserError(f"--quality must be an integer from 1 to 8 for {ARCH}, got {quality}")
+
+
+def pretrained_path(quality: int, metric: str = "mse") -> Path:
+    """Where torch.hub (and so compressai's zoo) keeps the published weights for this quality."""
+    check_quality(quality)
+    if metric not in ("mse", "ms-ssim"):
+        raise UserError(f"metric must be mse or ms-ssim, got {metric!r}")
+    url = model_urls[ARCH][metric][quality]
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def _annotate(model: FactorizedPrior) -> FactorizedPrior:
+    model.forward_multiple = 16
+    model.eval_pad_multiple = 64
+    return model
+
+
+@register_model(ARCH)
+def build_bmshj2018_factorized(quality: int = 1, pretrained: bool = False, checkpoint: str | None = None,
+                               metric: str = "mse", trust_checkpoint: bool = False) -> FactorizedPrior:
+    """Build the model at ``quality`` (1–8).
+
+    ``pretrained`` loads compressai's published weights from the torch.hub cache (never downloads);
+    ``checkpoint`` loads a state dict or one of our training checkpoints (its N/M decide the size).
+    """
+    if pretrained and checkpoint:
+        raise UserError("give either pretrained weights or --checkpoint, not both")
+    if checkpoint:
+        state = zoo_convert_state_dict(load_state_dict(checkpoint, trust=trust_checkpoint))
+        try:
+            model = FactorizedPrior.from_state_dict(state)
+        except (KeyError, RuntimeError) as exc:
+            raise UserError(f"{checkpoint} is not a {ARCH} checkpoint ({str(exc).splitlines()[0]})") from exc
+        return _annotate(model)
+    n, m = channels(quality)
+    model = FactorizedPrior(n, m)
+    if pretrained:
+        path = pretrained_path(quality, metric)
+        if not path.is_file():
+            raise UserError(f"pretrained weights not found: put {path.name} (from compressai's model zoo) in "
+                            f"{path.parent}/ or pass --checkpoint PATH")
+        model.load_state_dict(zoo_convert_state_dict(load_state_dict(path, trust=trust_checkpoint)))
+    return _annotate(model)
