@@ -1,0 +1,1 @@
+"""The training engine (``python -m common.train``)."""

@@ -1,0 +1,19 @@
+"""``python -m common.train``: see ``--help``."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from common.cli import run_main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from common.train.engine import Trainer
+    from common.train.options import build_parser
+
+    args = build_parser().parse_args(argv)
+    Trainer(args).fit()
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

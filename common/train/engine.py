@@ -1,0 +1,511 @@
+"""The training engine behind ``python -m common.train``.
+
+One loop serves every recipe: plain Adam/AdamW, the Balanced R-D optimizer, layer replacements, QAT and
+HPCM. What a recipe changes is configuration, never a copy of this loop.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import common.models as models
+from common import data, losses, qat, replace
+from common.checkpoint import atomic_save, load_file
+from common.errors import UserError
+from common.models.restore import load_model
+from common.train import distributed, precision
+from common.train.logging import MetricsLog, WandbRun
+from common.train.recon import ReconWriter
+from common.train.sampler import ResumableSampler
+
+CHECKPOINT_FORMAT = "lic-toolkit/1"
+DEFAULT_EPOCHS = 10
+
+
+class TrainingDiverged(UserError):
+    """The loss or the model outputs became non-finite or exceeded the overflow tolerance."""
+
+
+@dataclass
+class Progress:
+    """Where the run is; everything needed to continue it exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_msssim: float = -math.inf
+    best_loss: float = math.inf
+    wandb_id: str | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def resolve_amp(value: str, device: torch.device) -> bool:
+    lowered = str(value).lower()
+    if lowered == "auto":
+        return device.type == "cuda"
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise UserError(f"--amp must be true, false or auto, got {value!r}")
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The architecture arguments of ``--model`` that the run was given (weights excluded)."""
+    accepted = inspect.signature(models._REGISTRY[args.model]).parameters if args.model in models._REGISTRY \
+        else {}
+    return {"quality": args.quality} if "quality" in accepted else {}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].copy(),
+             "numpy_pos": np.random.get_state()[2], "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"], state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def split_parameters(model: nn.Module, trainable: list[nn.Parameter]) -> tuple[list, list]:
+    """(net parameters, entropy-bottleneck quantiles): the quantiles belong to the aux optimizer only."""
+    quantile_ids = {id(p) for name, p in model.named_parameters() if name.endswith("quantiles")}
+    net = [p for p in trainable if id(p) not in quantile_ids]
+    quantiles = [p for name, p in model.named_parameters() if name.endswith("quantiles")]
+    return net, quantiles
+
+
+class Trainer:
+    """Builds everything a run needs from parsed flags and runs it (``fit``)."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.device = resolve_device(args.device)
+        self.dist = distributed.init_from_env(self.device.type)
+        self.main = self.dist.is_main
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        self.use_amp = resolve_amp(args.amp, self.device)
+        self.amp_dtype = precision.amp_dtype(args.amp_dtype)
+        self.save_dir = Path(args.save_dir)
+        self._check_args()
+        seed_everything(args.seed + self.dist.rank)
+
+        self.replace_config = replace.config_from_args(args)
+        self.qat_config = qat.config_from_args(args)
+        resume_ckpt = self._load_resume_checkpoint()
+        self.model = self._build_model(resume_ckpt)
+        self.criterion = losses.criterion_from_args(args)
+        self.train_set, self.val_set = data.build_datasets(args, seed=args.seed)
+        self._check_sizes()
+        self.sampler = ResumableSampler(len(self.train_set), args.batch_size, args.seed,
+                                        self.dist.rank, self.dist.world_size)
+        self.loader = DataLoader(self.train_set, batch_size=args.batch_size, sampler=self.sampler,
+                                 num_workers=args.num_workers, drop_last=True,
+                                 pin_memory=self.device.type == "cuda",
+                                 # A private generator keeps the global RNG (used by the model's
+                                 # quantisation noise) untouched when a new epoch iterator starts.
+                                 generator=torch.Generator().manual_seed(args.seed))
+        self.total_steps = self._total_steps()
+        self.total_epochs = math.ceil(self.total_steps / self.sampler.batches_per_epoch)
+
+        trainable = (replace.set_trainable(self.model, self.replace_config) if self.replace_config
+                     else [p for p in self.model.parameters() if p.requires_grad])
+        self.net_params, self.quantiles = split_parameters(self.model, trainable)
+        if not self.net_params:
+            raise UserError("no trainable parameters: check --train_scope / --replace_parts")
+        self.optimizer = self._build_optimizer()
+        self.aux_optimizer = (torch.optim.Adam(self.quantiles, lr=args.eb_aux_lr)
+                              if args.eb_aux and self.quantiles else None)
+        self.scheduler = self._build_scheduler()
+        self.gamma_schedule = (balanced_cli().build_gamma_schedule(args, self.optimizer)
+                               if self.balanced else None)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.qat_controller = qat.controller(self.model, self.qat_config) if self.qat_config else None
+        if self.use_amp:
+            self.local_fp32 = precision.apply_local_fp32(self.model, args.local_fp32, args.local_fp32_custom,
+                                                         self.device.type)
+        self.ddp_model = distributed.wrap_ddp(self.model, self.dist, self.device)
+
+        self.progress = Progress()
+        if resume_ckpt is not None:
+            self._restore(resume_ckpt)
+        resume_step = self.progress.step if resume_ckpt is not None else None
+        self.recon = ReconWriter(Path(args.recon_dir) if args.recon_dir else self.save_dir / "recon",
+                                 self.val_set, args.recon_count) if self.main and args.recon_every > 0 else None
+        if self.main:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            self.train_log = MetricsLog(self.save_dir, "train_log", resume_step)
+            self.val_log = MetricsLog(self.save_dir, "val_log", resume_step)
+            self.wandb = WandbRun(args.wandb, self.save_dir, args.wandb_project, vars(args).copy(),
+                                  self.progress.wandb_id)
+            self.progress.wandb_id = self.wandb.run_id
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def balanced(self) -> bool:
+        return self.args.optimizer in ("balanced", "balanced_qp")
+
+    def _check_args(self) -> None:
+        args = self.args
+        for name in ("batch_size", "recon_count"):
+            if getattr(args, name) < (1 if name == "batch_size" else 0):
+                raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
+        if args.steps is not None and args.steps < 1:
+            raise UserError(f"--steps must be at least 1, got {args.steps}")
+        if args.epochs is not None and args.epochs < 1:
+            raise UserError(f"--epochs must be at least 1, got {args.epochs}")
+        if args.lr <= 0:
+            raise UserError(f"--lr must be positive, got {args.lr}")
+        if args.sched == "onecycle" and args.lr_warmup_steps:
+            raise UserError("--lr_warmup_steps does not combine with --sched onecycle (it has its own warm-up)")
+
+    def _check_sizes(self) -> None:
+        multiple = getattr(self.model, "forward_multiple", 1)
+        if self.args.patch_size % multiple:
+            raise UserError(f"--patch_size {self.args.patch_size} must be a multiple of {multiple} for "
+                            f"{self.args.model}")
+        if len(self.train_set) < self.args.batch_size * self.dist.world_size:
+            raise UserError(f"the training set has {len(self.train_set)} images, fewer than one batch "
+                            f"(--batch_size {self.args.batch_size} x {self.dist.world_size} processes)")
+
+    def _total_steps(self) -> int:
+        if self.args.steps is not None:
+            return self.args.steps
+        return (self.args.epochs or DEFAULT_EPOCHS) * self.sampler.batches_per_epoch
+
+    def _resume_path(self) -> Path | None:
+        if self.args.resume is None:
+            return None
+        path = self.save_dir / "last.pt" if self.args.resume == "auto" else Path(self.args.resume)
+        if not path.is_file():
+            raise UserError(f"nothing to resume: {path} does not exist (drop --resume to start a new run)")
+        return path
+
+    def _load_resume_checkpoint(self) -> dict | None:
+        path = self._resume_path()
+        if path is None:
+            return None
+        ckpt = load_file(path, trust=self.args.trust_checkpoint)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "progress" not in ckpt:
+            raise UserError(f"{path} is not a training checkpoint of this toolkit; to start from its weights "
+                            "use --checkpoint instead of --resume")
+        if ckpt["model"]["name"] != self.args.model:
+            raise UserError(f"{path} was trained with --model {ckpt['model']['name']}, not {self.args.model}")
+        return ckpt
+
+    def _build_model(self, resume_ckpt: dict | None) -> nn.Module:
+        args = self.args
+        if resume_ckpt is not None:
+            self.replace_config, self.qat_config = resume_ckpt.get("replace"), resume_ckpt.get("qat")
+            model = models.build(args.model, **resume_ckpt["model"]["kwargs"])
+            model = self._apply_recipes(model)
+            model.load_state_dict(resume_ckpt["state_dict"])
+            return model.to(self.device)
+        model = load_model(args.model, quality=args.quality, pretrained=args.pretrained,
+                           checkpoint=args.checkpoint, trust=args.trust_checkpoint)
+        return self._apply_recipes(model).to(self.device)
+
+    def _apply_recipes(self, model: nn.Module) -> nn.Module:
+        if self.replace_config:
+            model = replace.apply_config(model, self.replace_config)
+        if self.qat_config:
+            model = qat.prepare(model, self.qat_config)
+        return model
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        args = self.args
+        if args.optimizer == "adam":
+            return torch.optim.Adam(self.net_params, lr=args.lr, weight_decay=args.weight_decay)
+        if args.optimizer == "adamw":
+            return torch.optim.AdamW(self.net_params, lr=args.lr, weight_decay=args.weight_decay)
+        return balanced_cli().build_optimizer(self.net_params, args, n_tasks=len(self.criterion.task_names))
+
+    def _build_scheduler(self):
+        args, opt = self.args, self.optimizer
+        if args.sched == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.total_epochs))
+        if args.sched == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=self.total_steps,
+                                                       pct_start=args.onecycle_pct_start)
+        if args.sched == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min")
+        return None
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": {"name": self.args.model, "kwargs": model_kwargs(self.args)},
+            "replace": self.replace_config,
+            "qat": self.qat_config,
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "aux_optimizer": self.aux_optimizer.state_dict() if self.aux_optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "gamma_schedule": self.gamma_schedule.state_dict() if self.gamma_schedule else None,
+            "scaler": self.scaler.state_dict(),
+            "qat_controller": self.qat_controller.state_dict() if self.qat_controller else None,
+            "rng": rng_state(),
+            "progress": asdict(self.progress),
+            "step": self.progress.step,
+            "epoch": self.progress.epoch,
+            "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+        }
+
+    def save(self, name: str, ckpt: dict | None = None) -> Path:
+        path = self.save_dir / name
+        if self.main:
+            atomic_save(ckpt if ckpt is not None else self.checkpoint(), path)
+        return path
+
+    def _restore(self, ckpt: dict) -> None:
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.aux_optimizer and ckpt.get("aux_optimizer"):
+            self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+        if self.scheduler and ckpt.get("scheduler"):
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.gamma_schedule and ckpt.get("gamma_schedule"):
+            self.gamma_schedule.load_state_dict(ckpt["gamma_schedule"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.qat_controller and ckpt.get("qat_controller"):
+            self.qat_controller.load_state_dict(ckpt["qat_controller"])
+        if self.dist.enabled:
+            # Each rank draws its own quantisation noise; re-derive it from the resumed step.
+            seed_everything(self.args.seed + self.dist.rank + 7919 * ckpt["progress"]["step"])
+        else:
+            set_rng_state(ckpt["rng"])
+        self.progress = Progress(**ckpt["progress"])
+
+    # ------------------------------------------------------------------ one step
+    def _check_outputs(self, out: dict[str, Any]) -> None:
+        if not self.args.overflow_check:
+            return
+        tensors = {"x_hat": out["x_hat"], **{f"likelihoods[{k}]": v for k, v in out["likelihoods"].items()}}
+        for name, tensor in tensors.items():
+            tensor = tensor.detach()
+            if not torch.isfinite(tensor).all():
+                self._diverged(f"{name} has NaN/Inf")
+            peak = tensor.abs().max().item()
+            if peak > self.args.overflow_tol:
+                self._diverged(f"max |{name}| = {peak:.3g} exceeds --overflow_tol {self.args.overflow_tol:g}")
+
+    def _diverged(self, what: str) -> None:
+        raise TrainingDiverged(
+            f"training stopped at step {self.progress.step + 1}: {what}; the last good checkpoint is "
+            f"{self.save_dir / 'last.pt'} (try a lower --lr, --lr_warmup_steps, --max_grad_norm or --local_fp32)")
+
+    def _forward_terms(self, x: torch.Tensor) -> dict[str, Any]:
+        with precision.autocast(self.device, self.use_amp, self.amp_dtype):
+            out = self.ddp_model(x)
+        self._check_outputs(out)
+        return self.criterion(out, x)
+
+    def _warmup_factor(self) -> float:
+        warm = self.args.lr_warmup_steps
+        return min(1.0, (self.progress.step + 1) / warm) if warm > 0 else 1.0
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = self._forward_terms(x)
+        loss = self.optimizer.weighted_loss(terms["tasks"]) if self.balanced else terms["loss"]
+        if not torch.isfinite(loss):
+            self._diverged(f"the loss is {loss.item()}")
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.net_params, self.args.max_grad_norm)
+                     if self.args.max_grad_norm > 0 else None)
+        factor = self._warmup_factor()
+        scheduled = [group["lr"] for group in self.optimizer.param_groups]
+        for group, lr in zip(self.optimizer.param_groups, scheduled):
+            group["lr"] = lr * factor
+        scale_before = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        step_skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale_before
+        for group, lr in zip(self.optimizer.param_groups, scheduled):
+            group["lr"] = lr
+        if self.balanced and not step_skipped:
+            self._update_task_weights(x)
+        if self.aux_optimizer is not None:
+            self.aux_optimizer.zero_grad(set_to_none=True)
+            aux_loss = self.model.aux_loss()
+            aux_loss.backward()
+            self.aux_optimizer.step()
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+            self.scheduler.step()
+        if self.qat_controller is not None:
+            self.qat_controller.on_step(self.progress.step + 1)
+        row = {name: float(value) for name, value in terms.items() if torch.is_tensor(value) and value.ndim == 0}
+        row["lr"] = scheduled[0] * factor
+        if grad_norm is not None:
+            row["grad_norm"] = float(grad_norm)
+        if self.aux_optimizer is not None:
+            row["aux_loss"] = float(aux_loss)
+        if self.balanced:
+            row.update({f"w_{name}": float(w) for name, w in zip(self.criterion.task_names,
+                                                                  self.optimizer.task_weights)})
+        return row
+
+    def _update_task_weights(self, x: torch.Tensor) -> None:
+        """Balanced R-D: task losses of the same batch at the new parameters give the weight update."""
+        with torch.no_grad():
+            with precision.autocast(self.device, self.use_amp, self.amp_dtype):
+                out = self.model(x)
+            new_tasks = self.criterion(out, x)["tasks"]
+        self.optimizer.update_task_weights(new_tasks)
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        sums: dict[str, float] = {}
+        count = 0
+        for index in range(len(self.val_set)):
+            x = self.val_set[index].unsqueeze(0).to(self.device)
+            out = self.model(x)
+            out["x_hat"] = out["x_hat"].clamp(0, 1)
+            terms = self.criterion(out, x)
+            metrics = {name: float(v) for name, v in terms.items() if torch.is_tensor(v) and v.ndim == 0}
+            metrics["psnr"] = float(losses.psnr(out["x_hat"], x))
+            metrics["ms_ssim"] = float(losses.ms_ssim(out["x_hat"], x))
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0.0) + value
+            count += 1
+        self.model.train()
+        return {name: total / count for name, total in sums.items()}
+
+    def _end_of_epoch(self, epoch_done: int) -> dict[str, float]:
+        val = self.validate()
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val["loss"])
+        elif isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            self.scheduler.step()
+        if self.gamma_schedule is not None:
+            self.gamma_schedule.step(val_loss=val["loss"])
+        if self.recon is not None and epoch_done % self.args.recon_every == 0:
+            self.recon.write(self.model, f"e{epoch_done:03d}")
+        return val
+
+    def _record_validation(self, val: dict[str, float]) -> None:
+        row = {"step": self.progress.step, "epoch": self.progress.epoch, **{f"val_{k}": v for k, v in val.items()}}
+        better_msssim = val["ms_ssim"] > self.progress.best_msssim
+        better_loss = val["loss"] < self.progress.best_loss
+        self.progress.best_msssim = max(self.progress.best_msssim, val["ms_ssim"])
+        self.progress.best_loss = min(self.progress.best_loss, val["loss"])
+        ckpt = self.checkpoint()
+        self.save("last.pt", ckpt)
+        if better_msssim:
+            self.save("best_msssim.pt", ckpt)
+        if better_loss:
+            self.save("best_loss.pt", ckpt)
+        if self.main:
+            self.val_log.write(row)
+            self.wandb.log(row, self.progress.step)
+            tqdm.write(f"epoch {self.progress.epoch} step {self.progress.step}: "
+                       + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, float]:
+        """Train to ``total_steps``; returns the final validation metrics."""
+        args, progress = self.args, self.progress
+        if self.recon is not None and progress.step == 0:
+            self.recon.write_origin()
+            self.recon.write(self.model, "pre_e000")
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=progress.step, desc="train", unit="step",
+                   disable=not (self.main and args.progress), dynamic_ncols=True)
+        val: dict[str, float] | None = None
+        started = time.perf_counter()
+        while progress.step < self.total_steps:
+            self.sampler.set_position(progress.epoch, progress.batch_in_epoch)
+            if hasattr(self.train_set, "set_epoch"):
+                self.train_set.set_epoch(progress.epoch)
+            for x in self.loader:
+                row = self.train_step(x.to(self.device, non_blocking=True))
+                progress.step += 1
+                progress.batch_in_epoch += 1
+                if self.main:
+                    self.train_log.write({"step": progress.step, "epoch": progress.epoch, **row})
+                    self.wandb.log(row, progress.step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+                if args.save_every_steps and progress.step % args.save_every_steps == 0:
+                    self.save("last.pt")
+                if progress.step >= self.total_steps:
+                    break
+            if progress.batch_in_epoch >= self.sampler.batches_per_epoch:
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+                val = self._end_of_epoch(progress.epoch)
+                self._record_validation(val)
+            else:
+                val = None
+        bar.close()
+        if val is None:  # stopped inside an epoch
+            val = self.validate()
+            self._record_validation(val)
+        self._finish()
+        if self.main:
+            tqdm.write(f"trained {progress.step} steps in {time.perf_counter() - started:.1f} s; "
+                       f"checkpoints in {self.save_dir}")
+        return val
+
+    def _finish(self) -> None:
+        """Make the saved model ready for real bitstreams (CDF tables) without touching the resume state."""
+        if self.qat_controller is not None:
+            qat.finalize(self.model)
+        ckpt = self.checkpoint()
+        self.model.update(force=True, **({"update_quantiles": True} if not self.args.eb_aux and self.quantiles
+                                         else {}))
+        ckpt["state_dict"] = self.model.state_dict()
+        self.save("last.pt", ckpt)
+        if self.balanced and self.main:
+            balanced_cli().plot_task_weights(self.save_dir / "train_log.csv", self.save_dir / "task_weights.png")
+        distributed.barrier(self.dist)
+        if self.main:
+            self.wandb.finish()
+        distributed.shutdown(self.dist)
+
+
+def balanced_cli():
+    from balanced_rd import cli
+
+    return cli

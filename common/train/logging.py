@@ -1,0 +1,91 @@
+"""Run logs: CSV + JSONL files in the run folder always, Weights & Biases when asked (offline by default)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+class MetricsLog:
+    """Append-only table of rows (dicts) written to ``<name>.csv`` and ``<name>.jsonl``.
+
+    Columns are fixed by the first row; later rows may not add columns (keeps the CSV rectangular).
+    On resume, rows after the resumed step are dropped so the log matches the restored state.
+    """
+
+    def __init__(self, folder: Path, name: str, resume_step: int | None = None):
+        self.csv_path = folder / f"{name}.csv"
+        self.jsonl_path = folder / f"{name}.jsonl"
+        self.columns: list[str] | None = None
+        if resume_step is None:
+            for path in (self.csv_path, self.jsonl_path):
+                path.unlink(missing_ok=True)
+        else:
+            self._truncate_after(resume_step)
+
+    def _truncate_after(self, step: int) -> None:
+        if not self.jsonl_path.exists():
+            return
+        rows = [json.loads(line) for line in self.jsonl_path.read_text().splitlines() if line.strip()]
+        rows = [row for row in rows if row.get("step", 0) <= step]
+        self.jsonl_path.unlink()
+        self.csv_path.unlink(missing_ok=True)
+        for row in rows:
+            self.write(row)
+
+    def write(self, row: dict[str, Any]) -> None:
+        row = {key: _plain(value) for key, value in row.items()}
+        with open(self.jsonl_path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if self.columns is None:
+            if self.csv_path.exists():
+                with open(self.csv_path, newline="") as handle:
+                    self.columns = next(csv.reader(handle), list(row))
+            else:
+                self.columns = list(row)
+                with open(self.csv_path, "w", newline="") as handle:
+                    csv.writer(handle).writerow(self.columns)
+        with open(self.csv_path, "a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore").writerow(row)
+
+
+class WandbRun:
+    """Thin W&B wrapper. Offline unless WANDB_MODE says otherwise, so a run never waits for a network."""
+
+    def __init__(self, enabled: bool, folder: Path, project: str, config: dict[str, Any], resume_id: str | None):
+        self.run = None
+        if not enabled:
+            return
+        import wandb
+
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.run = wandb.init(project=project, dir=str(folder), config=config, id=resume_id,
+                              resume="allow" if resume_id else None,
+                              settings=wandb.Settings(init_timeout=30, console="off"))
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.id if self.run is not None else None
+
+    def log(self, row: dict[str, Any], step: int) -> None:
+        if self.run is not None:
+            self.run.log({k: _plain(v) for k, v in row.items() if isinstance(_plain(v), (int, float))}, step=step)
+
+    def log_image(self, key: str, path: Path, step: int) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path))}, step=step)
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()

@@ -1,0 +1,79 @@
+"""The command line of ``python -m common.train``: the engine's own flags plus those of each library module."""
+from __future__ import annotations
+
+import argparse
+
+from common.cli import OneLineErrorParser, bool_flag
+from common.train.precision import LOCAL_FP32_MODES
+
+OPTIMIZERS = ("adam", "adamw", "balanced", "balanced_qp")
+SCHEDULERS = ("none", "cosine", "onecycle", "plateau")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="bmshj2018-factorized", help="registry name (default: %(default)s)")
+    model.add_argument("--quality", type=int, default=1, help="quality level for models that have one (1-8)")
+    bool_flag(model, "--pretrained", False, "start from published weights found in the torch.hub cache")
+    model.add_argument("--checkpoint", help="start from these weights (state dict or one of our checkpoints)")
+    bool_flag(model, "--trust_checkpoint", False, "allow arbitrary pickled objects in checkpoint files")
+
+    run = parser.add_argument_group("schedule")
+    run.add_argument("--epochs", type=int, default=None, help="epochs to train (default 10 unless --steps)")
+    run.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides --epochs)")
+    run.add_argument("--batch_size", type=int, default=8)
+    run.add_argument("--lr", type=float, default=1e-4)
+    run.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    run.add_argument("--weight_decay", type=float, default=0.0)
+    run.add_argument("--sched", choices=SCHEDULERS, default="none",
+                     help="cosine/plateau step per epoch, onecycle per step")
+    run.add_argument("--onecycle_pct_start", type=float, default=0.1)
+    run.add_argument("--lr_warmup_steps", type=int, default=0, help="linear warm-up (not with onecycle)")
+    run.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping; <= 0 disables")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    precision = parser.add_argument_group("precision")
+    precision.add_argument("--amp", type=str, default="auto", metavar="{true,false,auto}",
+                           help="mixed precision; auto = on for CUDA, off for CPU")
+    precision.add_argument("--amp_dtype", choices=("fp16", "bf16"), default="bf16")
+    precision.add_argument("--local_fp32", choices=LOCAL_FP32_MODES, default="none",
+                           help="modules that always run in FP32 under AMP")
+    precision.add_argument("--local_fp32_custom", default="", help="class-name fragments for --local_fp32 custom")
+    bool_flag(precision, "--overflow_check", True, "stop when forward outputs are non-finite or huge")
+    precision.add_argument("--overflow_tol", type=float, default=1e8)
+
+    entropy = parser.add_argument_group("entropy bottleneck")
+    bool_flag(entropy, "--eb_aux", True, "train the EntropyBottleneck quantiles with the aux loss "
+                                          "(false: re-solve them by bisection when the run ends)")
+    entropy.add_argument("--eb_aux_lr", type=float, default=1e-3)
+
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--save_dir", default="runs/train", help="run folder: checkpoints, logs, plots")
+    out.add_argument("--recon_dir", default=None, help="reconstruction PNGs (default: SAVE_DIR/recon)")
+    out.add_argument("--recon_every", type=int, default=1, help="save reconstructions every N epochs (0: never)")
+    out.add_argument("--recon_count", type=int, default=8, help="validation images to reconstruct")
+    out.add_argument("--save_every_steps", type=int, default=0, help="also write last.pt every N steps")
+    out.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+                     help="continue a run (default file: SAVE_DIR/last.pt)")
+    bool_flag(out, "--wandb", False, "log to Weights & Biases (offline unless WANDB_MODE is set)")
+    out.add_argument("--wandb_project", default="lic-toolkit")
+    bool_flag(out, "--progress", True, "show progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from balanced_rd import cli as balanced_cli
+    from common import data, losses, qat, replace
+
+    parser = OneLineErrorParser(
+        prog="python -m common.train",
+        description="Train a learned image codec (bmshj2018-factorized, HPCM) with Adam or the Balanced "
+                    "R-D optimizer. With no data flag it trains on the embedded sample photos.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_engine_arguments(parser)
+    data.add_arguments(parser.add_argument_group("data"))
+    losses.add_arguments(parser.add_argument_group("loss"))
+    replace.add_arguments(parser.add_argument_group("layer replacement (NPU recipes)"))
+    qat.add_arguments(parser.add_argument_group("quantization-aware training"))
+    balanced_cli.add_arguments(parser.add_argument_group("balanced R-D optimizer"))
+    return parser

@@ -1,0 +1,45 @@
+"""Reconstruction PNGs of a fixed, ordered validation subset (seed 003 layout).
+
+``<recon_dir>/origin/NNNNN.png`` holds the inputs, written once; ``<recon_dir>/<tag>/NNNNN.png`` the
+model outputs with the same numbers, so a tag folder compares file by file with ``origin``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """Write a 3×H×W tensor in [0, 1] as an 8-bit PNG (atomically)."""
+    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+class ReconWriter:
+    def __init__(self, folder: Path, dataset, count: int):
+        self.folder = folder
+        self.dataset = dataset
+        self.indices = list(range(min(count, len(dataset))))
+
+    def write_origin(self) -> None:
+        for number, index in enumerate(self.indices):
+            path = self.folder / "origin" / f"{number:05d}.png"
+            if not path.exists():
+                save_png(self.dataset[index], path)
+
+    @torch.no_grad()
+    def write(self, model: nn.Module, tag: str) -> None:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        for number, index in enumerate(self.indices):
+            x = self.dataset[index].unsqueeze(0).to(device)
+            save_png(model(x)["x_hat"][0], self.folder / tag / f"{number:05d}.png")
+        model.train(was_training)
