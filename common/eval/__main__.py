@@ -1,0 +1,119 @@
+"""``python -m common.eval``: evaluate checkpoints or pretrained weights on an image folder with real bitstreams.
+
+Writes CompressAI-format JSON (one list entry per checkpoint / quality) and a per-image CSV beside it.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Sequence
+
+import torch
+
+from common.cli import OneLineErrorParser, run_main
+from common.data.images import list_images
+from common.errors import UserError
+from common.eval.evaluate import PAD_MODES, DecodeMismatchWarning, describe, evaluate, write_results
+from common.models import available_models, build
+
+
+def build_parser() -> OneLineErrorParser:
+    parser = OneLineErrorParser(
+        prog="python -m common.eval",
+        description="Real-bitstream evaluation (CompressAI eval_model protocol): zero padding, centred, to the "
+                    "model's eval multiple (64 bmshj2018, 256 HPCM); bpp from the bytes over the unpadded "
+                    "pixels; PSNR / MS-SSIM on 8-bit images; arithmetic means over images.")
+    parser.add_argument("--model", required=True, help=f"model name ({', '.join(available_models())})")
+    parser.add_argument("--quality", help="quality level; with --pretrained a comma list (1,2,3) gives one "
+                                          "point per quality")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", nargs="+", metavar="PATH",
+                        help="one or more checkpoints; each becomes one point of the curve")
+    source.add_argument("--pretrained", action="store_true",
+                        help="published weights from the local torch.hub cache (never downloaded)")
+    parser.add_argument("--metric", choices=("mse", "ms-ssim"), default="mse",
+                        help="which published weights --pretrained loads (default: mse)")
+    parser.add_argument("--dataset", required=True, help="folder of images (searched recursively)")
+    parser.add_argument("--output", required=True, help="JSON file to write; the per-image CSV goes beside it")
+    parser.add_argument("--name", help="curve name in the JSON (default: model name, plus -metric for --pretrained)")
+    parser.add_argument("--entropy-estimation", "--entropy_estimation", dest="entropy_estimation",
+                        action="store_true", help="likelihood-based bpp from the eval forward instead of coding "
+                                                  "(pads too, unlike compressai's)")
+    parser.add_argument("--pad_mode", choices=PAD_MODES, default="zero",
+                        help="padding to the eval multiple (default: zero, as the published protocols)")
+    parser.add_argument("--pad_multiple", type=int,
+                        help="pad to this multiple instead of the model's eval multiple (recorded in the JSON)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--no-update", "--no_update", dest="update", action="store_false",
+                        help="keep the CDF tables stored in the checkpoint (default: rebuild them with "
+                             "update(force=True), as compressai's eval_model does for checkpoints)")
+    parser.add_argument("--trust_checkpoint", action="store_true",
+                        help="allow pickled Python objects in checkpoints (only for files you trust)")
+    return parser
+
+
+def _qualities(text: str | None, pretrained: bool) -> list[int | None]:
+    if text is None:
+        return [None]
+    try:
+        qualities = [int(q) for q in text.split(",") if q.strip()]
+    except ValueError:
+        raise UserError(f"--quality must be an integer or a comma list of integers, got {text!r}") from None
+    if not qualities:
+        raise UserError("--quality is empty")
+    if len(qualities) > 1 and not pretrained:
+        raise UserError("a list of qualities needs --pretrained; give one checkpoint per point instead")
+    return qualities
+
+
+def _load(args, quality: int | None, checkpoint: str | None) -> torch.nn.Module:
+    kwargs = {"pretrained": args.pretrained, "checkpoint": checkpoint, "trust_checkpoint": args.trust_checkpoint}
+    if quality is not None:
+        kwargs["quality"] = quality
+    if args.pretrained:
+        kwargs["metric"] = args.metric
+    return build(args.model, **kwargs)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    prefix = "WARNING" if issubclass(category, DecodeMismatchWarning) else "warning"
+    return f"{prefix}: {message}\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but no CUDA device is available; use --device cpu")
+    if args.pad_multiple is not None and args.pad_multiple < 1:
+        raise UserError(f"--pad_multiple must be a positive integer, got {args.pad_multiple}")
+    images = list_images(args.dataset)
+    qualities = _qualities(args.quality, args.pretrained)
+    runs = ([(q, None, f"q{q}" if q is not None else "pretrained") for q in qualities] if args.pretrained
+            else [(qualities[0], path, str(path)) for path in args.checkpoint])
+
+    labels, aggregates, rows_per_point, description = [], [], [], ""
+    for quality, checkpoint, label in runs:
+        model = _load(args, quality, checkpoint)
+        default_multiple = model.eval_pad_multiple
+        pad_multiple = args.pad_multiple or default_multiple
+        # compressai's published files already carry their CDF tables; checkpoints get them rebuilt.
+        rows, agg = evaluate(model, images, pad_multiple=pad_multiple, pad_mode=args.pad_mode,
+                             entropy_estimation=args.entropy_estimation,
+                             update=args.update and not args.pretrained, device=args.device, root=args.dataset)
+        description = describe(args.entropy_estimation, args.pad_mode, pad_multiple, default_multiple)
+        labels.append(label)
+        aggregates.append(agg)
+        rows_per_point.append(rows)
+        print(f"{label}: {agg['num_images']} images, bpp {agg['bpp']:.4f} (likelihood estimate "
+              f"{agg['bpp_estimated']:.4f}), PSNR {agg['psnr-rgb']:.4f} dB, MS-SSIM {agg['ms-ssim-rgb']:.6f}, "
+              f"enc {agg['encoding_time']:.3f} s, dec {agg['decoding_time']:.3f} s", file=sys.stderr)
+
+    name = args.name or (f"{args.model}-{args.metric}" if args.pretrained else args.model)
+    json_path, csv_path = write_results(args.output, name, description, labels, aggregates, rows_per_point)
+    print(f"wrote {json_path} and {csv_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,292 @@
+"""Rate-distortion curves: CompressAI-format JSON, BD-rate / BD-PSNR, plots and tables.
+
+A curve file looks like CompressAI's ``results/`` files and like what ``python -m common.eval`` writes::
+
+    {"name": ..., "description": ..., "results": {"bpp": [...], "psnr-rgb": [...],
+                                                   "ms-ssim-rgb": [...] or "ms-ssim-db-rgb": [...], ...}}
+
+Bjøntegaard deltas are computed by the ``bjontegaard`` package (methods ``pchip``, ``akima``, ``cubic``;
+``cubic`` is the VCEG-M33 polynomial fit). Before that, each curve is sorted by rate and checked to be
+strictly monotone, because every interpolation method silently returns nonsense (or fails inside scipy)
+on a curve whose quality does not increase with rate.
+
+Command line::
+
+    python -m common.rd --anchor A.json --test B.json [C.json ...] [--metric psnr|ms-ssim]
+                        [--method pchip|akima|cubic|all] [--plot out.png] [--csv out.csv]
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from common.errors import UserError
+
+METHODS = ("pchip", "akima", "cubic")
+# Minimum number of points each interpolation method needs (cubic fits a degree-3 polynomial).
+_MIN_POINTS = {"pchip": 2, "akima": 2, "cubic": 4}
+
+# CLI metric name -> (results key, axis label). BD values for MS-SSIM are computed on the dB scale,
+# -10*log10(1 - MS-SSIM), as CompressAI's plots and the HPCM paper do.
+METRICS = {
+    "psnr": ("psnr-rgb", "PSNR-RGB [dB]"),
+    "ms-ssim": ("ms-ssim-db-rgb", "MS-SSIM-RGB [dB]"),
+}
+
+
+def ms_ssim_to_db(value: float) -> float:
+    """MS-SSIM on the dB scale used by CompressAI's plots: -10*log10(1 - MS-SSIM)."""
+    if value >= 1.0:
+        return math.inf
+    return -10.0 * math.log10(1.0 - value)
+
+
+@dataclass
+class RDCurve:
+    """One R-D curve: ``bpp`` and named metric lists of equal length (CompressAI keys)."""
+
+    name: str
+    bpp: list[float]
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    description: str = ""
+    source: str = ""
+
+    def values(self, key: str) -> list[float]:
+        """Values of a results key; ``ms-ssim-db-rgb`` is derived from ``ms-ssim-rgb`` when absent."""
+        if key in self.metrics:
+            return list(self.metrics[key])
+        if key == "ms-ssim-db-rgb" and "ms-ssim-rgb" in self.metrics:
+            return [ms_ssim_to_db(v) for v in self.metrics["ms-ssim-rgb"]]
+        available = ", ".join(sorted(self.metrics)) or "none"
+        raise UserError(f"curve {self.label} has no {key!r} values (it has: {available})")
+
+    @property
+    def label(self) -> str:
+        return f"{self.name!r}" + (f" ({self.source})" if self.source else "")
+
+
+def curve_from_json(data: dict, source: str = "") -> RDCurve:
+    """Build an :class:`RDCurve` from a parsed CompressAI-format JSON object."""
+    where = source or "<json>"
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise UserError(f"{where} is not a CompressAI-format R-D file (expected a 'results' object)")
+    results = data["results"]
+    if "bpp" not in results:
+        raise UserError(f"{where} has no 'bpp' list in 'results'")
+    bpp = _number_list(results["bpp"], "bpp", where)
+    metrics = {}
+    for key, values in results.items():
+        if key == "bpp" or not isinstance(values, list):
+            continue
+        if len(values) != len(bpp):
+            raise UserError(f"{where}: 'results.{key}' has {len(values)} values but 'bpp' has {len(bpp)}")
+        metrics[key] = _number_list(values, key, where)
+    return RDCurve(name=str(data.get("name", Path(where).stem)), bpp=bpp, metrics=metrics,
+                   description=str(data.get("description", "")), source=source)
+
+
+def _number_list(values, key: str, where: str) -> list[float]:
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: 'results.{key}' must be a list of numbers") from exc
+
+
+def load_curve(path: str | os.PathLike) -> RDCurve:
+    """Read a CompressAI-format JSON file; mistakes give a one-line :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"R-D curve file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc})") from exc
+    return curve_from_json(data, source=str(path))
+
+
+def sorted_monotone(rate: Sequence[float], dist: Sequence[float], name: str = "curve") -> tuple[np.ndarray, np.ndarray]:
+    """Sort a curve by rate and check that rate and quality both strictly increase.
+
+    Raises :class:`UserError` naming the first offending pair of points, since BD tools fail (or give
+    meaningless numbers) on non-monotone curves.
+    """
+    rate = np.asarray(rate, dtype=np.float64)
+    dist = np.asarray(dist, dtype=np.float64)
+    if rate.shape != dist.shape or rate.ndim != 1:
+        raise UserError(f"{name}: rate and distortion must be 1-D lists of equal length "
+                        f"(got {rate.size} and {dist.size} values)")
+    if not (np.all(np.isfinite(rate)) and np.all(np.isfinite(dist))):
+        raise UserError(f"{name}: rate and distortion values must be finite numbers")
+    if np.any(rate <= 0):
+        raise UserError(f"{name}: every rate must be positive (BD-rate works on log rate)")
+    order = np.argsort(rate, kind="stable")
+    rate, dist = rate[order], dist[order]
+    for i in range(1, rate.size):
+        if rate[i] == rate[i - 1]:
+            raise UserError(f"{name}: two points have the same rate {rate[i]:.6g}; BD-rate needs distinct rates")
+        if dist[i] <= dist[i - 1]:
+            raise UserError(f"{name} is not monotone: rate {rate[i - 1]:.4f} gives quality {dist[i - 1]:.4f} but "
+                            f"the higher rate {rate[i]:.4f} gives {dist[i]:.4f}; BD-rate/BD-PSNR need quality "
+                            "that increases with rate (retrain or drop the point)")
+    return rate, dist
+
+
+def _check_method(method: str, n_points: int, name: str) -> None:
+    if method not in METHODS:
+        raise UserError(f"unknown BD interpolation method {method!r}; choose one of: {', '.join(METHODS)}")
+    if n_points < _MIN_POINTS[method]:
+        raise UserError(f"{name} has {n_points} points; method {method!r} needs at least {_MIN_POINTS[method]}")
+
+
+def _prepared(rate_anchor, dist_anchor, rate_test, dist_test, method):
+    anchor = sorted_monotone(rate_anchor, dist_anchor, "anchor curve")
+    test = sorted_monotone(rate_test, dist_test, "test curve")
+    _check_method(method, anchor[0].size, "anchor curve")
+    _check_method(method, test[0].size, "test curve")
+    return anchor, test
+
+
+def _overlap_or_error(lo_a, hi_a, lo_b, hi_b, axis: str) -> None:
+    if min(hi_a, hi_b) <= max(lo_a, lo_b):
+        raise UserError(f"the curves do not overlap in {axis} (anchor {lo_a:.4g}..{hi_a:.4g}, test "
+                        f"{lo_b:.4g}..{hi_b:.4g}); the Bjøntegaard delta is undefined")
+
+
+def bd_rate(rate_anchor: Sequence[float], dist_anchor: Sequence[float], rate_test: Sequence[float],
+            dist_test: Sequence[float], method: str = "pchip", min_overlap: float = 0.75) -> float:
+    """Bjøntegaard-delta rate in percent; negative means the test curve needs less rate.
+
+    Curves may have different numbers of points and any point order. Integration runs over the overlap
+    of the two quality ranges; the package warns when that overlap is below ``min_overlap`` of the union.
+    """
+    import bjontegaard
+
+    (ra, da), (rt, dt) = _prepared(rate_anchor, dist_anchor, rate_test, dist_test, method)
+    _overlap_or_error(da[0], da[-1], dt[0], dt[-1], "quality")
+    return float(bjontegaard.bd_rate(ra, da, rt, dt, method=method, require_matching_points=False,
+                                     min_overlap=min_overlap))
+
+
+def bd_psnr(rate_anchor: Sequence[float], dist_anchor: Sequence[float], rate_test: Sequence[float],
+            dist_test: Sequence[float], method: str = "pchip", min_overlap: float = 0.75) -> float:
+    """Bjøntegaard-delta quality (dB for PSNR or MS-SSIM dB); positive means the test curve is better."""
+    import bjontegaard
+
+    (ra, da), (rt, dt) = _prepared(rate_anchor, dist_anchor, rate_test, dist_test, method)
+    _overlap_or_error(ra[0], ra[-1], rt[0], rt[-1], "rate")
+    return float(bjontegaard.bd_psnr(ra, da, rt, dt, method=method, require_matching_points=False,
+                                     min_overlap=min_overlap))
+
+
+def _metric_key(metric: str) -> str:
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    return METRICS[metric][0]
+
+
+def bd_table(anchor: RDCurve, tests: Iterable[RDCurve], metric: str = "psnr",
+             methods: Sequence[str] = ("pchip",)) -> list[dict]:
+    """One row per test curve: BD-rate (%) and BD-quality (dB) against ``anchor`` for each method."""
+    key = _metric_key(metric)
+    rate_a, dist_a = anchor.bpp, anchor.values(key)
+    rows = []
+    for test in tests:
+        row: dict = {"anchor": anchor.name, "test": test.name, "metric": key}
+        rate_t, dist_t = test.bpp, test.values(key)
+        for method in methods:
+            row[f"bd_rate_{method}_%"] = bd_rate(rate_a, dist_a, rate_t, dist_t, method=method)
+            row[f"bd_{metric}_{method}_dB"] = bd_psnr(rate_a, dist_a, rate_t, dist_t, method=method)
+        rows.append(row)
+    return rows
+
+
+def format_markdown(rows: Sequence[dict], digits: int = 4) -> str:
+    """Render rows (dicts with the same keys) as a GitHub markdown table."""
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{row[c]:+.{digits}f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
+    """Write rows (dicts with the same keys) to a CSV file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_curves(curves: Sequence[RDCurve], path: str | os.PathLike, metric: str = "psnr",
+                title: str = "") -> Path:
+    """Plot bpp against PSNR or MS-SSIM (dB) for several curves into a PNG; returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    key = _metric_key(metric)
+    figure = Figure(figsize=(7, 5), dpi=120)
+    FigureCanvasAgg(figure)  # attaches an Agg canvas: works without a display
+    axes = figure.add_subplot()
+    for curve in curves:
+        order = np.argsort(curve.bpp)
+        axes.plot(np.asarray(curve.bpp)[order], np.asarray(curve.values(key))[order], marker="o",
+                  markersize=3, linewidth=1.2, label=curve.name)
+    axes.set_xlabel("Bit-rate [bpp]")
+    axes.set_ylabel(METRICS[metric][1])
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from common.cli import OneLineErrorParser
+
+    parser = OneLineErrorParser(prog="python -m common.rd",
+                                description="BD-rate / BD-PSNR of R-D curves against an anchor, with a plot.")
+    parser.add_argument("--anchor", required=True, help="anchor curve (CompressAI-format JSON)")
+    parser.add_argument("--test", required=True, nargs="+", help="one or more test curves (JSON)")
+    parser.add_argument("--metric", choices=tuple(METRICS), default="psnr",
+                        help="quality axis; ms-ssim uses the dB scale -10*log10(1-MS-SSIM) (default: psnr)")
+    parser.add_argument("--method", choices=METHODS + ("all",), default="pchip",
+                        help="interpolation of the bjontegaard package (default: pchip)")
+    parser.add_argument("--plot", help="write an R-D plot of all curves to this PNG")
+    parser.add_argument("--csv", help="write the BD table to this CSV file")
+    args = parser.parse_args(argv)
+
+    anchor = load_curve(args.anchor)
+    tests = [load_curve(p) for p in args.test]
+    methods = METHODS if args.method == "all" else (args.method,)
+    rows = bd_table(anchor, tests, metric=args.metric, methods=methods)
+    print(format_markdown(rows))
+    if args.csv:
+        write_csv(rows, args.csv)
+        print(f"wrote {args.csv}", file=sys.stderr)
+    if args.plot:
+        plot_curves([anchor, *tests], args.plot, metric=args.metric)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    from common.cli import run_main
+
+    run_main(main)
