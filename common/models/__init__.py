@@ -42,3 +42,4 @@ def build(name: str, **kwargs) -> nn.Module:
 
 # Registration happens on import of each model module.
 from common.models import bmshj2018  # noqa: E402,F401
+from common.models import hpcm  # noqa: E402,F401
