@@ -1,0 +1,252 @@
+"""Balanced R-D, Solution 1 (trajectory / FAMO weights + Cautious Adam), for K >= 2 task losses.
+
+Notation: losses l_i, offsets m_i (``min_losses``), D_i = l_i - m_i + 1e-8, logits xi, z = softmax(xi).
+
+* :meth:`Balanced.weighted_loss` returns the FAMO scalar  sum_i z_i log D_i / c  with c = sum_i z_i / D_i
+  treated as a constant. Its gradient is the convex combination sum_i a_i grad(l_i) with
+  a_i = (z_i / D_i) / sum_j (z_j / D_j).
+* :meth:`Balanced.step` is a Cautious Adam step on the model parameters (``balanced_rd.cautious``).
+* :meth:`Balanced.update_task_weights` takes the losses of the same batch at the new parameters,
+  delta_i = log D_i(before) - log D_i(after), and does one Adam step (lr ``w_lr``, betas (0.9, 0.999),
+  eps 1e-8) on xi with gradient  z * (delta - <z, delta>) + gamma * xi  (softmax-Jacobian product plus
+  coupled L2 decay towards uniform weights). A task whose log loss fell less than average gains weight.
+
+Loss arithmetic (D, log, c, delta) is done in FP32 with autocast off. Under ``torch.distributed`` the
+detached loss vectors are averaged over ranks in both calls, so every rank holds the same logits; the
+backpropagated form sum_i a_i l_i(local) then makes DDP's gradient averaging give exactly the gradient of
+the FAMO loss of the global batch. The logits and their Adam live outside ``param_groups``, so learning-rate
+schedulers never touch ``w_lr``.
+
+Typical step (``balanced_rd.step.balanced_step`` does exactly this, with AMP and the cheaper options)::
+
+    loss = opt.weighted_loss([distortion, rate])
+    loss.backward()                      # or scaler.scale(loss).backward(); scaler.unscale_(opt)
+    clip_grad_norm_(params, 1.0)
+    opt.step()                           # or scaler.step(opt); scaler.update()
+    with torch.no_grad():
+        new = task_losses(model, same_batch)
+    opt.update_task_weights(new)         # no-op when the model step was skipped (GradScaler inf/NaN)
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from balanced_rd.cautious import CautiousAdam
+from balanced_rd.distributed import all_reduce_mean
+from balanced_rd.tasks import (LOG_EPS, check_above_min, check_n_tasks, per_task_vector, shifted_log,
+                               stack_losses, task_names_or_default)
+from common.errors import UserError
+
+# Adam on the logits uses torch's defaults (as the FAMO and Balanced R-D reference code do).
+_LOGIT_BETAS = (0.9, 0.999)
+_LOGIT_EPS = 1e-8
+
+
+class Balanced(CautiousAdam):
+    """Cautious Adam on the model parameters with FAMO task weighting (see the module docstring).
+
+    Args:
+        params: model parameters only (no EntropyBottleneck ``.quantiles``: they keep the aux optimizer).
+        lr, betas, eps, weight_decay: Adam hyperparameters of the model step (decoupled weight decay).
+        n_tasks: number of task losses K (>= 2).
+        gamma: L2 decay of the logits towards 0 (uniform weights); a float or one value per task.
+        w_lr: learning rate of the Adam step on the logits.
+        min_losses: offsets m_i (float or per task); the LIC reference uses -1, i.e. log(1 + l).
+        cautious: sign-mask the model update (False: plain Adam/AdamW).
+        max_mask_scale: cap on the mask rescaling 1/mean(mask); None = uncapped.
+        task_names: names used in error messages and logs (default task0, task1, ...).
+    """
+
+    def __init__(self, params: Iterable, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, n_tasks: int = 2, gamma: float | Sequence[float] = 0.003,
+                 w_lr: float = 0.025, min_losses: float | Sequence[float] = -1.0, cautious: bool = True,
+                 max_mask_scale: float | None = 10.0, task_names: Sequence[str] | None = None):
+        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay, cautious=cautious,
+                         max_mask_scale=max_mask_scale)
+        self.n_tasks = check_n_tasks(n_tasks)
+        self.task_names = task_names_or_default(task_names, self.n_tasks)
+        self.w_lr = w_lr
+        self.min_losses = per_task_vector(min_losses, self.n_tasks, "min_losses")
+        self.logits = torch.zeros(self.n_tasks)
+        self._logit_exp_avg = torch.zeros(self.n_tasks)
+        self._logit_exp_avg_sq = torch.zeros(self.n_tasks)
+        self._logit_step = 0
+        self.gamma = gamma
+        self.skipped_weight_updates = 0  # updates dropped because delta was not finite
+        self._prev_losses: Tensor | None = None
+        self._model_step_taken = False
+        self._last_coefficients: Tensor | None = None
+
+    # ----------------------------------------------------------------------------------- properties
+    @property
+    def gamma(self) -> float | Tensor:
+        """Logit decay: a float, or a float32 vector with one value per task."""
+        return self._gamma
+
+    @gamma.setter
+    def gamma(self, value: float | Sequence[float] | Tensor) -> None:
+        vector = per_task_vector(value, self.n_tasks, "gamma")
+        if (vector < 0).any():
+            raise UserError(f"gamma must be >= 0, got {vector.tolist()}")
+        is_scalar = not isinstance(value, Tensor) and isinstance(value, (int, float))
+        self._gamma = float(value) if is_scalar else vector.to(self.logits.device)
+
+    @property
+    def w_lr(self) -> float:
+        return self._w_lr
+
+    @w_lr.setter
+    def w_lr(self, value: float) -> None:
+        if not value > 0:
+            raise UserError(f"w_lr must be > 0, got {value}")
+        self._w_lr = float(value)
+
+    @property
+    def task_weights(self) -> Tensor:
+        """z = softmax(logits), a detached copy."""
+        return torch.softmax(self.logits, dim=0)
+
+    @property
+    def loss_coefficients(self) -> Tensor | None:
+        """a_i of the last :meth:`weighted_loss`: the weights the raw task gradients actually got."""
+        return self._last_coefficients
+
+    @property
+    def model_step_taken(self) -> bool:
+        """Whether :meth:`step` ran since the last :meth:`weighted_loss` (False after a GradScaler skip)."""
+        return self._model_step_taken
+
+    def task_weight_dict(self) -> dict[str, float]:
+        """``{"weight_<task>": z_i}`` (plus ``"coef_<task>": a_i`` once a loss was weighted), for CSV logs."""
+        record = {f"weight_{name}": value for name, value in zip(self.task_names, self.task_weights.tolist())}
+        if self._last_coefficients is not None:
+            record.update({f"coef_{name}": value
+                           for name, value in zip(self.task_names, self._last_coefficients.tolist())})
+        return record
+
+    # ------------------------------------------------------------------------------------ the steps
+    def weighted_loss(self, task_losses: Sequence[Tensor] | Tensor) -> Tensor:
+        """The FAMO scalar to backpropagate; remembers the (rank-averaged) losses for the logit update."""
+        losses = stack_losses(task_losses, self.n_tasks)
+        with torch.autocast(device_type=losses.device.type, enabled=False):
+            local = losses.float()
+            values = all_reduce_mean(local.detach())
+            check_above_min(values, self._famo_on(values.device), self.task_names)
+            z = torch.softmax(self.logits, dim=0)
+            inverse = z / (values - self.min_losses + LOG_EPS)
+            normaliser = inverse.sum()
+            coefficients = inverse / normaliser
+            famo_value = (z * shifted_log(values, self.min_losses)).sum() / normaliser
+            # Value: the FAMO scalar of the global batch. Gradient: sum_i a_i grad(l_i) of the local losses,
+            # which is the FAMO gradient (c detached) and stays exact under DDP gradient averaging.
+            loss = famo_value + (coefficients * (local - local.detach())).sum()
+        self._prev_losses = values
+        self._model_step_taken = False
+        self._last_coefficients = coefficients
+        return loss
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Cautious Adam step on the model parameters (the logits move only in update_task_weights)."""
+        loss = super().step(closure)
+        self._model_step_taken = True
+        return loss
+
+    @torch.no_grad()
+    def update_task_weights(self, new_task_losses: Sequence[Tensor] | Tensor | None = None, *,
+                            skip: bool = False,
+                            reference_losses: Sequence[Tensor] | Tensor | None = None) -> bool:
+        """One logit step from the losses of the same data at the new parameters; True if the logits moved.
+
+        Nothing moves (and False is returned) when ``skip`` is true, when no loss was weighted since the
+        last call, when :meth:`step` did not run after it (e.g. GradScaler skipped it), or when delta is
+        not finite (counted in ``skipped_weight_updates``). ``reference_losses`` replaces the remembered
+        before-step losses, for deltas measured on a subset of the batch. Under torch.distributed every
+        rank must make the same call (the skips are rank-consistent when the inputs are).
+        """
+        previous, stepped = self._prev_losses, self._model_step_taken
+        self._prev_losses, self._model_step_taken = None, False
+        if skip or previous is None or not stepped:
+            return False
+        if new_task_losses is None:
+            raise UserError("update_task_weights needs the new task losses (or skip=True)")
+        with torch.autocast(device_type=previous.device.type, enabled=False):
+            new = all_reduce_mean(stack_losses(new_task_losses, self.n_tasks).detach().float())
+            if reference_losses is not None:
+                previous = all_reduce_mean(stack_losses(reference_losses, self.n_tasks).detach().float())
+            min_losses = self._famo_on(new.device)
+            check_above_min(previous, min_losses, self.task_names)
+            check_above_min(new, min_losses, self.task_names)
+            delta = shifted_log(previous, min_losses) - shifted_log(new, min_losses)
+            if not torch.isfinite(delta).all():
+                self.skipped_weight_updates += 1
+                return False
+            self._step_logits(delta)
+        return True
+
+    def _step_logits(self, delta: Tensor) -> None:
+        """Adam step on the logits with gradient J_softmax^T delta + gamma * logits."""
+        z = torch.softmax(self.logits, dim=0)
+        grad = z * (delta - (z * delta).sum()) + self._gamma * self.logits
+        beta1, beta2 = _LOGIT_BETAS
+        self._logit_step += 1
+        self._logit_exp_avg.lerp_(grad, 1 - beta1)
+        self._logit_exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (self._logit_exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** self._logit_step)).add_(_LOGIT_EPS)
+        self.logits.addcdiv_(self._logit_exp_avg, denom, value=-self.w_lr / (1 - beta1 ** self._logit_step))
+
+    def _famo_on(self, device: torch.device) -> Tensor:
+        """Move the FAMO state to ``device`` (created on the CPU; follows the losses); returns min_losses."""
+        if self.logits.device != device:
+            self.logits = self.logits.to(device)
+            self._logit_exp_avg = self._logit_exp_avg.to(device)
+            self._logit_exp_avg_sq = self._logit_exp_avg_sq.to(device)
+            self.min_losses = self.min_losses.to(device)
+            if isinstance(self._gamma, Tensor):
+                self._gamma = self._gamma.to(device)
+        return self.min_losses
+
+    # ------------------------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict:
+        """torch's optimizer state plus ``"famo"``: logits, logit-Adam state, min_losses, gamma, w_lr."""
+        state = super().state_dict()
+        gamma = self._gamma if isinstance(self._gamma, float) else self._gamma.cpu().tolist()
+        state["famo"] = {
+            "n_tasks": self.n_tasks,
+            "task_names": list(self.task_names),
+            "logits": self.logits.detach().cpu().clone(),
+            "logit_exp_avg": self._logit_exp_avg.cpu().clone(),
+            "logit_exp_avg_sq": self._logit_exp_avg_sq.cpu().clone(),
+            "logit_step": self._logit_step,
+            "min_losses": self.min_losses.cpu().clone(),
+            "gamma": gamma,
+            "w_lr": self.w_lr,
+            "skipped_weight_updates": self.skipped_weight_updates,
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore everything :meth:`state_dict` wrote (bit-exact continuation)."""
+        state_dict = dict(state_dict)
+        famo = state_dict.pop("famo", None)
+        if famo is None:
+            raise UserError("optimizer state has no 'famo' entry (it was not saved by balanced_rd.Balanced); "
+                            "resume with the optimizer it was trained with")
+        if famo["n_tasks"] != self.n_tasks:
+            raise UserError(f"optimizer state was saved with n_tasks={famo['n_tasks']}, "
+                            f"this optimizer has n_tasks={self.n_tasks}")
+        super().load_state_dict(state_dict)
+        device = self.logits.device
+        self.logits = famo["logits"].to(device=device, dtype=torch.float32).clone()
+        self._logit_exp_avg = famo["logit_exp_avg"].to(device=device, dtype=torch.float32).clone()
+        self._logit_exp_avg_sq = famo["logit_exp_avg_sq"].to(device=device, dtype=torch.float32).clone()
+        self._logit_step = int(famo["logit_step"])
+        self.min_losses = famo["min_losses"].to(device=device, dtype=torch.float32).clone()
+        self.gamma = famo["gamma"]
+        self.w_lr = famo["w_lr"]
+        self.skipped_weight_updates = int(famo["skipped_weight_updates"])
+        self._prev_losses, self._model_step_taken = None, False

@@ -1,0 +1,193 @@
+"""Per-epoch schedules for gamma, the logit decay of :class:`balanced_rd.Balanced` (seed 004, phases 2-3).
+
+gamma0 is the optimizer's gamma when the schedule is built (a float or one value per task; every
+formula applies elementwise). e is the epoch (0 at construction, +1 per :meth:`GammaSchedule.step`),
+r = ``final_ratio`` (gamma1 = r * gamma0), W = ``warmup_epochs``, T = ``total_epochs`` and
+p = clamp((e - W) / (T - W), 0, 1) the progress after warm-up.
+
+=========  =========================================================================================
+constant   gamma0
+linear     gamma0 * (1 - (1 - r) * p)
+cosine     gamma0 * (r + (1 - r) * (1 + cos(pi * p)) / 2)
+step       max(gamma0 * factor^n(e), floor), n(e) = number of milestones <= e,
+           floor = ``min_gamma`` if given, else r * gamma0
+hpcm       step with milestones (500, 1500, 2750), factor 0.5, floor 0.0005 (the seed's HPCM preset;
+           gamma0 = 0.006 gives 0.006 -> 0.003 -> 0.0015 -> 0.00075)
+adaptive   clip(cosine(e) * k, r * gamma0, 1.5 * gamma0), k = 0.8 if CV < ``cv_low``, 1.2 if
+           CV > ``cv_high``, else 1; CV = std / |mean| (population std) of the last ``cv_window``
+           validation losses passed to step(); k = 1 until two losses are known. This is the seed's
+           heuristic (more decay, i.e. weights nearer uniform, while the validation loss is noisy); it
+           has no published justification.
+=========  =========================================================================================
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from common.errors import UserError
+
+GAMMA_STRATEGIES = ("constant", "linear", "cosine", "step", "hpcm", "adaptive")
+HPCM_MILESTONES = (500, 1500, 2750)
+HPCM_MIN_GAMMA = 0.0005
+
+
+class GammaSchedule:
+    """Base class: sets ``optimizer.gamma = gamma_at(epoch)`` at construction and on every :meth:`step`."""
+
+    def __init__(self, optimizer, final_ratio: float = 0.2):
+        if not hasattr(optimizer, "gamma"):
+            raise UserError(f"{type(optimizer).__name__} has no gamma; gamma schedules need balanced_rd.Balanced")
+        if not 0.0 <= final_ratio <= 1.0:
+            raise UserError(f"gamma final ratio must be in [0, 1], got {final_ratio}")
+        self.optimizer = optimizer
+        gamma = optimizer.gamma
+        self.base_gamma: float | Tensor = gamma if isinstance(gamma, float) else gamma.detach().cpu().clone()
+        self.final_ratio = float(final_ratio)
+        self.epoch = 0
+        self._apply()
+
+    def gamma_at(self, epoch: int) -> float | Tensor:
+        """gamma for ``epoch`` (a float, or a per-task vector when gamma0 is one)."""
+        raise NotImplementedError
+
+    def step(self, val_loss: float | None = None) -> float | Tensor:
+        """Advance one epoch (``val_loss``: that epoch's validation loss, used by 'adaptive'); returns gamma."""
+        self.epoch += 1
+        return self._apply()
+
+    def _apply(self) -> float | Tensor:
+        gamma = self.gamma_at(self.epoch)
+        self.optimizer.gamma = gamma
+        return gamma
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self._apply()
+
+
+class ConstantGamma(GammaSchedule):
+    """gamma0 at every epoch."""
+
+    def gamma_at(self, epoch: int) -> float | Tensor:
+        return self.base_gamma
+
+
+class _AnnealedGamma(GammaSchedule):
+    """Shared warm-up/progress bookkeeping of the linear, cosine and adaptive schedules."""
+
+    def __init__(self, optimizer, total_epochs: int, final_ratio: float = 0.2, warmup_epochs: int = 0):
+        if total_epochs is None or warmup_epochs < 0 or total_epochs <= warmup_epochs:
+            raise UserError(f"gamma schedule needs total epochs > warm-up epochs >= 0, got total={total_epochs}, "
+                            f"warm-up={warmup_epochs}; set --epochs / --gamma_warmup_epochs")
+        self.total_epochs = int(total_epochs)
+        self.warmup_epochs = int(warmup_epochs)
+        super().__init__(optimizer, final_ratio)
+
+    def progress(self, epoch: int) -> float:
+        return min(max((epoch - self.warmup_epochs) / (self.total_epochs - self.warmup_epochs), 0.0), 1.0)
+
+    def cosine_factor(self, epoch: int) -> float:
+        ratio = self.final_ratio
+        return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * self.progress(epoch)))
+
+
+class LinearGamma(_AnnealedGamma):
+    """gamma0 -> r * gamma0 linearly after warm-up."""
+
+    def gamma_at(self, epoch: int) -> float | Tensor:
+        return self.base_gamma * (1 - (1 - self.final_ratio) * self.progress(epoch))
+
+
+class CosineGamma(_AnnealedGamma):
+    """gamma0 -> r * gamma0 along a half cosine after warm-up."""
+
+    def gamma_at(self, epoch: int) -> float | Tensor:
+        return self.base_gamma * self.cosine_factor(epoch)
+
+
+class StepGamma(GammaSchedule):
+    """gamma0 * factor^(milestones passed), floored at ``min_gamma`` (or r * gamma0)."""
+
+    def __init__(self, optimizer, milestones: Sequence[int], factor: float = 0.5, final_ratio: float = 0.2,
+                 min_gamma: float | None = None):
+        if not 0.0 < factor <= 1.0:
+            raise UserError(f"gamma step factor must be in (0, 1], got {factor}")
+        self.milestones = sorted(int(m) for m in milestones)
+        self.factor = float(factor)
+        self.min_gamma = None if min_gamma is None else float(min_gamma)
+        super().__init__(optimizer, final_ratio)
+
+    def gamma_at(self, epoch: int) -> float | Tensor:
+        passed = sum(1 for milestone in self.milestones if milestone <= epoch)
+        gamma = self.base_gamma * self.factor ** passed
+        floor = self.min_gamma if self.min_gamma is not None else self.base_gamma * self.final_ratio
+        if isinstance(gamma, Tensor):
+            return torch.maximum(gamma, torch.as_tensor(floor, dtype=gamma.dtype))
+        return max(gamma, floor)
+
+
+class AdaptiveGamma(_AnnealedGamma):
+    """Cosine schedule times a factor chosen from the variability of recent validation losses."""
+
+    def __init__(self, optimizer, total_epochs: int, final_ratio: float = 0.2, warmup_epochs: int = 0,
+                 cv_window: int = 50, cv_low: float = 0.01, cv_high: float = 0.05,
+                 down: float = 0.8, up: float = 1.2):
+        if cv_window < 2:
+            raise UserError(f"gamma CV window must be >= 2 validation losses, got {cv_window}")
+        self.cv_window, self.cv_low, self.cv_high, self.down, self.up = int(cv_window), cv_low, cv_high, down, up
+        self.val_losses: list[float] = []
+        super().__init__(optimizer, total_epochs, final_ratio, warmup_epochs)
+
+    def step(self, val_loss: float | None = None) -> float | Tensor:
+        if val_loss is not None:
+            self.val_losses = (self.val_losses + [float(val_loss)])[-self.cv_window:]
+        return super().step()
+
+    def variation(self) -> float | None:
+        """Coefficient of variation of the remembered validation losses (None with fewer than two)."""
+        if len(self.val_losses) < 2:
+            return None
+        mean = sum(self.val_losses) / len(self.val_losses)
+        std = math.sqrt(sum((v - mean) ** 2 for v in self.val_losses) / len(self.val_losses))
+        return std / abs(mean) if mean != 0 else math.inf
+
+    def gamma_at(self, epoch: int) -> float | Tensor:
+        cv = self.variation()
+        multiplier = 1.0 if cv is None else self.down if cv < self.cv_low else self.up if cv > self.cv_high else 1.0
+        factor = min(max(self.cosine_factor(epoch) * multiplier, self.final_ratio), 1.5)
+        return self.base_gamma * factor
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "val_losses": list(self.val_losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.val_losses = [float(v) for v in state["val_losses"]]
+        super().load_state_dict(state)
+
+
+def make_gamma_schedule(name: str, optimizer, total_epochs: int | None = None, final_ratio: float = 0.2,
+                        warmup_epochs: int = 0, milestones: Sequence[int] = (1000, 2000, 2500),
+                        step_factor: float = 0.5, min_gamma: float | None = None, cv_window: int = 50
+                        ) -> GammaSchedule:
+    """Build the schedule ``name`` (one of :data:`GAMMA_STRATEGIES`) for ``optimizer``."""
+    if name == "constant":
+        return ConstantGamma(optimizer, final_ratio)
+    if name == "linear":
+        return LinearGamma(optimizer, total_epochs, final_ratio, warmup_epochs)
+    if name == "cosine":
+        return CosineGamma(optimizer, total_epochs, final_ratio, warmup_epochs)
+    if name == "step":
+        return StepGamma(optimizer, milestones, step_factor, final_ratio, min_gamma)
+    if name == "hpcm":
+        return StepGamma(optimizer, HPCM_MILESTONES, 0.5, final_ratio,
+                         HPCM_MIN_GAMMA if min_gamma is None else min_gamma)
+    if name == "adaptive":
+        return AdaptiveGamma(optimizer, total_epochs, final_ratio, warmup_epochs, cv_window)
+    raise UserError(f"unknown gamma strategy {name!r}; choose one of: {', '.join(GAMMA_STRATEGIES)}")

@@ -1,0 +1,147 @@
+"""Balanced R-D, Solution 2 (fine-tuning): task weights from an equality-constrained QP at every step.
+
+With log-loss gradients g_i = grad(l_i) / D_i (D_i = l_i - m_i + 1e-8) and Gram matrix Q_ij = <g_i, g_j>,
+the weights solve  min_w 1/2 w^T Q w  subject to  sum_i w_i = 1  (no sign constraint), i.e.
+
+    w = Q^-1 1 / (1^T Q^-1 1),      so that  <g_i, d> = 1 / (1^T Q^-1 1)  for every task, d = sum_i w_i g_i:
+
+all log losses fall at the same first-order rate. For K = 2 the closed form is
+w_0 = (Q_11 - Q_01) / (Q_00 + Q_11 - 2 Q_01). Q gets a ridge ``qp_eps * trace(Q) / K`` so parallel
+gradients stay finite. Weights can be negative when the gradients are strongly correlated.
+
+The direction is then rescaled as in Solution 1: the raw task gradients get coefficients
+a_i = (w_i / D_i) / sum_j |w_j| / D_j, which equals FAMO's c-normalisation when every w_i >= 0 and never
+flips the direction (or divides by ~0) when some w_i < 0 (our choice; the paper's text is not available).
+The model step is Cautious Adam. Each step needs one backward pass per task (K autograd.grad calls).
+
+Usage::
+
+    opt = BalancedQP(model_params, lr=5e-5)
+    opt.zero_grad()
+    weights = opt.backward([distortion, rate])   # fills .grad with the balanced direction
+    clip_grad_norm_(model_params, 1.0)
+    opt.step()
+
+Under torch.distributed the per-task gradients and losses are averaged over ranks inside ``backward``:
+pass the parameters of the *unwrapped* module (autograd.grad bypasses DDP's gradient hooks).
+GradScaler is not supported (the per-task gradients are taken unscaled); use FP32 or bf16 autocast.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from balanced_rd.cautious import CautiousAdam
+from balanced_rd.distributed import all_reduce_mean, all_reduce_mean_
+from balanced_rd.tasks import (LOG_EPS, check_above_min, check_n_tasks, per_task_vector, stack_losses,
+                               task_names_or_default)
+
+
+def task_gradients(task_losses: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
+    """Gradients of each task loss w.r.t. ``params`` as a (K, n_params) FP32 matrix (one autograd.grad each).
+
+    Parameters a task does not reach get zeros. The graph is freed after the last task.
+    """
+    params = list(params)
+    rows = []
+    for index, loss in enumerate(task_losses):
+        grads = torch.autograd.grad(loss, params, retain_graph=index < len(task_losses) - 1, allow_unused=True)
+        rows.append(torch.cat([(grad if grad is not None else torch.zeros_like(param)).reshape(-1).float()
+                               for grad, param in zip(grads, params)]))
+    return torch.stack(rows)
+
+
+def qp_weights(gram: Tensor, qp_eps: float = 1e-6) -> Tensor:
+    """Minimiser of 1/2 w^T (Q + ridge I) w subject to sum(w) = 1, ridge = qp_eps * trace(Q) / K (float64)."""
+    gram = gram.double()
+    n_tasks = gram.shape[0]
+    ridge = qp_eps * float(gram.trace()) / n_tasks
+    regularised = gram + ridge * torch.eye(n_tasks, dtype=gram.dtype, device=gram.device)
+    uniform = torch.full((n_tasks,), 1.0 / n_tasks, dtype=gram.dtype, device=gram.device)
+    if n_tasks == 2:
+        denominator = regularised[0, 0] + regularised[1, 1] - 2 * regularised[0, 1]
+        if not denominator > 0:  # identical gradients without a ridge: every feasible w is optimal
+            return uniform
+        first = (regularised[1, 1] - regularised[0, 1]) / denominator
+        return torch.stack([first, 1 - first])
+    ones = torch.ones(n_tasks, dtype=gram.dtype, device=gram.device)
+    solution = torch.linalg.lstsq(regularised, ones.unsqueeze(1)).solution.squeeze(1)
+    total = solution.sum()
+    if not (torch.isfinite(solution).all() and total.abs() > 0):
+        return uniform
+    return solution / total
+
+
+class BalancedQP(CautiousAdam):
+    """Cautious Adam driven by QP task weights (Solution 2); see the module docstring.
+
+    Args:
+        params, lr, betas, eps, weight_decay, cautious, max_mask_scale: as :class:`balanced_rd.Balanced`.
+        n_tasks: number of task losses K (>= 2).
+        min_losses: offsets m_i in D_i = l_i - m_i (float or per task; LIC default -1).
+        qp_eps: relative ridge added to the Gram matrix.
+        task_names: names for errors and logs.
+    """
+
+    def __init__(self, params: Iterable, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, n_tasks: int = 2, min_losses: float | Sequence[float] = -1.0,
+                 qp_eps: float = 1e-6, cautious: bool = True, max_mask_scale: float | None = 10.0,
+                 task_names: Sequence[str] | None = None):
+        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay, cautious=cautious,
+                         max_mask_scale=max_mask_scale)
+        self.n_tasks = check_n_tasks(n_tasks)
+        self.task_names = task_names_or_default(task_names, self.n_tasks)
+        self.min_losses = per_task_vector(min_losses, self.n_tasks, "min_losses")
+        self.qp_eps = float(qp_eps)
+        self._weights = torch.full((self.n_tasks,), 1.0 / self.n_tasks)
+        self._last_coefficients: Tensor | None = None
+
+    @property
+    def task_weights(self) -> Tensor:
+        """QP weights w of the last :meth:`backward` (uniform before the first)."""
+        return self._weights.clone()
+
+    @property
+    def loss_coefficients(self) -> Tensor | None:
+        """a_i of the last :meth:`backward`: the coefficients the raw task gradients got."""
+        return self._last_coefficients
+
+    def task_weight_dict(self) -> dict[str, float]:
+        """``{"weight_<task>": w_i}`` (plus ``"coef_<task>": a_i`` after a backward), for CSV logs."""
+        record = {f"weight_{name}": value for name, value in zip(self.task_names, self._weights.tolist())}
+        if self._last_coefficients is not None:
+            record.update({f"coef_{name}": value
+                           for name, value in zip(self.task_names, self._last_coefficients.tolist())})
+        return record
+
+    def _parameters_in_order(self) -> list[Tensor]:
+        return [param for group in self.param_groups for param in group["params"] if param.requires_grad]
+
+    def backward(self, task_losses: Sequence[Tensor] | Tensor) -> Tensor:
+        """Accumulate the balanced direction into ``.grad`` of the parameters; returns the QP weights."""
+        losses = stack_losses(task_losses, self.n_tasks)
+        params = self._parameters_in_order()
+        gradients = all_reduce_mean_(task_gradients(list(losses.float()), params))
+        with torch.no_grad():
+            values = all_reduce_mean(losses.detach().float())
+            self.min_losses = self.min_losses.to(values.device)
+            check_above_min(values, self.min_losses, self.task_names)
+            shifted = (values - self.min_losses + LOG_EPS).double()
+            log_gradients = gradients.double() / shifted.unsqueeze(1)
+            weights = qp_weights(log_gradients @ log_gradients.T, self.qp_eps)
+            coefficients = (weights / shifted) / (weights.abs() / shifted).sum()
+            direction = (coefficients.to(gradients.dtype).unsqueeze(1) * gradients).sum(0)
+            offset = 0
+            for param in params:
+                numel = param.numel()
+                piece = direction[offset:offset + numel].view_as(param).to(param.dtype)
+                offset += numel
+                if param.grad is None:
+                    param.grad = piece.clone()
+                else:
+                    param.grad.add_(piece)
+        self._weights = weights.float().cpu()
+        self._last_coefficients = coefficients.float().cpu()
+        return self.task_weights

@@ -1,0 +1,72 @@
+"""Task-loss bookkeeping shared by the FAMO (Solution 1) and QP (Solution 2) optimizers."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from common.errors import UserError
+
+# Added to loss - min_loss before the log (the FAMO reference value).
+LOG_EPS = 1e-8
+
+
+def check_n_tasks(n_tasks: int) -> int:
+    if int(n_tasks) != n_tasks or n_tasks < 2:
+        raise UserError(f"n_tasks must be an integer >= 2 (balancing needs at least two tasks), got {n_tasks}")
+    return int(n_tasks)
+
+
+def task_names_or_default(task_names: Sequence[str] | None, n_tasks: int) -> list[str]:
+    if task_names is None:
+        return [f"task{i}" for i in range(n_tasks)]
+    names = [str(name) for name in task_names]
+    if len(names) != n_tasks:
+        raise UserError(f"got {len(names)} task names for n_tasks={n_tasks}; give one name per task")
+    return names
+
+
+def per_task_vector(value: float | Sequence[float] | Tensor, n_tasks: int, name: str) -> Tensor:
+    """A float32 vector of length ``n_tasks`` from a scalar (broadcast) or one value per task."""
+    vector = torch.as_tensor(value, dtype=torch.float32).detach().clone().reshape(-1)
+    if vector.numel() == 1:
+        vector = vector.expand(n_tasks).clone()
+    if vector.numel() != n_tasks:
+        raise UserError(f"{name} has {vector.numel()} values but there are {n_tasks} tasks; "
+                        f"give one value or one per task")
+    if not torch.isfinite(vector).all():
+        raise UserError(f"{name} must be finite, got {vector.tolist()}")
+    return vector
+
+
+def stack_losses(task_losses: Sequence[Tensor | float] | Tensor, n_tasks: int) -> Tensor:
+    """The K task losses as one 1-D tensor (autograd graph kept); wrong count -> UserError."""
+    if isinstance(task_losses, Tensor):
+        losses = task_losses.reshape(-1) if task_losses.dim() <= 1 else None
+    else:
+        items = [loss if isinstance(loss, Tensor) else torch.as_tensor(float(loss)) for loss in task_losses]
+        if any(item.numel() != 1 for item in items):
+            raise UserError("each task loss must be a scalar; reduce per-sample losses (e.g. .mean()) first")
+        device = items[0].device if items else None
+        losses = torch.stack([item.reshape(()).to(device) for item in items]) if items else torch.zeros(0)
+    if losses is None or losses.numel() != n_tasks:
+        got = task_losses.shape if isinstance(task_losses, Tensor) else len(task_losses)
+        raise UserError(f"expected {n_tasks} task losses (n_tasks={n_tasks}), got {got}")
+    return losses
+
+
+def check_above_min(values: Tensor, min_losses: Tensor, names: Sequence[str]) -> None:
+    """Raise a UserError naming the first finite task loss that is <= its min_loss (log would fail)."""
+    bad = torch.isfinite(values) & (values <= min_losses)
+    if bad.any():
+        index = int(bad.nonzero()[0, 0])
+        raise UserError(
+            f"task loss '{names[index]}' = {values[index].item():.6g} is <= its min_loss "
+            f"{min_losses[index].item():.6g}; balancing takes log(loss - min_loss): lower --min_losses "
+            f"(the LIC default is -1) or check that loss")
+
+
+def shifted_log(values: Tensor, min_losses: Tensor) -> Tensor:
+    """log(loss - min_loss + eps), elementwise, in the dtype of ``values`` (FP32 in practice)."""
+    return (values - min_losses + LOG_EPS).log()
