@@ -1,0 +1,224 @@
+"""common.eval against compressai's own eval_model code, by-hand bpp, decode/forward agreement, CLI errors."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common.eval import (DecodeMismatchWarning, centred_padding, crop, evaluate, pad, psnr_8bit,
+                         write_results)
+from common.models import build
+
+REPO = Path(__file__).resolve().parents[1]
+# Sizes that are not multiples of 64 (padding matters) and at least 161 px (5-scale MS-SSIM exists).
+SIZES = [(170, 200), (192, 161)]
+
+
+def _smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Photo-like 8-bit content: a colour gradient plus low-amplitude noise."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx / width, yy / height, (xx + yy) / (width + height)], axis=-1) * 200 + 20
+    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def compressai_eval():
+    """compressai's eval_model module; importing it sets 1 thread, which we undo for the other tests."""
+    threads = torch.get_num_threads()
+    from compressai.utils.eval_model import __main__ as module
+    torch.set_num_threads(threads)
+    return module
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(SIZES):
+        Image.fromarray(_smooth_image(rng, h, w)).save(root / f"img{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A q1 bmshj2018 model, seeded, trained a few steps so that its latents and CDFs are not the init ones."""
+    torch.manual_seed(0)
+    model = build("bmshj2018-factorized", quality=1)
+    from compressai.losses import RateDistortionLoss
+    from compressai.optimizers import net_aux_optimizer
+    opt = net_aux_optimizer(model, {"net": {"type": "Adam", "lr": 1e-3}, "aux": {"type": "Adam", "lr": 1e-3}})
+    criterion = RateDistortionLoss(lmbda=0.01)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        opt["net"].zero_grad(), opt["aux"].zero_grad()
+        criterion(model(x), x)["loss"].backward()
+        model.aux_loss().backward()
+        opt["net"].step(), opt["aux"].step()
+    path = tmp_path_factory.mktemp("ckpt") / "q1.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_centred_padding_matches_compressai():
+    from compressai.ops import compute_padding
+    for h, w in [(170, 200), (64, 64), (1, 129), (512, 768), (300, 451)]:
+        for multiple in (16, 64, 256):
+            expected, _ = compute_padding(h, w, min_div=multiple)
+            assert centred_padding(h, w, multiple) == expected
+    x = torch.rand(1, 3, 17, 30)
+    for mode in ("zero", "replicate"):
+        padded = pad(x, centred_padding(17, 30, 16), mode)
+        assert padded.shape[-2:] == (32, 32)
+        assert torch.equal(crop(padded, centred_padding(17, 30, 16)), x)
+    assert pad(x, (1, 1, 0, 0), "replicate")[..., 0].equal(x[..., 0])
+    assert pad(x, (1, 1, 0, 0), "zero")[..., 0].abs().sum() == 0
+
+
+def test_matches_compressai_eval_model(dataset, checkpoint, compressai_eval):
+    ours_model = build("bmshj2018-factorized", checkpoint=str(checkpoint))
+    images = sorted(dataset.glob("*.png"))
+    rows, agg = evaluate(ours_model, images)
+
+    theirs_model = compressai_eval.load_checkpoint("bmshj2018-factorized", False, str(checkpoint))
+    theirs_agg = compressai_eval.eval_model(theirs_model, "", dataset, images,
+                                            architecture="bmshj2018-factorized", half=False, per_image=False)
+    for row, path in zip(rows, images):
+        theirs = compressai_eval.inference(theirs_model, compressai_eval.read_image(path))
+        assert row["bpp"] == theirs["bpp"]
+        assert row["psnr-rgb"] == pytest.approx(theirs["psnr-rgb"], abs=1e-4)
+        assert row["ms-ssim-rgb"] == pytest.approx(theirs["ms-ssim-rgb"], abs=1e-6)
+        # bpp by hand: payload bytes of compress() on the centred, zero-padded image over unpadded pixels.
+        x = compressai_eval.read_image(path).unsqueeze(0)
+        h, w = x.shape[-2:]
+        strings = ours_model.compress(pad(x, centred_padding(h, w, 64)))["strings"]
+        assert row["bytes"] == len(strings[0][0])
+        assert row["bpp"] == len(strings[0][0]) * 8 / (h * w)
+        # The decoded image is the eval-mode forward, bit for bit, and the likelihoods predict the bytes.
+        assert row["forward_max_abs_diff"] == 0.0
+        assert row["bpp_estimated"] == pytest.approx(row["bpp"], rel=0.02)
+        assert row["ms-ssim-db-rgb"] == pytest.approx(-10 * math.log10(1 - row["ms-ssim-rgb"]))
+    for key in ("bpp", "psnr-rgb", "ms-ssim-rgb"):
+        assert agg[key] == pytest.approx(theirs_agg[key], abs=1e-4 if key == "psnr-rgb" else 1e-9)
+    assert agg["bpp"] == pytest.approx(sum(r["bpp"] for r in rows) / len(rows))
+
+
+def test_entropy_estimation_matches_compressai_and_pads(dataset, checkpoint, compressai_eval, tmp_path):
+    model = build("bmshj2018-factorized", checkpoint=str(checkpoint)).eval()
+    path = tmp_path / "aligned.png"
+    Image.fromarray(_smooth_image(np.random.default_rng(3), 192, 256)).save(path)
+    (row,), _ = evaluate(model, [path], entropy_estimation=True)
+    theirs = compressai_eval.inference_entropy_estimation(model, compressai_eval.read_image(path))
+    assert row["bpp"] == pytest.approx(theirs["bpp"], rel=1e-6)
+    assert row["psnr-rgb"] == pytest.approx(theirs["psnr-rgb"], abs=1e-4)
+    # An unaligned size crashes compressai's path; ours pads, so the estimate tracks the coded rate.
+    (coded,), _ = evaluate(model, [dataset / "img0.png"])
+    (estimated,), _ = evaluate(model, [dataset / "img0.png"], entropy_estimation=True)
+    assert estimated["bpp"] == pytest.approx(coded["bpp_estimated"], rel=1e-9)
+    assert estimated["psnr-rgb"] == pytest.approx(coded["psnr-rgb"], abs=1e-9)
+
+
+def test_decode_mismatch_warns(dataset, checkpoint):
+    model = build("bmshj2018-factorized", checkpoint=str(checkpoint))
+    decompress = model.decompress
+
+    def shifted(strings, shape):
+        out = decompress(strings, shape)
+        return {"x_hat": (out["x_hat"] + 0.05).clamp(0, 1)}
+
+    model.decompress = shifted
+    with pytest.warns(DecodeMismatchWarning, match="DIFFERS FROM THE EVAL-MODE FORWARD"):
+        (row,), _ = evaluate(model, [dataset / "img0.png"])
+    assert row["forward_max_abs_diff"] == pytest.approx(0.05, abs=1e-3)
+
+
+def test_small_image_does_not_crash(tmp_path, checkpoint):
+    Image.fromarray(_smooth_image(np.random.default_rng(1), 40, 70)).save(tmp_path / "tiny.png")
+    model = build("bmshj2018-factorized", checkpoint=str(checkpoint))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (row,), agg = evaluate(model, [tmp_path / "tiny.png"])
+    assert row["bpp"] > 0 and math.isfinite(row["psnr-rgb"])
+    assert agg["num_images"] == 1
+
+
+def test_restores_training_mode_and_psnr_by_hand(dataset, checkpoint):
+    model = build("bmshj2018-factorized", checkpoint=str(checkpoint)).train()
+    evaluate(model, [dataset / "img1.png"])
+    assert model.training
+    a = torch.zeros(1, 3, 4, 4)
+    b = torch.full((1, 3, 4, 4), 10 / 255)
+    assert psnr_8bit(a, b) == pytest.approx(10 * math.log10(255 ** 2 / 100))
+
+
+def _run_cli(*args: str, env=None):
+    return subprocess.run([sys.executable, "-m", "common.eval", *args], cwd=REPO, capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_cli_writes_compressai_json_and_csv(dataset, checkpoint, tmp_path):
+    out = tmp_path / "res" / "curve.json"
+    proc = _run_cli("--model", "bmshj2018-factorized", "--checkpoint", str(checkpoint), str(checkpoint),
+                    "--dataset", str(dataset), "--output", str(out), "--pad_mode", "replicate")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert set(doc) >= {"name", "description", "results"}
+    assert "replicate" in doc["description"]
+    results = doc["results"]
+    for key in ("bpp", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-db-rgb", "encoding_time", "decoding_time"):
+        assert len(results[key]) == 2
+    assert results["bpp"][0] == results["bpp"][1]
+    lines = out.with_suffix(".csv").read_text().strip().splitlines()
+    assert len(lines) == 1 + 2 * len(SIZES)
+    model = build("bmshj2018-factorized", checkpoint=str(checkpoint))
+    _, agg = evaluate(model, sorted(dataset.glob("*.png")), pad_mode="replicate")
+    assert results["bpp"][0] == pytest.approx(agg["bpp"])
+
+
+@pytest.mark.parametrize("case", ["missing_dataset", "missing_checkpoint", "truncated_checkpoint",
+                                  "bad_quality", "quality_not_integer"])
+def test_cli_user_errors_are_one_line(case, dataset, checkpoint, tmp_path):
+    args = {"--model": "bmshj2018-factorized", "--dataset": str(dataset), "--output": str(tmp_path / "o.json"),
+            "--checkpoint": str(checkpoint)}
+    expected = {"missing_dataset": "dataset folder not found", "missing_checkpoint": "checkpoint file not found",
+                "truncated_checkpoint": "truncated", "bad_quality": "--quality must be an integer from 1 to 8",
+                "quality_not_integer": "--quality must be an integer or a comma list"}[case]
+    if case == "missing_dataset":
+        args["--dataset"] = str(tmp_path / "nope")
+    elif case == "missing_checkpoint":
+        args["--checkpoint"] = str(tmp_path / "nope.pt")
+    elif case == "truncated_checkpoint":
+        broken = tmp_path / "broken.pt"
+        broken.write_bytes(checkpoint.read_bytes()[:5000])
+        args["--checkpoint"] = str(broken)
+    else:
+        del args["--checkpoint"]
+        args["--quality"] = "9" if case == "bad_quality" else "one"
+    flat = [item for pair in args.items() for item in pair]
+    if "--checkpoint" not in args:
+        flat.append("--pretrained")
+    proc = _run_cli(*flat)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert expected in proc.stderr
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_write_results_round_trips_through_rd(tmp_path):
+    from common.rd import load_curve
+    rows = [{"image": "a.png", "bpp": 0.5, "psnr-rgb": 30.0}]
+    aggs = [{"bpp": 0.5, "psnr-rgb": 30.0, "ms-ssim-rgb": 0.9}, {"bpp": 0.8, "psnr-rgb": 32.0, "ms-ssim-rgb": 0.95}]
+    json_path, csv_path = write_results(tmp_path / "c.json", "ours", "Inference (ans)", ["a", "b"], aggs,
+                                        [rows, rows])
+    curve = load_curve(json_path)
+    assert curve.bpp == [0.5, 0.8] and curve.values("psnr-rgb") == [30.0, 32.0]
+    assert curve.values("ms-ssim-db-rgb")[1] == pytest.approx(-10 * math.log10(0.05))
+    assert csv_path.read_text().splitlines()[0] == "point,image,bpp,psnr-rgb"
