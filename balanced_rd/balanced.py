@@ -46,6 +46,17 @@ _LOGIT_BETAS = (0.9, 0.999)
 _LOGIT_EPS = 1e-8
 
 
+def logit_gradient(logits: Tensor, delta: Tensor, gamma: float | Tensor) -> Tensor:
+    """J_softmax(logits)^T delta + gamma * logits, i.e. z * (delta - <z, delta>) + gamma * logits.
+
+    delta is centred on its maximum first (exact in floating point, and the same value mathematically
+    since sum(z) = 1), so equal deltas give an exactly zero softmax term.
+    """
+    z = torch.softmax(logits, dim=0)
+    centred = delta - delta.max()
+    return z * (centred - (z * centred).sum()) + gamma * logits
+
+
 class Balanced(CautiousAdam):
     """Cautious Adam on the model parameters with FAMO task weighting (see the module docstring).
 
@@ -190,8 +201,7 @@ class Balanced(CautiousAdam):
 
     def _step_logits(self, delta: Tensor) -> None:
         """Adam step on the logits with gradient J_softmax^T delta + gamma * logits."""
-        z = torch.softmax(self.logits, dim=0)
-        grad = z * (delta - (z * delta).sum()) + self._gamma * self.logits
+        grad = logit_gradient(self.logits, delta, self._gamma)
         beta1, beta2 = _LOGIT_BETAS
         self._logit_step += 1
         self._logit_exp_avg.lerp_(grad, 1 - beta1)
