@@ -1,0 +1,256 @@
+"""Light quantization-aware training (seed 002 §3') on ``torch.ao.quantization`` fake-quant modules.
+
+Every Conv2d / ConvTranspose2d / Linear inside the chosen transforms is wrapped by :class:`FakeQuantLayer`:
+its weight goes through an INT8 fake-quantizer (per-output-channel symmetric, range [-128, 127], by
+default) and its output through a UINT8 affine fake-quantizer whose range an observer learns (EMA or
+min/max). The entropy model is never touched (it has no conv layers); with ``--qat_exclude_entropy``
+(default) the hyperprior transforms ``h_a``/``h_s`` of hyperprior models are left in float too.
+
+Phases, driven by :meth:`QATController.on_step` (the engine calls it before every training step):
+
+- calibration, steps ``[0, qat_calib_steps)``: activation and weight observers update;
+- freeze, steps ``[qat_calib_steps, qat_freeze_after)``: activation scales fixed, weight scales follow
+  the weights as they train;
+- eval-ready, steps ``>= qat_freeze_after``: every scale fixed (the deployment scales).
+
+Fake quantization stays on in every phase ("freeze", not "disable", in the seed's table); layers keep
+training. ``--qat_disable_observer_step N`` (N >= 0) stops every observer from step N on, whatever the
+phase. In ``eval()`` mode observers never update (validation batches do not move the scales), and
+``--qat_eval_fakequant false`` makes eval-mode forwards run in float.
+
+QAT under AMP is allowed but not recommended (a warning is issued); fake quantization itself always
+runs in float32.
+"""
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.ao.quantization import (FakeQuantize, MinMaxObserver, MovingAverageMinMaxObserver,
+                                   PerChannelMinMaxObserver)
+
+from common.cli import bool_flag
+from common.errors import UserError
+
+QAT_SCOPES = {"encoder": ("g_a",), "decoder": ("g_s",), "all": ("g_a", "g_s")}
+HYPER_TRANSFORMS = ("h_a", "h_s")
+ACT_OBSERVERS = ("ema", "minmax")
+EMA_AVERAGING_CONSTANT = 0.01
+QUANTIZABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+DEFAULTS = {"scope": "all", "exclude_entropy": True, "calib_steps": 2000, "freeze_after": 8000,
+            "act_observer": "ema", "w_per_channel": True, "disable_observer_step": -1, "eval_fakequant": True}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the QAT flags of seed 002."""
+    group = parser.add_argument_group("quantization-aware training (seed 002)")
+    bool_flag(group, "--qat", False, "insert INT8 fake quantization (weights per channel, activations per tensor)")
+    group.add_argument("--qat_scope", choices=tuple(QAT_SCOPES), default=DEFAULTS["scope"],
+                       help="transforms to fake-quantize (default: %(default)s)")
+    bool_flag(group, "--qat_exclude_entropy", DEFAULTS["exclude_entropy"],
+              "keep the entropy model and hyperprior transforms in float")
+    group.add_argument("--qat_calib_steps", type=int, default=DEFAULTS["calib_steps"],
+                       help="steps during which activation observers learn their ranges (default: %(default)s)")
+    group.add_argument("--qat_freeze_after", type=int, default=DEFAULTS["freeze_after"],
+                       help="step from which every observer is frozen, weight scales included (default: %(default)s)")
+    group.add_argument("--qat_act_observer", choices=ACT_OBSERVERS, default=DEFAULTS["act_observer"],
+                       help=f"activation range: ema (moving average, constant {EMA_AVERAGING_CONSTANT}) or "
+                            "minmax (running extremes) (default: %(default)s)")
+    bool_flag(group, "--qat_w_per_channel", DEFAULTS["w_per_channel"],
+              "per-output-channel symmetric weight scales (else one scale per layer)")
+    group.add_argument("--qat_disable_observer_step", type=int, default=DEFAULTS["disable_observer_step"],
+                       help="if >= 0, stop every observer from this step on (default: %(default)s, off)")
+    bool_flag(group, "--qat_eval_fakequant", DEFAULTS["eval_fakequant"],
+              "keep fake quantization on in eval mode (validation sees INT8-like outputs)")
+
+
+def make_config(**overrides) -> dict:
+    """Validated QAT config (plain types) from :data:`DEFAULTS` and ``overrides``."""
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        raise UserError(f"unknown QAT option(s): {', '.join(sorted(unknown))}")
+    config = {**DEFAULTS, **overrides}
+    if config["scope"] not in QAT_SCOPES:
+        raise UserError(f"--qat_scope must be one of {', '.join(QAT_SCOPES)}, got {config['scope']!r}")
+    if config["act_observer"] not in ACT_OBSERVERS:
+        raise UserError(f"--qat_act_observer must be ema or minmax, got {config['act_observer']!r}")
+    if config["calib_steps"] < 1:
+        raise UserError(f"--qat_calib_steps must be >= 1 (activation ranges need data), got {config['calib_steps']}")
+    if config["freeze_after"] < config["calib_steps"]:
+        raise UserError(f"--qat_freeze_after ({config['freeze_after']}) must be >= --qat_calib_steps "
+                        f"({config['calib_steps']})")
+    return config
+
+
+def config_from_args(args: argparse.Namespace) -> dict | None:
+    """QAT config from parsed flags, or None without ``--qat``. Warns when AMP is also on."""
+    if not args.qat:
+        return None
+    if getattr(args, "amp", False):
+        warnings.warn("QAT with AMP is not recommended (seed 002: it invites NaNs); consider --amp false. "
+                      "Fake quantization itself runs in float32.", stacklevel=2)
+    return make_config(scope=args.qat_scope, exclude_entropy=args.qat_exclude_entropy,
+                       calib_steps=args.qat_calib_steps, freeze_after=args.qat_freeze_after,
+                       act_observer=args.qat_act_observer, w_per_channel=args.qat_w_per_channel,
+                       disable_observer_step=args.qat_disable_observer_step,
+                       eval_fakequant=args.qat_eval_fakequant)
+
+
+def weight_fake_quant(layer: nn.Module, per_channel: bool) -> FakeQuantize:
+    """INT8 symmetric weight fake-quantizer; channel axis = output channels of ``layer``."""
+    if per_channel:
+        ch_axis = 1 if isinstance(layer, nn.ConvTranspose2d) else 0
+        return FakeQuantize(observer=PerChannelMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
+                            qscheme=torch.per_channel_symmetric, ch_axis=ch_axis)
+    return FakeQuantize(observer=MinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
+                        qscheme=torch.per_tensor_symmetric)
+
+
+def activation_fake_quant(observer: str) -> FakeQuantize:
+    """UINT8 affine per-tensor activation fake-quantizer."""
+    if observer == "ema":
+        return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
+                            qscheme=torch.per_tensor_affine, averaging_constant=EMA_AVERAGING_CONSTANT)
+    return FakeQuantize(observer=MinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
+                        qscheme=torch.per_tensor_affine)
+
+
+class FakeQuantLayer(nn.Module):
+    """A Conv2d/ConvTranspose2d/Linear with fake-quantized weight and output."""
+
+    def __init__(self, layer: nn.Module, act_observer: str = "ema", w_per_channel: bool = True,
+                 eval_fakequant: bool = True):
+        super().__init__()
+        if not isinstance(layer, QUANTIZABLE):
+            raise TypeError(f"cannot fake-quantize {type(layer).__name__}")
+        self.layer = layer
+        self.weight_fake_quant = weight_fake_quant(layer, w_per_channel)
+        self.output_fake_quant = activation_fake_quant(act_observer)
+        self.eval_fakequant = eval_fakequant
+        # Phase flags set by the controller; eval mode overrides them (see train()).
+        self.observe_weights = True
+        self.observe_activations = True
+        with torch.no_grad():  # weight scales are known before any data is seen
+            self.weight_fake_quant(layer.weight.detach())
+
+    def train(self, mode: bool = True) -> "FakeQuantLayer":
+        super().train(mode)
+        self._apply_observer_flags()
+        return self
+
+    def set_phase(self, observe_weights: bool, observe_activations: bool) -> None:
+        self.observe_weights = observe_weights
+        self.observe_activations = observe_activations
+        self._apply_observer_flags()
+
+    def _apply_observer_flags(self) -> None:
+        for fq, on in ((self.weight_fake_quant, self.observe_weights),
+                       (self.output_fake_quant, self.observe_activations)):
+            if on and self.training:
+                fq.enable_observer()
+            else:
+                fq.disable_observer()
+
+    def _linear_op(self, x: Tensor, weight: Tensor) -> Tensor:
+        layer = self.layer
+        if isinstance(layer, nn.Conv2d):
+            return layer._conv_forward(x, weight, layer.bias)
+        if isinstance(layer, nn.ConvTranspose2d):
+            return F.conv_transpose2d(x, weight, layer.bias, layer.stride, layer.padding, layer.output_padding,
+                                      layer.groups, layer.dilation)
+        return F.linear(x, weight, layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training or self.eval_fakequant):
+            return self.layer(x)
+        out = self._linear_op(x, self.weight_fake_quant(self.layer.weight))
+        # Fake quantization kernels need float32 (AMP would hand them fp16/bf16).
+        return self.output_fake_quant(out.float()).to(out.dtype)
+
+
+def fake_quant_layers(model: nn.Module) -> list[FakeQuantLayer]:
+    return [m for m in model.modules() if isinstance(m, FakeQuantLayer)]
+
+
+def _wrap(parent: nn.Module, config: dict) -> int:
+    count = 0
+    for name, child in parent.named_children():
+        if isinstance(child, QUANTIZABLE):
+            setattr(parent, name, FakeQuantLayer(child, config["act_observer"], config["w_per_channel"],
+                                                 config["eval_fakequant"]))
+            count += 1
+        elif not isinstance(child, FakeQuantLayer):
+            count += _wrap(child, config)
+    return count
+
+
+def prepare(model: nn.Module, config: dict | None) -> nn.Module:
+    """Wrap the layers selected by ``config`` with fake quantization (in place; returns ``model``)."""
+    if config is None:
+        return model
+    transforms = QAT_SCOPES[config["scope"]]
+    if config["scope"] == "all" and not config["exclude_entropy"]:
+        transforms += HYPER_TRANSFORMS
+    count = 0
+    for attr in transforms:
+        part = getattr(model, attr, None)
+        if isinstance(part, nn.Module):
+            count += _wrap(part, config)
+    if count == 0:
+        raise UserError(f"--qat_scope {config['scope']} found no Conv/Linear layer to quantize in "
+                        f"{type(model).__name__}")
+    return model
+
+
+class QATController:
+    """Drives the observer phases of a prepared model; call :meth:`on_step` before every training step."""
+
+    def __init__(self, model: nn.Module, config: dict):
+        self.model = model
+        self.config = config
+        self.layers = fake_quant_layers(model)
+        if not self.layers:
+            raise ValueError("model has no fake-quantized layer; call common.qat.prepare first")
+
+    def phase(self, step: int) -> str:
+        if step < self.config["calib_steps"]:
+            return "calibration"
+        if step < self.config["freeze_after"]:
+            return "freeze"
+        return "eval-ready"
+
+    def observers_at(self, step: int) -> tuple[bool, bool]:
+        """(weight observers on, activation observers on) at ``step``."""
+        stop = self.config["disable_observer_step"]
+        if stop >= 0 and step >= stop:
+            return False, False
+        phase = self.phase(step)
+        return phase != "eval-ready", phase == "calibration"
+
+    def on_step(self, global_step: int) -> str:
+        """Set the observer state for ``global_step``; returns the phase name (for logging)."""
+        observe_weights, observe_activations = self.observers_at(global_step)
+        for layer in self.layers:
+            layer.set_phase(observe_weights, observe_activations)
+        return self.phase(global_step)
+
+    def finalize(self) -> nn.Module:
+        return finalize(self.model)
+
+
+def finalize(model: nn.Module) -> nn.Module:
+    """Freeze every observer for deployment (scales final, fake quantization on); the engine then calls
+    ``model.update(force=True)``. Warns when an activation range was never observed."""
+    unobserved = []
+    for name, module in model.named_modules():
+        if isinstance(module, FakeQuantLayer):
+            module.set_phase(False, False)
+            if torch.isinf(module.output_fake_quant.activation_post_process.min_val).any():
+                unobserved.append(name)
+    if unobserved:
+        warnings.warn(f"activation ranges never observed for {', '.join(unobserved)}: they still use scale 1; "
+                      "run at least one training step in the calibration phase", stacklevel=2)
+    return model

@@ -1,0 +1,217 @@
+"""Architecture replacement recipes for bmshj2018-style models (seeds 000-003) and trainable scopes.
+
+The whole recipe lives in one plain dict (the *replace config*) that training checkpoints store under
+``"replace"``; :func:`apply_config` rebuilds the same architecture from it, both before training and
+when a checkpoint is loaded.
+
+Typical use (what ``common.train`` does)::
+
+    parser = OneLineErrorParser(); add_arguments(parser); args = parser.parse_args()
+    config = config_from_args(args)          # None when no replace flag was given
+    model = apply_config(model, config)      # GDN -> ReLU/GDNishLite, deconv -> Upsample+Conv
+    params = set_trainable(model, config)    # sets requires_grad, returns the main trainable params
+
+Defaults follow the seeds: ``--replace_parts`` alone replaces GDN/IGDN by ReLU (seed 000); ``--act``
+alone replaces in both transforms (seed 003's default ``all``); ``--train_scope`` defaults to
+``replaced`` when something is replaced (seed 001: "only the replaced convs" by default), else ``all``.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+
+from torch import nn
+
+from common.cli import bool_flag
+from common.errors import UserError
+from common.replace.blocks import ACT_TYPES, ECA, GDNishLiteDec, GDNishLiteEnc
+from common.replace.registry import available_blocks, import_block_modules, register_block
+from common.replace.scope import TRAIN_SCOPES, aux_parameters, set_trainable, trainable_names
+from common.replace.transforms import (PARTS, UPSAMPLE_MODES, UpsampleConv, is_replaced, replace_decoder_deconv,
+                                       replace_gdn, upconv_from_deconv)
+
+__all__ = [
+    "ECA", "GDNishLiteDec", "GDNishLiteEnc", "UpsampleConv", "add_arguments", "apply_config", "aux_parameters",
+    "available_blocks", "build_student_from_teacher", "config_from_args", "is_replaced", "make_config",
+    "register_block", "replace_decoder_deconv", "replace_gdn", "set_trainable", "trainable_names",
+    "upconv_from_deconv",
+]
+
+ENC_DEFAULTS = {"t": 2.0, "k_dw": 3, "use_eca": True, "residual": True, "eca_kernel": 3, "init_identity": True,
+                "act_type": "relu6", "bn": False}
+DEC_DEFAULTS = {"k": 3, "g_min": 0.5, "g_max": 2.0, "residual": True, "act_type": "relu6", "use_bn": False,
+                "init_identity": True}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the replacement and trainable-scope flags (names as in seeds 000-003)."""
+    group = parser.add_argument_group("architecture replacement (seeds 000-003)")
+    group.add_argument("--replace_parts", choices=tuple(PARTS), default=None,
+                       help="where GDN/IGDN are replaced: encoder (g_a), decoder (g_s), all, none "
+                            "(default: all if --act is given, else none)")
+    group.add_argument("--act", default=None,
+                       help=f"replacement block: {', '.join(available_blocks())} or a block registered by "
+                            "--act_module (default: relu if --replace_parts is given)")
+    group.add_argument("--act_module", action="append", default=[], metavar="MODULE",
+                       help="import MODULE first (it calls common.replace.register_block); repeatable")
+    group.add_argument("--act_opt", action="append", default=[], metavar="KEY=VALUE",
+                       help="keyword option passed to a custom block's factories; repeatable")
+    group.add_argument("--enc_t", type=float, default=ENC_DEFAULTS["t"], help="GDNishLiteEnc 1x1 expansion ratio")
+    group.add_argument("--enc_kdw", type=int, default=ENC_DEFAULTS["k_dw"], help="GDNishLiteEnc depthwise kernel")
+    bool_flag(group, "--enc_eca", ENC_DEFAULTS["use_eca"], "GDNishLiteEnc: ECA channel gate")
+    bool_flag(group, "--enc_residual", ENC_DEFAULTS["residual"], "GDNishLiteEnc: residual connection")
+    group.add_argument("--enc_eca_kernel", type=int, default=ENC_DEFAULTS["eca_kernel"],
+                       help="GDNishLiteEnc: ECA 1-D kernel width")
+    group.add_argument("--enc_act", choices=ACT_TYPES, default=ENC_DEFAULTS["act_type"],
+                       help="GDNishLiteEnc activation")
+    bool_flag(group, "--enc_bn", ENC_DEFAULTS["bn"], "GDNishLiteEnc: BatchNorm after the first two convs")
+    bool_flag(group, "--enc_init_identity", ENC_DEFAULTS["init_identity"], "GDNishLiteEnc: identity init")
+    group.add_argument("--dec_k", type=int, default=DEC_DEFAULTS["k"], help="GDNishLiteDec depthwise kernel")
+    group.add_argument("--dec_gmin", type=float, default=DEC_DEFAULTS["g_min"], help="GDNishLiteDec lowest gain")
+    group.add_argument("--dec_gmax", type=float, default=DEC_DEFAULTS["g_max"], help="GDNishLiteDec highest gain")
+    bool_flag(group, "--dec_residual", DEC_DEFAULTS["residual"], "GDNishLiteDec: residual connection")
+    group.add_argument("--dec_act", choices=ACT_TYPES, default=DEC_DEFAULTS["act_type"],
+                       help="GDNishLiteDec activation")
+    bool_flag(group, "--dec_bn", DEC_DEFAULTS["use_bn"], "GDNishLiteDec: BatchNorm after the 1x1 conv")
+    bool_flag(group, "--dec_init_identity", DEC_DEFAULTS["init_identity"], "GDNishLiteDec: identity init")
+    bool_flag(group, "--decoder_upsample", False,
+              "replace g_s ConvTranspose2d by Upsample(x2)+Conv2d(k5,p2) fitted to the deconv (seed 001)")
+    group.add_argument("--upsample_mode", choices=UPSAMPLE_MODES, default="nearest",
+                       help="interpolation of --decoder_upsample")
+    group.add_argument("--train_scope", choices=TRAIN_SCOPES, default=None,
+                       help="replaced: replaced layers only; replaced+hyper: plus the entropy model; all "
+                            "(default: replaced if anything is replaced, else all)")
+    bool_flag(group, "--train_igdn", False, "also train the decoder IGDN layers (seed 001)")
+    bool_flag(group, "--freeze_igdn", False, "freeze every GDN/IGDN layer (seed 001)")
+    bool_flag(group, "--unfreeze_all", False, "train every layer (same as --train_scope all; seed 001)")
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise UserError(f"--act_opt expects KEY=VALUE with KEY a Python identifier, got {text!r}")
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def make_config(replace_parts: str = "none", act: str | None = None, *, act_modules: list[str] | tuple = (),
+                act_options: dict | None = None, enc: dict | None = None, dec: dict | None = None,
+                decoder_upsample: bool = False, upsample_mode: str = "nearest", train_scope: str | None = None,
+                train_igdn: bool = False, freeze_igdn: bool = False, unfreeze_all: bool = False) -> dict:
+    """Validated replace config (plain types only). ``enc``/``dec`` override GDNishLite defaults."""
+    import_block_modules(list(act_modules))
+    if replace_parts not in PARTS:
+        raise UserError(f"--replace_parts must be one of {', '.join(PARTS)}, got {replace_parts!r}")
+    if act is None:
+        act = "relu"
+    if replace_parts != "none":
+        available = available_blocks()
+        if act not in available:
+            raise UserError(f"unknown --act {act!r}; choose one of: {', '.join(available)} "
+                            "(or register your own block and pass --act_module MODULE)")
+    unknown = set(enc or {}) - set(ENC_DEFAULTS) | set(dec or {}) - set(DEC_DEFAULTS)
+    if unknown:
+        raise UserError(f"unknown GDNishLite option(s): {', '.join(sorted(unknown))}")
+    enc = {**ENC_DEFAULTS, **(enc or {})}
+    dec = {**DEC_DEFAULTS, **(dec or {})}
+    if act == "gdnish":
+        _check_gdnish(enc, dec)
+    if upsample_mode not in UPSAMPLE_MODES:
+        raise UserError(f"--upsample_mode must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample_mode!r}")
+    replaces = replace_parts != "none" or decoder_upsample
+    if train_scope is None:
+        train_scope = "replaced" if replaces else "all"
+    if train_scope not in TRAIN_SCOPES:
+        raise UserError(f"--train_scope must be one of {', '.join(TRAIN_SCOPES)}, got {train_scope!r}")
+    if train_scope != "all" and not unfreeze_all and not replaces:
+        raise UserError(f"--train_scope {train_scope} needs something replaced (--replace_parts, --act or "
+                        "--decoder_upsample)")
+    if train_igdn and freeze_igdn:
+        raise UserError("--train_igdn and --freeze_igdn contradict each other; pass only one")
+    return {
+        "replace_parts": replace_parts, "act": act, "act_modules": list(act_modules),
+        "act_options": dict(act_options or {}), "enc": enc, "dec": dec,
+        "decoder_upsample": bool(decoder_upsample), "upsample_mode": upsample_mode, "train_scope": train_scope,
+        "train_igdn": bool(train_igdn), "freeze_igdn": bool(freeze_igdn), "unfreeze_all": bool(unfreeze_all),
+    }
+
+
+def _check_gdnish(enc: dict, dec: dict) -> None:
+    if enc["t"] <= 0:
+        raise UserError(f"--enc_t must be > 0, got {enc['t']}")
+    for flag, value in (("--enc_kdw", enc["k_dw"]), ("--enc_eca_kernel", enc["eca_kernel"]),
+                        ("--dec_k", dec["k"])):
+        if value < 1 or value % 2 == 0:
+            raise UserError(f"{flag} must be a positive odd integer, got {value}")
+    if not 0.0 <= dec["g_min"] < dec["g_max"]:
+        raise UserError(f"need 0 <= --dec_gmin < --dec_gmax, got {dec['g_min']} and {dec['g_max']}")
+    for part, options in (("enc", enc), ("dec", dec)):
+        if options["act_type"] not in ACT_TYPES:
+            raise UserError(f"--{part}_act must be one of {', '.join(ACT_TYPES)}, got {options['act_type']!r}")
+
+
+def config_from_args(args: argparse.Namespace) -> dict | None:
+    """Replace config from parsed flags, or None when no replacement/scope flag was given."""
+    replace_parts = args.replace_parts
+    if replace_parts is None:
+        replace_parts = "all" if args.act is not None else "none"
+    if (replace_parts == "none" and not args.decoder_upsample and args.train_scope in (None, "all")
+            and not (args.train_igdn or args.freeze_igdn or args.unfreeze_all)):
+        if args.act is not None:
+            raise UserError("--act has no effect with --replace_parts none; drop one of them")
+        return None
+    act_options = dict(_parse_option(text) for text in args.act_opt)
+    enc = {"t": args.enc_t, "k_dw": args.enc_kdw, "use_eca": args.enc_eca, "residual": args.enc_residual,
+           "eca_kernel": args.enc_eca_kernel, "init_identity": args.enc_init_identity, "act_type": args.enc_act,
+           "bn": args.enc_bn}
+    dec = {"k": args.dec_k, "g_min": args.dec_gmin, "g_max": args.dec_gmax, "residual": args.dec_residual,
+           "act_type": args.dec_act, "use_bn": args.dec_bn, "init_identity": args.dec_init_identity}
+    return make_config(replace_parts, args.act, act_modules=args.act_module, act_options=act_options, enc=enc,
+                       dec=dec, decoder_upsample=args.decoder_upsample, upsample_mode=args.upsample_mode,
+                       train_scope=args.train_scope, train_igdn=args.train_igdn, freeze_igdn=args.freeze_igdn,
+                       unfreeze_all=args.unfreeze_all)
+
+
+def block_options(config: dict) -> tuple[dict, dict]:
+    """Keyword options for the encoder and decoder block factories of ``config['act']``."""
+    if config["act"] == "gdnish":
+        return dict(config["enc"]), dict(config["dec"])
+    if config["act"] == "relu":
+        return {}, {}
+    return dict(config["act_options"]), dict(config["act_options"])
+
+
+def apply_config(model: nn.Module, config: dict | None) -> nn.Module:
+    """Rebuild the replaced architecture described by ``config`` on ``model`` (in place; returns it).
+
+    New layers come from the blocks' own initialisation (identity for GDNishLite, a least-squares fit
+    to the deconvolution for Upsample+Conv); a checkpoint's state dict is loaded afterwards.
+    """
+    if config is None:
+        return model
+    import_block_modules(config.get("act_modules", []))
+    if config["replace_parts"] != "none":
+        enc, dec = block_options(config)
+        replace_gdn(model, config["replace_parts"], config["act"], enc, dec)
+    if config["decoder_upsample"]:
+        replace_decoder_deconv(model, config["upsample_mode"])
+    return model
+
+
+def build_student_from_teacher(teacher: nn.Module, config: dict | None = None) -> nn.Module:
+    """Seed 001: a copy of ``teacher`` with ``config`` applied (default: Upsample+Conv decoder, only the
+    replaced convs trainable). The teacher is put in eval mode with every parameter frozen.
+    """
+    config = make_config(decoder_upsample=True) if config is None else config
+    teacher.eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    student = apply_config(copy.deepcopy(teacher), config)
+    set_trainable(student, config)
+    return student.train()
