@@ -1,0 +1,166 @@
+"""Training and validation data: image folders, COCO, and the embedded sample photos.
+
+Where the data comes from (:func:`build_datasets`), first match wins:
+
+* training images: ``--train_dataset DIR`` > ``--coco_dir DIR`` > the embedded samples
+  (:mod:`common.data.samples`);
+* validation images: ``--test_dataset DIR`` > a hash split of the training images when
+  ``--val_ratio R`` (> 0) is given > the training source's own validation folder (COCO ``val2017/``,
+  prepared ``val/``, samples ``test/``) > a hash split with R = 0.02.
+
+COCO layouts: raw ``DIR/train2017/`` (+ ``DIR/val2017/``), or with ``--use_prepared true`` the
+output of ``python -m common.data.coco_prepare``: ``DIR/train/`` (+ ``DIR/val/``) of ready crops.
+
+``--max_images N`` keeps a deterministic pseudo-random N of the training source (before a hash
+split, so the validation part shrinks with it). ``--patch_size`` defaults to 256 (CompressAI's and
+HPCM's training size); the seeds' COCO recipes use 224 (``--patch_size 224``, the size
+``coco_prepare`` writes). Validation items are centre crops of the same size, as in CompressAI's
+``examples/train.py``. Hash split, cropping, flips, padding and unreadable-file rules:
+:mod:`common.data.datasets`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from common.cli import bool_flag
+from common.data.datasets import (ImageFileDataset, find_images, hash_split, hash_subset, is_validation,
+                                  readable_images, recon_subset, split_key, warn)
+from common.data.images import list_images, load_rgb, load_rgb_tensor, to_tensor
+from common.data.samples import sample_dirs
+from common.errors import UserError
+
+__all__ = ["ImageFileDataset", "add_arguments", "build_datasets", "find_images", "hash_split", "hash_subset",
+           "is_validation", "list_images", "load_rgb", "load_rgb_tensor", "recon_subset", "sample_dirs",
+           "split_key", "to_tensor"]
+
+DEFAULT_VAL_RATIO = 0.02
+DEFAULT_PATCH_SIZE = 256
+
+
+class _PatchSizeAction(argparse.Action):
+    """``--patch_size 256`` or the seeds' ``--patch-size 256 256``; stores one int (square patches)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 2 or len(set(values)) != 1:
+            parser.error(f"{option_string}: give one size or two equal sizes (square patches), got "
+                         f"{' '.join(map(str, values))}")
+        setattr(namespace, self.dest, values[0])
+
+
+def add_arguments(parser) -> None:
+    """Add the data flags to ``parser`` (an ArgumentParser or an argument group)."""
+    parser.add_argument("-tr_d", "--train_dataset", metavar="DIR",
+                        help="folder of training images (recursive)")
+    parser.add_argument("-te_d", "--test_dataset", metavar="DIR",
+                        help="folder of validation images (recursive)")
+    parser.add_argument("--coco_dir", metavar="DIR",
+                        help="COCO 2017 root with train2017/ (+ val2017/), or coco_prepare's output "
+                             "with --use_prepared true")
+    bool_flag(parser, "--use_prepared", False, "--coco_dir holds coco_prepare crops (train/, val/)")
+    parser.add_argument("--val_ratio", type=float, default=None, metavar="R",
+                        help="validate on a deterministic hash split (fraction R) of the training images "
+                             f"(default: the source's validation folder, else {DEFAULT_VAL_RATIO})")
+    parser.add_argument("--max_images", type=int, default=None, metavar="N",
+                        help="use at most N training-source images (a fixed pseudo-random subset)")
+    parser.add_argument("--patch_size", "--patch-size", type=int, nargs="+", action=_PatchSizeAction,
+                        default=DEFAULT_PATCH_SIZE, metavar="N",
+                        help=f"square crop size (default: {DEFAULT_PATCH_SIZE}; the seeds' COCO recipes use 224)")
+    parser.add_argument("--num_workers", "--num-workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="DataLoader worker processes")
+    bool_flag(parser, "--strict", False, "stop at the first unreadable image instead of skipping it")
+
+
+def _existing_dir(path: str | os.PathLike, flag: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"{flag} folder not found: {path}")
+    if not path.is_dir():
+        raise UserError(f"{flag} is not a folder: {path}")
+    return path
+
+
+def _coco_roots(coco_dir: Path, use_prepared: bool) -> tuple[Path, Path | None]:
+    """(training folder, its validation folder or None) of a COCO root."""
+    train, val = ("train", "val") if use_prepared else ("train2017", "val2017")
+    if not (coco_dir / train).is_dir():
+        if use_prepared and (coco_dir / "train2017").is_dir():
+            raise UserError(f"{coco_dir} is a raw COCO folder (train2017/), not prepared crops: drop "
+                            f"--use_prepared or run python -m common.data.coco_prepare first")
+        if not use_prepared and (coco_dir / "train").is_dir():
+            raise UserError(f"{coco_dir} holds prepared crops (train/): add --use_prepared true")
+        hint = ("create it with python -m common.data.coco_prepare --coco_dir COCO --out_dir "
+                f"{coco_dir}" if use_prepared else "expected the COCO 2017 layout train2017/, val2017/")
+        raise UserError(f"no {train}/ folder in {coco_dir}: {hint}")
+    return coco_dir / train, (coco_dir / val if (coco_dir / val).is_dir() else None)
+
+
+def _training_source(args) -> tuple[Path, Path | None, str]:
+    """(training folder, the source's own validation folder or None, description)."""
+    if args.train_dataset and args.coco_dir:
+        raise UserError("pass either --train_dataset or --coco_dir, not both")
+    if args.train_dataset:
+        return _existing_dir(args.train_dataset, "--train_dataset"), None, "--train_dataset"
+    if args.coco_dir:
+        coco_dir = _existing_dir(args.coco_dir, "--coco_dir")
+        train, val = _coco_roots(coco_dir, args.use_prepared)
+        return train, val, "prepared COCO crops" if args.use_prepared else "COCO"
+    train, test = sample_dirs()
+    return train, test, "the embedded sample photos (no data flag given)"
+
+
+def _check_prepared_size(files: list[Path], patch_size: int) -> None:
+    with Image.open(files[0]) as image:
+        width, height = image.size
+    if min(width, height) < patch_size:
+        warn(f"prepared crops are {width}x{height}, smaller than --patch_size {patch_size}: they will be "
+             f"reflect-padded; pass --patch_size {min(width, height)}")
+
+
+def build_datasets(args: argparse.Namespace, seed: int = 0) -> tuple[ImageFileDataset, ImageFileDataset]:
+    """``(train_dataset, val_dataset)`` from the flags of :func:`add_arguments` (rules: module docstring)."""
+    val_ratio, max_images, patch_size = args.val_ratio, args.max_images, args.patch_size
+    if val_ratio is not None and not 0.0 <= val_ratio < 1.0:
+        raise UserError(f"--val_ratio must be in [0, 1), got {val_ratio}")
+    if max_images is not None and max_images < 1:
+        raise UserError(f"--max_images must be >= 1, got {max_images}")
+    if patch_size < 1:
+        raise UserError(f"--patch_size must be >= 1, got {patch_size}")
+
+    train_root, own_val_root, source = _training_source(args)
+    pool = hash_subset(list_images(train_root), train_root, max_images)
+    if args.test_dataset and val_ratio:
+        raise UserError("--val_ratio splits the training images but --test_dataset already gives "
+                        "validation images: drop one of them")
+    if args.test_dataset:
+        val_root = _existing_dir(args.test_dataset, "--test_dataset")
+        train_files, val_files = pool, list_images(val_root)
+    elif not val_ratio and own_val_root is not None:
+        val_root = own_val_root
+        train_files, val_files = pool, list_images(val_root)
+    elif val_ratio == 0.0:
+        raise UserError(f"--val_ratio 0 leaves no validation images ({train_root} has no validation "
+                        f"folder): pass --test_dataset DIR or a ratio > 0")
+    else:
+        val_root = train_root
+        ratio = DEFAULT_VAL_RATIO if val_ratio is None else val_ratio
+        train_files, val_files = hash_split(pool, train_root, ratio)
+        if not val_files or not train_files:
+            side = "validation" if not val_files else "training"
+            raise UserError(f"the hash split of {len(pool)} images in {train_root} with --val_ratio {ratio} "
+                            f"leaves no {side} image: pass --test_dataset DIR or change --val_ratio")
+
+    train_files = readable_images(train_files, train_root, args.strict)
+    val_files = readable_images(val_files, val_root, args.strict)
+    if args.coco_dir and args.use_prepared:
+        _check_prepared_size(train_files, patch_size)
+    train_set = ImageFileDataset(train_files, patch_size, train=True, seed=seed, strict=args.strict,
+                                 root=train_root)
+    val_set = ImageFileDataset(val_files, patch_size, train=False, seed=seed, strict=args.strict,
+                               root=val_root)
+    print(f"data: training on {source}: {train_set.describe()}")
+    print(f"data: validating on {val_set.describe()}")
+    return train_set, val_set

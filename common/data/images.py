@@ -30,7 +30,9 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     """Convert grayscale, palette, RGBA, CMYK and 16-bit images to 8-bit RGB."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
+        # 16-bit modes always span 0..65535 (a dark 16-bit image must stay dark); mode "I" carries no
+        # bit depth, so values above 255 are taken as 16-bit and the rest as 8-bit.
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         image = Image.fromarray(np.clip(np.round(array / peak * 255.0), 0, 255).astype(np.uint8), mode="L")
     elif image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
