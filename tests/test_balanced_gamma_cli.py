@@ -1,0 +1,165 @@
+"""Gamma schedules (formulas at chosen epochs), CLI flags and builders, task-weight plot."""
+import argparse
+import csv
+import math
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from balanced_rd import Balanced, BalancedQP, make_gamma_schedule
+from balanced_rd.cli import add_arguments, build_gamma_schedule, build_optimizer, step_options
+from balanced_rd.gamma import AdaptiveGamma
+from balanced_rd.plots import plot_task_weights
+from common.cli import OneLineErrorParser
+from common.errors import UserError
+
+
+def make_opt(gamma=0.01, n_tasks=2):
+    return Balanced([nn.Parameter(torch.zeros(1))], lr=1e-3, n_tasks=n_tasks, gamma=gamma)
+
+
+def walk(schedule, epochs):
+    values = {0: schedule.optimizer.gamma}
+    for epoch in range(1, max(epochs) + 1):
+        values[epoch] = schedule.step()
+    return [values[e] for e in epochs]
+
+
+def test_constant_linear_cosine_formulas():
+    assert walk(make_gamma_schedule("constant", make_opt()), [0, 7]) == [0.01, 0.01]
+    linear = walk(make_gamma_schedule("linear", make_opt(), total_epochs=12, warmup_epochs=2), [0, 2, 7, 12, 15])
+    assert linear == pytest.approx([0.01, 0.01, 0.006, 0.002, 0.002])
+    cosine = walk(make_gamma_schedule("cosine", make_opt(), total_epochs=10, final_ratio=0.5), [0, 5, 10, 11])
+    expected_mid = 0.01 * (0.5 + 0.5 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert cosine == pytest.approx([0.01, expected_mid, 0.005, 0.005])
+
+
+def test_step_and_hpcm_formulas():
+    step = walk(make_gamma_schedule("step", make_opt(), milestones=[2, 4, 6], step_factor=0.5), [0, 1, 2, 4, 6, 9])
+    assert step == pytest.approx([0.01, 0.01, 0.005, 0.0025, 0.002, 0.002])  # floored at 0.2 * gamma0
+    schedule = make_gamma_schedule("hpcm", make_opt(0.006))
+    values = {}
+    for epoch in range(1, 3001):
+        gamma = schedule.step()
+        if epoch in (499, 500, 1499, 1500, 2750, 3000):
+            values[epoch] = gamma
+    assert list(values.values()) == pytest.approx([0.006, 0.003, 0.003, 0.0015, 0.00075, 0.00075])
+    floored = make_gamma_schedule("hpcm", make_opt(0.0015))
+    floored.epoch = 2999
+    assert floored.step() == pytest.approx(0.0005)
+
+
+def test_adaptive_reacts_to_validation_variability():
+    calm = make_gamma_schedule("adaptive", make_opt(), total_epochs=100, cv_window=5)
+    for _ in range(4):
+        gamma = calm.step(val_loss=1.0)
+    assert gamma == pytest.approx(0.01 * calm.cosine_factor(4) * 0.8)
+    noisy = make_gamma_schedule("adaptive", make_opt(), total_epochs=100, cv_window=5)
+    for value in (1.0, 2.0, 1.0, 2.0):
+        gamma = noisy.step(val_loss=value)
+    assert noisy.variation() == pytest.approx(1 / 3)
+    assert gamma == pytest.approx(min(noisy.cosine_factor(4) * 1.2, 1.5) * 0.01)
+    late = make_gamma_schedule("adaptive", make_opt(), total_epochs=4, cv_window=5)
+    for _ in range(4):
+        gamma = late.step(val_loss=1.0)
+    assert gamma == pytest.approx(0.2 * 0.01)  # 0.8 * 0.2 clipped up to the floor
+    restored = AdaptiveGamma(make_opt(), total_epochs=100, cv_window=5)
+    restored.load_state_dict(noisy.state_dict())
+    assert restored.epoch == 4 and restored.optimizer.gamma == pytest.approx(noisy.optimizer.gamma)
+
+
+def test_per_task_gamma_vector_is_scheduled_elementwise():
+    opt = make_opt([0.008, 0.006, 0.004], n_tasks=3)
+    schedule = make_gamma_schedule("linear", opt, total_epochs=10, final_ratio=0.5)
+    for _ in range(10):
+        schedule.step()
+    torch.testing.assert_close(opt.gamma, torch.tensor([0.004, 0.003, 0.002]))
+    step = make_gamma_schedule("step", make_opt([0.008, 0.001], n_tasks=2), milestones=[1], min_gamma=0.002)
+    torch.testing.assert_close(step.step(), torch.tensor([0.004, 0.002]))
+
+
+def test_schedule_errors():
+    with pytest.raises(UserError, match="unknown gamma strategy"):
+        make_gamma_schedule("exponential", make_opt())
+    with pytest.raises(UserError, match="total epochs"):
+        make_gamma_schedule("cosine", make_opt())
+    with pytest.raises(UserError, match="Balanced"):
+        make_gamma_schedule("constant", torch.optim.Adam([nn.Parameter(torch.zeros(1))]))
+
+
+def parse(argv):
+    parser = OneLineErrorParser()
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "balanced", "balanced_qp"])
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=int, default=20)
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_builds_each_optimizer():
+    params = [nn.Parameter(torch.zeros(3))]
+    assert type(build_optimizer(params, parse([]), 2)) is torch.optim.Adam
+    opt = build_optimizer(params, parse(["--use_balanced", "--gamma", "0.001", "--w_lr", "0.05",
+                                         "--max_mask_scale", "none", "--cautious", "false"]), 2)
+    assert isinstance(opt, Balanced) and opt.gamma == 0.001 and opt.w_lr == 0.05
+    assert opt.param_groups[0]["max_mask_scale"] is None and opt.param_groups[0]["cautious"] is False
+    assert opt.param_groups[0]["lr"] == 1e-4
+    five = build_optimizer(params, parse(["--optimizer", "balanced", "--gamma", "0.008", "0.008", "0.006", "0.006",
+                                          "0.004", "--min_losses", "-1"]), 5)
+    torch.testing.assert_close(five.gamma, torch.tensor([0.008, 0.008, 0.006, 0.006, 0.004]))
+    qp = build_optimizer(params, parse(["--optimizer", "balanced_qp", "--qp_eps", "1e-4"]), 2, lr=5e-5)
+    assert isinstance(qp, BalancedQP) and qp.qp_eps == 1e-4 and qp.param_groups[0]["lr"] == 5e-5
+    with pytest.raises(UserError, match="conflicts"):
+        build_optimizer(params, parse(["--optimizer", "balanced_qp", "--use_balanced", "true"]), 2)
+    with pytest.raises(UserError, match="gamma"):
+        build_optimizer(params, parse(["--use_balanced", "--gamma", "0.1", "0.2", "0.3"]), 2)
+
+
+def test_cli_gamma_schedule_and_step_options():
+    params = [nn.Parameter(torch.zeros(3))]
+    args = parse(["--use_balanced", "--adaptive_gamma"])
+    schedule = build_gamma_schedule(args, build_optimizer(params, args, 2))
+    assert type(schedule).__name__ == "CosineGamma" and schedule.total_epochs == 20
+    args = parse(["--use_balanced", "--gamma_strategy", "hpcm", "--gamma", "0.006"])
+    assert type(build_gamma_schedule(args, build_optimizer(params, args, 2))).__name__ == "StepGamma"
+    args = parse(["--gamma_strategy", "cosine"])
+    with pytest.raises(UserError, match="balanced"):
+        build_gamma_schedule(args, build_optimizer(params, args, 2))
+    assert build_gamma_schedule(parse([]), torch.optim.Adam(params)) is None
+    assert step_options(parse(["--weight_update_every", "4", "--delta_subset", "2"])) == dict(
+        weight_update_every=4, delta_subset=2, share_noise=False)
+    with pytest.raises(UserError, match="weight_update_every"):
+        step_options(parse(["--weight_update_every", "0"]))
+
+
+def test_cli_bad_value_is_one_line_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse(["--gamma_strategy", "bogus"])
+    assert exc.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_plot_task_weights(tmp_path):
+    csv_path = tmp_path / "log.csv"
+    opt = make_opt()
+    with csv_path.open("w", newline="") as handle:
+        writer = None
+        for step in range(20):
+            opt.weighted_loss(torch.tensor([1.0, 1.0]))
+            opt.step()
+            opt.update_task_weights(torch.tensor([0.99, 0.9]))
+            row = {"step": step, **opt.task_weight_dict()}
+            if writer is None:
+                writer = csv.DictWriter(handle, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow(row)
+    png = plot_task_weights(csv_path, tmp_path / "plots" / "weights.png", title="toy")
+    with Image.open(png) as image:
+        assert image.size[0] > 100 and image.size[1] > 100
+    with pytest.raises(UserError, match="not found"):
+        plot_task_weights(tmp_path / "missing.csv", tmp_path / "x.png")
+    (tmp_path / "bad.csv").write_text("step,loss\n0,1.0\n")
+    with pytest.raises(UserError, match="weight_"):
+        plot_task_weights(tmp_path / "bad.csv", tmp_path / "x.png")
