@@ -86,7 +86,9 @@ def _write_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)[..., :3]).save(tmp, format="PNG")
+        # Fast zlib level: a one-off write, 3-4x quicker than the default for ~10 % larger files.
+        Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)[..., :3]).save(tmp, format="PNG",
+                                                                                   compress_level=1)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
