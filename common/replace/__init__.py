@@ -32,7 +32,7 @@ from common.replace.transforms import (PARTS, UPSAMPLE_MODES, UpsampleConv, is_r
                                        replace_gdn, upconv_from_deconv)
 
 __all__ = [
-    "ECA", "GDNishLiteDec", "GDNishLiteEnc", "UpsampleConv", "add_arguments", "apply_config", "aux_parameters",
+    "ECA", "GDNishLiteDec", "GDNishLiteEnc", "UpsampleConv", "add_arguments", "apply_config", "architecture", "aux_parameters",
     "available_blocks", "build_student_from_teacher", "config_from_args", "is_replaced", "make_config",
     "register_block", "replace_decoder_deconv", "replace_gdn", "set_trainable", "trainable_names",
     "upconv_from_deconv",
@@ -202,6 +202,18 @@ def apply_config(model: nn.Module, config: dict | None) -> nn.Module:
     if config["decoder_upsample"]:
         replace_decoder_deconv(model, config["upsample_mode"])
     return model
+
+
+def architecture(config: dict | None) -> dict | None:
+    """The part of a replace config that determines the architecture (not the trainable scope)."""
+    if config is None or (config["replace_parts"] == "none" and not config["decoder_upsample"]):
+        return None
+    arch = {"decoder_upsample": config["decoder_upsample"]}
+    if config["decoder_upsample"]:
+        arch["upsample_mode"] = config["upsample_mode"]
+    if config["replace_parts"] != "none":
+        arch.update(replace_parts=config["replace_parts"], act=config["act"], options=block_options(config))
+    return arch
 
 
 def build_student_from_teacher(teacher: nn.Module, config: dict | None = None) -> nn.Module:

@@ -1,0 +1,237 @@
+"""ONNX export of bmshj2018-style models (full / encoder / decoder) with an onnxruntime parity check.
+
+What each part computes (inputs and outputs are float32 NCHW):
+
+- ``encoder``: ``x -> y = g_a(x)`` (the unquantized latent; rounding belongs to the entropy coder);
+- ``decoder``: ``y_hat -> x_hat = clamp(g_s(y_hat), 0, 1)``, as compressai's ``decompress`` does;
+  the latent channel count is read from the first layer of ``g_s``;
+- ``full``: ``x -> x_hat = clamp(g_s(round(y - m) + m), 0, 1)`` with ``m`` the EntropyBottleneck
+  medians, i.e. exactly the image a compress/decompress round trip reconstructs (the entropy coding
+  itself, lossless, is left out).
+
+The graph is written by PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``):
+it still ships with torch 2.14, runs offline, and gives plain opset-13 graphs (the dynamo exporter
+needs onnxscript and emits larger graphs for the same modules). Every export is checked with
+``onnx.checker`` and run in onnxruntime on random input against PyTorch; the check fails when the
+largest absolute difference exceeds ``atol * max(1, max|reference|)`` (default ``atol = 1e-3``: a quarter
+of one 8-bit code value for images, a thousandth of a quantization step for latents, while float32
+reordering differences between the two runtimes are around 1e-6).
+
+Usage::
+
+    python -m common.export.onnx --ckpt checkpoints/last.pt --part full --out onnx/full.onnx --input_size 224
+"""
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from common import replace
+from common.cli import OneLineErrorParser, bool_flag, run_main
+from common.errors import UserError
+
+PARTS = ("full", "encoder", "decoder")
+DEFAULT_ATOL = 1e-3
+DOWNSAMPLING = 16  # g_a reduces H and W by 16 in bmshj2018
+# Operators an INT8 NPU runs natively (seed 003 §7); anything else counts as NPU-unfriendly.
+NPU_FRIENDLY_OPS = frozenset({"Conv", "Relu", "Clip", "HardSigmoid", "HardSwish", "Mul", "Add", "Resize",
+                              "GlobalAveragePool", "ReduceMean", "Transpose", "QuantizeLinear",
+                              "DequantizeLinear", "Constant", "Identity"})
+
+
+class Encoder(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.g_a = model.g_a
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.g_a(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.g_s = model.g_s
+
+    def forward(self, y_hat: Tensor) -> Tensor:
+        return self.g_s(y_hat).clamp(0.0, 1.0)
+
+
+class FullCodec(nn.Module):
+    """Encoder, median-shifted rounding and decoder: the reconstruction of a real bitstream round trip."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.g_a = model.g_a
+        self.g_s = model.g_s
+        medians = model.entropy_bottleneck._get_medians().detach()  # (C, 1, 1)
+        self.register_buffer("medians", medians.reshape(1, -1, 1, 1).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.g_a(x)
+        y_hat = torch.round(y - self.medians) + self.medians
+        return self.g_s(y_hat).clamp(0.0, 1.0)
+
+
+def latent_channels(model: nn.Module) -> int:
+    """Input channels of the first layer of ``g_s`` (works through replaced and fake-quantized layers)."""
+    for module in model.g_s.modules():
+        if isinstance(getattr(module, "in_channels", None), int):
+            return module.in_channels
+    raise UserError("cannot infer the latent channel count: g_s has no convolution")
+
+
+def part_module(model: nn.Module, part: str) -> tuple[nn.Module, str, str]:
+    """(graph module, input name, output name) for ``part``."""
+    for attr in ("g_a", "g_s") + (("entropy_bottleneck",) if part == "full" else ()):
+        if not hasattr(model, attr):
+            raise UserError(f"{type(model).__name__} has no {attr}; ONNX export supports bmshj2018-style models")
+    if part == "encoder":
+        return Encoder(model).eval(), "x", "y"
+    if part == "decoder":
+        return Decoder(model).eval(), "y_hat", "x_hat"
+    if part == "full":
+        return FullCodec(model).eval(), "x", "x_hat"
+    raise UserError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
+
+
+def example_input(model: nn.Module, part: str, height: int, width: int, seed: int = 0) -> Tensor:
+    """A random image, or for the decoder a realistic latent: the rounded encoding of a random image."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 3, height, width, generator=generator)
+    if part != "decoder":
+        return x
+    with torch.no_grad():
+        y_hat = torch.round(model.g_a(x))
+    if y_hat.shape[1] != latent_channels(model):
+        raise UserError("g_a output channels differ from g_s input channels")
+    return y_hat
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    part: str
+    input_shape: tuple
+    dynamic: bool
+    opset: int
+    max_abs_diff: float
+    tolerance: float
+    op_types: Counter
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def unfriendly_ops(self) -> list[str]:
+        return sorted(set(self.op_types) - NPU_FRIENDLY_OPS)
+
+    def summary(self) -> str:
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(self.op_types.items()))
+        return (f"exported {self.part} {'x'.join(map(str, self.input_shape))} ({'dynamic' if self.dynamic else 'static'}"
+                f" H/W, opset {self.opset}) to {self.path}\n"
+                f"onnx.checker: ok; onnxruntime vs PyTorch max abs diff {self.max_abs_diff:.3g} "
+                f"(tolerance {self.tolerance:.3g}): {'ok' if self.ok else 'FAILED'}\n"
+                f"operators: {ops}\n"
+                f"outside the NPU-friendly set: {', '.join(self.unfriendly_ops()) or 'none'}")
+
+
+def operator_types(onnx_path: str | Path) -> Counter:
+    import onnx
+    return Counter(node.op_type for node in onnx.load(str(onnx_path)).graph.node)
+
+
+def run_onnxruntime(onnx_path: str | Path, inputs: Tensor) -> np.ndarray:
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
+
+
+def export_onnx(model: nn.Module, part: str, out: str | Path, input_size: int = 256, dynamic: bool = False,
+                opset: int = 13, atol: float = DEFAULT_ATOL) -> ExportReport:
+    """Export ``part`` of ``model``, validate it and compare onnxruntime with PyTorch.
+
+    With ``dynamic`` the batch, height and width axes are symbolic and the parity check also runs at a
+    second, non-square size. Returns an :class:`ExportReport` (check ``.ok``).
+    """
+    import onnx
+
+    if input_size <= 0 or input_size % DOWNSAMPLING:
+        raise UserError(f"--input_size must be a positive multiple of {DOWNSAMPLING}, got {input_size}")
+    if opset < 13:
+        raise UserError(f"--opset must be >= 13 (HardSigmoid/Clip/QuantizeLinear per-channel), got {opset}")
+    model = model.eval()
+    graph, input_name, output_name = part_module(model, part)
+    side = input_size // DOWNSAMPLING if part == "decoder" else input_size
+    example = example_input(model, part, input_size, input_size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter announces its own deprecation on every call.
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        torch.onnx.export(graph, (example,), str(out), dynamo=False, opset_version=opset,
+                          input_names=[input_name], output_names=[output_name],
+                          dynamic_axes={input_name: axes, output_name: axes} if dynamic else None)
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    checks = [example]
+    if dynamic:
+        checks.append(example_input(model, part, input_size + DOWNSAMPLING, input_size + 2 * DOWNSAMPLING, seed=1))
+    max_diff, tolerance = 0.0, 0.0
+    for inputs in checks:
+        with torch.no_grad():
+            reference = graph(inputs).numpy()
+        produced = run_onnxruntime(out, inputs)
+        if produced.shape != reference.shape:
+            raise UserError(f"onnxruntime output shape {produced.shape} differs from PyTorch {reference.shape}")
+        max_diff = max(max_diff, float(np.abs(produced - reference).max()))
+        tolerance = max(tolerance, atol * max(1.0, float(np.abs(reference).max())))
+    return ExportReport(out, part, (1, example.shape[1], side, side), dynamic, opset, max_diff, tolerance,
+                        operator_types(out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog="python -m common.export.onnx",
+                                description="Export full/encoder/decoder of a checkpoint to ONNX and check it "
+                                            "against PyTorch in onnxruntime.")
+    parser.add_argument("--ckpt", required=True, help="training checkpoint (last.pt, ...) or raw/zoo state dict")
+    parser.add_argument("--part", required=True, choices=PARTS, help="graph to export")
+    parser.add_argument("--out", required=True, help="output .onnx file")
+    parser.add_argument("--input_size", type=int, default=256,
+                        help="image side used for export and the parity check (multiple of 16; the decoder "
+                             "gets input_size/16 latents) (default: %(default)s)")
+    parser.add_argument("--dynamic", action="store_true", help="symbolic batch/height/width axes")
+    parser.add_argument("--opset", type=int, default=13, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+                        help="parity tolerance relative to max(1, max|output|) (default: %(default)s)")
+    parser.add_argument("--model", default=None, help="model name for raw state dicts (default: bmshj2018-factorized)")
+    parser.add_argument("--quality", type=int, default=1, help="quality for raw state dicts when it cannot be "
+                                                                "inferred (default: %(default)s)")
+    bool_flag(parser, "--trust_checkpoint", False, "allow pickled objects in --ckpt (only for files you trust)")
+    replace.add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from common.models.restore import load_model
+
+    args = build_parser().parse_args(argv)
+    model = load_model(args.model, quality=args.quality, checkpoint=args.ckpt, trust=args.trust_checkpoint,
+                       replace=replace.config_from_args(args))
+    report = export_onnx(model, args.part, args.out, args.input_size, args.dynamic, args.opset, args.atol)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    run_main(main)
