@@ -280,9 +280,9 @@ def add_arguments(parser) -> None:
     """Add the loss flags to ``parser`` (an ArgumentParser or an argument group)."""
     parser.add_argument("--loss_type", choices=LOSS_TYPES, default="mse",
                         help="mse: lambda*255^2*MSE + bpp; recon: a*L1 + (1-a)(1-MS-SSIM); "
-                             "rd: recon + lambda_bpp*bpp (default: %(default)s)")
+                             "rd: recon + lambda_bpp*bpp")
     parser.add_argument("--lambda", dest="lmbda", type=float, default=0.0130,
-                        help="rate-distortion trade-off of --loss_type mse (default: %(default)s)")
+                        help="rate-distortion trade-off of --loss_type mse")
     parser.add_argument("--alpha_l1", type=float, default=0.4, help="L1 weight a of the recon loss")
     parser.add_argument("--lambda_bpp", type=float, default=0.01, help="bpp weight of --loss_type rd")
     bool_flag(parser, "--hierarchical_tasks", False,

@@ -63,12 +63,12 @@ def add_arguments(parser) -> None:
     bool_flag(parser, "--use_prepared", False, "--coco_dir holds coco_prepare crops (train/, val/)")
     parser.add_argument("--val_ratio", type=float, default=None, metavar="R",
                         help="validate on a deterministic hash split (fraction R) of the training images "
-                             f"(default: the source's validation folder, else {DEFAULT_VAL_RATIO})")
+                             f"(if not given: the source's validation folder, else {DEFAULT_VAL_RATIO})")
     parser.add_argument("--max_images", type=int, default=None, metavar="N",
                         help="use at most N training-source images (a fixed pseudo-random subset)")
     parser.add_argument("--patch_size", "--patch-size", type=int, nargs="+", action=_PatchSizeAction,
                         default=DEFAULT_PATCH_SIZE, metavar="N",
-                        help=f"square crop size (default: {DEFAULT_PATCH_SIZE}; the seeds' COCO recipes use 224)")
+                        help="square crop size (the seeds' COCO recipes use 224)")
     parser.add_argument("--num_workers", "--num-workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="DataLoader worker processes")
     bool_flag(parser, "--strict", False, "stop at the first unreadable image instead of skipping it")
