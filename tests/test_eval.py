@@ -5,7 +5,6 @@ import json
 import math
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common.eval import (DecodeMismatchWarning, centred_padding, crop, evaluate, pad, psnr_8bit,
-                         write_results)
+from common.eval import DecodeMismatchWarning, centred_padding, crop, describe, evaluate, pad, write_results
 from common.models import build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,23 +137,28 @@ def test_decode_mismatch_warns(dataset, checkpoint):
     assert row["forward_max_abs_diff"] == pytest.approx(0.05, abs=1e-3)
 
 
-def test_small_image_does_not_crash(tmp_path, checkpoint):
+def test_small_image_uses_fewer_ms_ssim_scales(tmp_path, dataset, checkpoint):
+    """Below 161 px pytorch-msssim (and so compressai's eval) asserts; we use common.losses' policy."""
     Image.fromarray(_smooth_image(np.random.default_rng(1), 40, 70)).save(tmp_path / "tiny.png")
     model = build("bmshj2018-factorized", checkpoint=str(checkpoint))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        (row,), agg = evaluate(model, [tmp_path / "tiny.png"])
-    assert row["bpp"] > 0 and math.isfinite(row["psnr-rgb"])
-    assert agg["num_images"] == 1
+    rows, agg = evaluate(model, [tmp_path / "tiny.png", dataset / "img0.png"])
+    assert rows[0]["ms_ssim_scales"] == 2 and rows[1]["ms_ssim_scales"] == 5
+    assert 0 < rows[0]["ms-ssim-rgb"] < 1 and rows[0]["bpp"] > 0
+    assert agg["num_images_fewer_ms_ssim_scales"] == 1
+    assert agg["ms-ssim-rgb"] == pytest.approx((rows[0]["ms-ssim-rgb"] + rows[1]["ms-ssim-rgb"]) / 2)
+    assert "fewer than 5 scales on 1 image" in describe(False, "zero", 64, 64, 1)
+    assert describe(False, "zero", 64, 64) == "Inference (ans)"
 
 
-def test_restores_training_mode_and_psnr_by_hand(dataset, checkpoint):
+def test_restores_training_mode_and_psnr_by_hand(tmp_path, checkpoint):
     model = build("bmshj2018-factorized", checkpoint=str(checkpoint)).train()
-    evaluate(model, [dataset / "img1.png"])
+    flat = np.full((64, 64, 3), 128, dtype=np.uint8)
+    Image.fromarray(flat).save(tmp_path / "flat.png")
+    (row,), _ = evaluate(model, [tmp_path / "flat.png"])
     assert model.training
-    a = torch.zeros(1, 3, 4, 4)
-    b = torch.full((1, 3, 4, 4), 10 / 255)
-    assert psnr_8bit(a, b) == pytest.approx(10 * math.log10(255 ** 2 / 100))
+    decoded = model.eval().decompress(*model.compress(torch.full((1, 3, 64, 64), 128 / 255)).values())["x_hat"]
+    mse = ((decoded * 255).clamp(0, 255).round() - 128).pow(2).mean().item()
+    assert row["psnr-rgb"] == pytest.approx(10 * math.log10(255 ** 2 / mse), abs=1e-4)
 
 
 def _run_cli(*args: str, env=None):
@@ -222,3 +225,17 @@ def test_write_results_round_trips_through_rd(tmp_path):
     assert curve.bpp == [0.5, 0.8] and curve.values("psnr-rgb") == [30.0, 32.0]
     assert curve.values("ms-ssim-db-rgb")[1] == pytest.approx(-10 * math.log10(0.05))
     assert csv_path.read_text().splitlines()[0] == "point,image,bpp,psnr-rgb"
+
+
+def test_codec_speed_benchmark_runs(capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("codec_speed", REPO / "benchmarks" / "codec_speed.py")
+    codec_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(codec_speed)
+    assert codec_speed.parse_size("768x512") == (768, 512)
+    with pytest.raises(Exception, match="multiples of 64"):
+        codec_speed.parse_size("100x64")
+    assert codec_speed.main(["--sizes", "64x128", "--repeats", "1"]) == 0
+    table_row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
+    forward, compress, decompress, ratio = (float(v) for v in table_row[2:6])
+    assert min(forward, compress, decompress) > 0 and ratio == pytest.approx(compress / forward, abs=0.02)

@@ -9,8 +9,6 @@ Command line: ``python -m common.eval --help``.
 """
 from common.eval.evaluate import (DecodeMismatchWarning, aggregate, centred_padding, compressai_json, crop,
                                   describe, evaluate, evaluate_image, pad, payload_bytes, write_results)
-from common.eval.metrics import ms_ssim_8bit, psnr_8bit, to_8bit
 
 __all__ = ["DecodeMismatchWarning", "aggregate", "centred_padding", "compressai_json", "crop", "describe",
-           "evaluate", "evaluate_image", "ms_ssim_8bit", "pad", "payload_bytes", "psnr_8bit", "to_8bit",
-           "write_results"]
+           "evaluate", "evaluate_image", "pad", "payload_bytes", "write_results"]

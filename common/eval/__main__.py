@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, agg = evaluate(model, images, pad_multiple=pad_multiple, pad_mode=args.pad_mode,
                              entropy_estimation=args.entropy_estimation,
                              update=args.update and not args.pretrained, device=args.device, root=args.dataset)
-        description = describe(args.entropy_estimation, args.pad_mode, pad_multiple, default_multiple)
+        description = describe(args.entropy_estimation, args.pad_mode, pad_multiple, default_multiple,
+                               max(agg["num_images_fewer_ms_ssim_scales"] for agg in [*aggregates, agg]))
         labels.append(label)
         aggregates.append(agg)
         rows_per_point.append(rows)

@@ -7,7 +7,9 @@ reported beside the coded bpp, and its reconstruction must equal the decoded one
 and decoder disagree, and is warned about loudly).
 
 Aggregates are arithmetic means over images, as in CompressAI; ``ms-ssim-db-rgb`` is the dB value of the
-mean MS-SSIM (the conversion CompressAI's plots apply to ``ms-ssim-rgb``).
+mean MS-SSIM (the conversion CompressAI's plots apply to ``ms-ssim-rgb``). Images with a side below 161 px,
+where the 5-scale MS-SSIM does not exist (and CompressAI's eval crashes), get ``common.losses.ms_ssim``'s
+fewer-scales MS-SSIM; the row's ``ms_ssim_scales`` and the JSON description say so.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from torch import nn
 
 from common.data.images import load_rgb_tensor
 from common.errors import UserError
-from common.eval.metrics import ms_ssim_8bit, psnr_8bit
+from common.losses import ms_ssim, ms_ssim_scales, psnr_8bit, quantize_8bit
 from common.rd import ms_ssim_to_db
 
 PAD_MODES = ("zero", "replicate")
@@ -122,9 +124,10 @@ def evaluate_image(model: nn.Module, x: torch.Tensor, pad_multiple: int, pad_mod
                    encoding_time=encoding_time, decoding_time=decoding_time, forward_max_abs_diff=diff)
 
     x_hat = crop(x_hat, padding)
-    row["psnr-rgb"] = psnr_8bit(x, x_hat)
-    row["ms-ssim-rgb"] = ms_ssim_8bit(x, x_hat)
+    row["psnr-rgb"] = psnr_8bit(x, x_hat).item()
+    row["ms-ssim-rgb"] = ms_ssim(quantize_8bit(x), quantize_8bit(x_hat), data_range=255.0).item()
     row["ms-ssim-db-rgb"] = ms_ssim_to_db(row["ms-ssim-rgb"])
+    row["ms_ssim_scales"] = ms_ssim_scales(min(height, width))[0]
     return row
 
 
@@ -139,12 +142,11 @@ def aggregate(rows: Sequence[dict]) -> dict:
     """Arithmetic means over images (CompressAI), MS-SSIM dB of the mean, worst decode/forward mismatch."""
     result = {}
     for key in MEAN_KEYS:
-        values = [row[key] for row in rows if not math.isnan(row[key])]
-        result[key] = sum(values) / len(values) if values else math.nan
-    result["ms-ssim-db-rgb"] = ms_ssim_to_db(result["ms-ssim-rgb"]) if not math.isnan(result["ms-ssim-rgb"]) \
-        else math.nan
+        result[key] = sum(row[key] for row in rows) / len(rows)
+    result["ms-ssim-db-rgb"] = ms_ssim_to_db(result["ms-ssim-rgb"])
     result["forward_max_abs_diff"] = max(row["forward_max_abs_diff"] for row in rows)
     result["num_images"] = len(rows)
+    result["num_images_fewer_ms_ssim_scales"] = sum(row["ms_ssim_scales"] < 5 for row in rows)
     return result
 
 
@@ -189,7 +191,8 @@ def evaluate(model: nn.Module, image_paths: Sequence[str | os.PathLike], *, pad_
     return rows, aggregate(rows)
 
 
-def describe(entropy_estimation: bool, pad_mode: str, pad_multiple: int, default_multiple: int) -> str:
+def describe(entropy_estimation: bool, pad_mode: str, pad_multiple: int, default_multiple: int,
+             fewer_ms_ssim_scales: int = 0) -> str:
     """CompressAI-style description, naming any departure from the published protocol."""
     if entropy_estimation:
         text = ("Inference (entropy estimation: likelihood bpp of the padded image, unlike compressai's "
@@ -198,6 +201,9 @@ def describe(entropy_estimation: bool, pad_mode: str, pad_multiple: int, default
         text = "Inference (ans)"
     if pad_mode != "zero" or pad_multiple != default_multiple:
         text += f"; non-default padding: {pad_mode}, centred, to a multiple of {pad_multiple}"
+    if fewer_ms_ssim_scales:
+        text += (f"; MS-SSIM with fewer than 5 scales on {fewer_ms_ssim_scales} image(s) smaller than 161 px "
+                 "(see the per-image CSV)")
     return text
 
 
