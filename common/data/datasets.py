@@ -16,9 +16,10 @@ the same tensor whatever the number of DataLoader workers, the rank, or whether 
 ``set_epoch`` writes the epoch into shared memory, so persistent DataLoader workers see it too; call
 it before creating the epoch's iterator (as with ``DistributedSampler``).
 
-Unreadable files: :func:`find_images` opens every file's header and skips (naming each file, then a
-count) the ones PIL cannot identify; a file that only fails while decoding (e.g. truncated) is
-reported when first met and replaced by the next readable item. ``strict=True`` turns both into a
+Unreadable files: :func:`find_images` / :func:`readable_images` open every file's header (about
+0.2 ms a file) and skip, naming each file and then giving a count, those PIL cannot identify; a file
+that only fails while decoding (e.g. truncated) is reported when first met and replaced by the next
+file that decodes. ``strict=True`` turns both into a
 :class:`UserError`.
 """
 from __future__ import annotations
