@@ -14,6 +14,9 @@ from common.models import register_model
 
 ARCH = "bmshj2018-factorized"
 QUALITIES = tuple(range(1, 9))
+# Channel counts of the tiny variant: the same layers and code paths at a fraction of the cost, for tests and
+# CPU smoke runs. It has no published weights.
+TINY_CHANNELS = (16, 24)
 
 
 def channels(quality: int) -> tuple[int, int]:
@@ -69,3 +72,11 @@ def build_bmshj2018_factorized(quality: int = 1, pretrained: bool = False, check
                             f"{path.parent}/ or pass --checkpoint PATH")
         model.load_state_dict(zoo_convert_state_dict(load_state_dict(path, trust=trust_checkpoint)))
     return _annotate(model)
+
+
+@register_model(f"{ARCH}-tiny")
+def build_bmshj2018_factorized_tiny(checkpoint: str | None = None, trust_checkpoint: bool = False) -> FactorizedPrior:
+    """bmshj2018-factorized with N=16, M=24 (``TINY_CHANNELS``); same layer structure, about 1 % of the MACs."""
+    if checkpoint:
+        return build_bmshj2018_factorized(checkpoint=checkpoint, trust_checkpoint=trust_checkpoint)
+    return _annotate(FactorizedPrior(*TINY_CHANNELS))

@@ -21,10 +21,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import common.models as models
+from balanced_rd import balanced_step
+from balanced_rd import cli as balanced_cli
+from balanced_rd.plots import plot_task_weights
 from common import data, losses, qat, replace
 from common.checkpoint import atomic_save, load_file
 from common.errors import UserError
-from common.models.restore import load_model
+from common.models.restore import is_training_checkpoint, load_model
 from common.train import distributed, precision
 from common.train.logging import MetricsLog, WandbRun
 from common.train.recon import ReconWriter
@@ -75,9 +78,13 @@ def resolve_amp(value: str, device: torch.device) -> bool:
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The architecture arguments of ``--model`` that the run was given (weights excluded)."""
-    accepted = inspect.signature(models._REGISTRY[args.model]).parameters if args.model in models._REGISTRY \
-        else {}
-    return {"quality": args.quality} if "quality" in accepted else {}
+    if args.model not in models.available_models():
+        models.build(args.model)  # raises the one-line "unknown model" error
+    if "quality" not in inspect.signature(models._REGISTRY[args.model]).parameters:
+        if args.quality is not None:
+            raise UserError(f"--quality does not apply to {args.model}; drop it")
+        return {}
+    return {"quality": 1 if args.quality is None else args.quality}
 
 
 def seed_everything(seed: int) -> None:
@@ -87,8 +94,10 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].copy(),
-             "numpy_pos": np.random.get_state()[2], "python": list(random.getstate()[1])}
+    # Plain types and tensors only, so checkpoints load with weights_only=True.
+    _, numpy_keys, numpy_pos, _, _ = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(numpy_keys.astype(np.int64)),
+             "numpy_pos": int(numpy_pos), "python": list(random.getstate()[1])}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -96,7 +105,7 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy"], state["numpy_pos"], 0, 0.0))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -125,7 +134,7 @@ class Trainer:
         self.amp_dtype = precision.amp_dtype(args.amp_dtype)
         self.save_dir = Path(args.save_dir)
         self._check_args()
-        seed_everything(args.seed + self.dist.rank)
+        seed_everything(args.seed)  # the same initial weights on every rank
 
         self.replace_config = replace.config_from_args(args)
         self.qat_config = qat.config_from_args(args)
@@ -150,19 +159,21 @@ class Trainer:
         self.net_params, self.quantiles = split_parameters(self.model, trainable)
         if not self.net_params:
             raise UserError("no trainable parameters: check --train_scope / --replace_parts")
-        self.optimizer = self._build_optimizer()
+        self.optimizer = balanced_cli.build_optimizer(self.net_params, args, n_tasks=len(self.criterion.task_names),
+                                                      task_names=self.criterion.task_names)
+        self.step_options = balanced_cli.step_options(args)
         self.aux_optimizer = (torch.optim.Adam(self.quantiles, lr=args.eb_aux_lr)
                               if args.eb_aux and self.quantiles else None)
         self.scheduler = self._build_scheduler()
-        self.gamma_schedule = (balanced_cli().build_gamma_schedule(args, self.optimizer)
-                               if self.balanced else None)
+        self.gamma_schedule = balanced_cli.build_gamma_schedule(args, self.optimizer, self.total_epochs)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.use_amp and self.amp_dtype == torch.float16)
-        self.qat_controller = qat.controller(self.model, self.qat_config) if self.qat_config else None
+        self.qat_controller = qat.QATController(self.model, self.qat_config) if self.qat_config else None
         if self.use_amp:
             self.local_fp32 = precision.apply_local_fp32(self.model, args.local_fp32, args.local_fp32_custom,
                                                          self.device.type)
         self.ddp_model = distributed.wrap_ddp(self.model, self.dist, self.device)
+        seed_everything(args.seed + self.dist.rank)  # independent quantisation noise per rank
 
         self.progress = Progress()
         if resume_ckpt is not None:
@@ -179,10 +190,6 @@ class Trainer:
             self.progress.wandb_id = self.wandb.run_id
 
     # ------------------------------------------------------------------ setup
-    @property
-    def balanced(self) -> bool:
-        return self.args.optimizer in ("balanced", "balanced_qp")
-
     def _check_args(self) -> None:
         args = self.args
         for name in ("batch_size", "recon_count"):
@@ -235,13 +242,30 @@ class Trainer:
         args = self.args
         if resume_ckpt is not None:
             self.replace_config, self.qat_config = resume_ckpt.get("replace"), resume_ckpt.get("qat")
-            model = models.build(args.model, **resume_ckpt["model"]["kwargs"])
-            model = self._apply_recipes(model)
+            model = self._apply_recipes(models.build(args.model, **resume_ckpt["model"]["kwargs"]))
             model.load_state_dict(resume_ckpt["state_dict"])
             return model.to(self.device)
-        model = load_model(args.model, quality=args.quality, pretrained=args.pretrained,
+        if not (args.checkpoint or args.pretrained):
+            return self._apply_recipes(models.build(args.model, **model_kwargs(args))).to(self.device)
+        kwargs = model_kwargs(args)
+        model = load_model(args.model, quality=kwargs.get("quality", 1), pretrained=args.pretrained,
                            checkpoint=args.checkpoint, trust=args.trust_checkpoint)
-        return self._apply_recipes(model).to(self.device)
+        inherited = load_file(args.checkpoint, trust=args.trust_checkpoint) if args.checkpoint else None
+        # Weights from one of our runs come with their recipes already applied by load_model.
+        applied = {key: inherited.get(key) if is_training_checkpoint(inherited) else None for key in ("replace", "qat")}
+        for key, flag in (("replace", "--replace_parts/--act"), ("qat", "--qat")):
+            wanted = getattr(self, f"{key}_config")
+            if applied[key] and wanted and wanted != applied[key]:
+                raise UserError(f"{args.checkpoint} was trained with another {key} recipe; drop {flag}")
+        if self.replace_config and not applied["replace"]:
+            if applied["qat"]:
+                raise UserError(f"{args.checkpoint} is a QAT model; layers cannot be replaced after QAT")
+            model = replace.apply_config(model, self.replace_config)
+        if self.qat_config and not applied["qat"]:
+            model = qat.prepare(model, self.qat_config)
+        self.replace_config = applied["replace"] or self.replace_config
+        self.qat_config = applied["qat"] or self.qat_config
+        return model.to(self.device)
 
     def _apply_recipes(self, model: nn.Module) -> nn.Module:
         if self.replace_config:
@@ -249,14 +273,6 @@ class Trainer:
         if self.qat_config:
             model = qat.prepare(model, self.qat_config)
         return model
-
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        args = self.args
-        if args.optimizer == "adam":
-            return torch.optim.Adam(self.net_params, lr=args.lr, weight_decay=args.weight_decay)
-        if args.optimizer == "adamw":
-            return torch.optim.AdamW(self.net_params, lr=args.lr, weight_decay=args.weight_decay)
-        return balanced_cli().build_optimizer(self.net_params, args, n_tasks=len(self.criterion.task_names))
 
     def _build_scheduler(self):
         args, opt = self.args, self.optimizer
@@ -282,7 +298,6 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "gamma_schedule": self.gamma_schedule.state_dict() if self.gamma_schedule else None,
             "scaler": self.scaler.state_dict(),
-            "qat_controller": self.qat_controller.state_dict() if self.qat_controller else None,
             "rng": rng_state(),
             "progress": asdict(self.progress),
             "step": self.progress.step,
@@ -305,8 +320,6 @@ class Trainer:
         if self.gamma_schedule and ckpt.get("gamma_schedule"):
             self.gamma_schedule.load_state_dict(ckpt["gamma_schedule"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        if self.qat_controller and ckpt.get("qat_controller"):
-            self.qat_controller.load_state_dict(ckpt["qat_controller"])
         if self.dist.enabled:
             # Each rank draws its own quantisation noise; re-derive it from the resumed step.
             seed_everything(self.args.seed + self.dist.rank + 7919 * ckpt["progress"]["step"])
@@ -332,65 +345,52 @@ class Trainer:
             f"training stopped at step {self.progress.step + 1}: {what}; the last good checkpoint is "
             f"{self.save_dir / 'last.pt'} (try a lower --lr, --lr_warmup_steps, --max_grad_norm or --local_fp32)")
 
-    def _forward_terms(self, x: torch.Tensor) -> dict[str, Any]:
-        with precision.autocast(self.device, self.use_amp, self.amp_dtype):
-            out = self.ddp_model(x)
-        self._check_outputs(out)
-        return self.criterion(out, x)
-
     def _warmup_factor(self) -> float:
         warm = self.args.lr_warmup_steps
         return min(1.0, (self.progress.step + 1) / warm) if warm > 0 else 1.0
 
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
-        self.optimizer.zero_grad(set_to_none=True)
-        terms = self._forward_terms(x)
-        loss = self.optimizer.weighted_loss(terms["tasks"]) if self.balanced else terms["loss"]
-        if not torch.isfinite(loss):
-            self._diverged(f"the loss is {loss.item()}")
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.net_params, self.args.max_grad_norm)
-                     if self.args.max_grad_norm > 0 else None)
+        """One optimizer step (plus the Balanced logit update and the aux step); returns the logged terms."""
+        if self.qat_controller is not None:
+            self.qat_controller.on_step(self.progress.step)
+        first: dict[str, Any] = {}
+
+        def task_losses(model: nn.Module, batch: torch.Tensor) -> list[torch.Tensor]:
+            out = model(batch)
+            terms = self.criterion(out, batch)
+            if not first:  # the training forward; a Balanced re-forward of the same batch follows
+                self._check_outputs(out)
+                if not torch.isfinite(terms["loss"]):
+                    self._diverged(f"the loss is {terms['loss'].item()}")
+                first.update(terms)
+            return terms["tasks"]
+
         factor = self._warmup_factor()
         scheduled = [group["lr"] for group in self.optimizer.param_groups]
         for group, lr in zip(self.optimizer.param_groups, scheduled):
             group["lr"] = lr * factor
-        scale_before = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        step_skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale_before
+        balanced_step(self.ddp_model, self.optimizer, x, task_losses,
+                      clip_max_norm=self.args.max_grad_norm if self.args.max_grad_norm > 0 else None,
+                      scaler=self.scaler if self.scaler.is_enabled() else None,
+                      amp_dtype=self.amp_dtype if self.use_amp else None,
+                      step_index=self.progress.step, **self.step_options)
         for group, lr in zip(self.optimizer.param_groups, scheduled):
             group["lr"] = lr
-        if self.balanced and not step_skipped:
-            self._update_task_weights(x)
+        row = {name: float(value.detach()) for name, value in first.items()
+               if torch.is_tensor(value) and value.ndim == 0}
+        row["lr"] = scheduled[0] * factor
         if self.aux_optimizer is not None:
             self.aux_optimizer.zero_grad(set_to_none=True)
             aux_loss = self.model.aux_loss()
             aux_loss.backward()
             self.aux_optimizer.step()
+            row["aux_loss"] = float(aux_loss.detach())
         if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
             self.scheduler.step()
-        if self.qat_controller is not None:
-            self.qat_controller.on_step(self.progress.step + 1)
-        row = {name: float(value) for name, value in terms.items() if torch.is_tensor(value) and value.ndim == 0}
-        row["lr"] = scheduled[0] * factor
-        if grad_norm is not None:
-            row["grad_norm"] = float(grad_norm)
-        if self.aux_optimizer is not None:
-            row["aux_loss"] = float(aux_loss)
-        if self.balanced:
+        if hasattr(self.optimizer, "task_weights"):
             row.update({f"w_{name}": float(w) for name, w in zip(self.criterion.task_names,
                                                                   self.optimizer.task_weights)})
         return row
-
-    def _update_task_weights(self, x: torch.Tensor) -> None:
-        """Balanced R-D: task losses of the same batch at the new parameters give the weight update."""
-        with torch.no_grad():
-            with precision.autocast(self.device, self.use_amp, self.amp_dtype):
-                out = self.model(x)
-            new_tasks = self.criterion(out, x)["tasks"]
-        self.optimizer.update_task_weights(new_tasks)
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -497,15 +497,10 @@ class Trainer:
                                          else {}))
         ckpt["state_dict"] = self.model.state_dict()
         self.save("last.pt", ckpt)
-        if self.balanced and self.main:
-            balanced_cli().plot_task_weights(self.save_dir / "train_log.csv", self.save_dir / "task_weights.png")
+        if hasattr(self.optimizer, "task_weights") and self.main:
+            plot_task_weights(self.save_dir / "train_log.csv", self.save_dir / "task_weights.png")
         distributed.barrier(self.dist)
         if self.main:
             self.wandb.finish()
         distributed.shutdown(self.dist)
 
-
-def balanced_cli():
-    from balanced_rd import cli
-
-    return cli

@@ -13,7 +13,8 @@ SCHEDULERS = ("none", "cosine", "onecycle", "plateau")
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="bmshj2018-factorized", help="registry name (default: %(default)s)")
-    model.add_argument("--quality", type=int, default=1, help="quality level for models that have one (1-8)")
+    model.add_argument("--quality", type=int, default=None,
+                       help="quality level of models that have one (bmshj2018-factorized: 1-8, default 1)")
     bool_flag(model, "--pretrained", False, "start from published weights found in the torch.hub cache")
     model.add_argument("--checkpoint", help="start from these weights (state dict or one of our checkpoints)")
     bool_flag(model, "--trust_checkpoint", False, "allow arbitrary pickled objects in checkpoint files")

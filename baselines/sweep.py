@@ -1,0 +1,157 @@
+"""λ sweep: train one model per λ with the engine, evaluate each with real bitstreams, write an R-D curve.
+
+``python -m baselines.sweep --lambdas 0.0035,0.013,0.0483 --out_dir runs/sweep [train flags...]``
+
+Every flag that ``python -m common.train`` knows is passed through to each run (``--optimizer balanced``
+turns the standard-Adam baseline into the Balanced R-D curve). With ``--warm_start_steps N`` a shared model
+is first trained for N steps at the middle λ and every λ run fine-tunes from it: short CPU budgets reach a
+monotone curve that way, since training time rather than λ otherwise limits quality
+(see ../shared/spec/README.md, "Convergence within a CPU budget").
+
+The sweep is resumable: finished runs are skipped, interrupted ones continue from their ``last.pt``.
+Outputs in ``--out_dir``: ``lambda_<λ>/`` run folders, ``<name>.json`` (CompressAI format, one point per λ),
+``<name>.csv`` (per image), ``<name>_rd.png`` and the printed table.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from common.checkpoint import load_file
+from common.cli import OneLineErrorParser, run_main
+from common.data.images import list_images
+from common.errors import UserError
+from common.eval.evaluate import describe, evaluate, write_results
+from common.models.restore import load_model
+from common.rd import RDCurve, curve_from_json, plot_curves, sorted_monotone
+
+
+def parse_lambdas(text: str) -> list[float]:
+    try:
+        values = sorted(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise UserError(f"--lambdas must be comma-separated numbers, got {text!r}") from exc
+    if len(values) < 1 or any(v <= 0 for v in values):
+        raise UserError(f"--lambdas needs positive values, got {text!r}")
+    return values
+
+
+def sweep_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog="python -m baselines.sweep", add_help=False,
+                                description="Train and evaluate one model per λ (other flags go to common.train).")
+    parser.add_argument("--lambdas", default="0.0035,0.013,0.0483", help="comma-separated λ values")
+    parser.add_argument("--out_dir", default="runs/sweep")
+    parser.add_argument("--name", default=None, help="curve name (default: model and optimizer)")
+    parser.add_argument("--warm_start_steps", type=int, default=0,
+                        help="train a shared start model at the middle λ for this many steps first")
+    parser.add_argument("--warm_start_lr", type=float, default=None, help="learning rate of the warm start")
+    parser.add_argument("--eval_dataset", default=None,
+                        help="images for the real-bitstream evaluation (default: --test_dataset or the "
+                             "embedded test samples)")
+    return parser
+
+
+def finished(run_dir: Path, total_steps: int | None) -> bool:
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        return False
+    ckpt = load_file(path)
+    return total_steps is None or ckpt["progress"]["step"] >= total_steps
+
+
+def train_one(train_argv: list[str], save_dir: Path, lmbda: float, extra: list[str]) -> None:
+    from common.train.engine import Trainer
+    from common.train.options import build_parser
+
+    argv = [*train_argv, "--lambda", repr(lmbda), "--save_dir", str(save_dir), *extra]
+    if (save_dir / "last.pt").is_file():
+        argv.append("--resume")
+    Trainer(build_parser().parse_args(argv)).fit()
+
+
+def eval_images(args: argparse.Namespace, train_args: argparse.Namespace) -> tuple[list[Path], Path]:
+    if args.eval_dataset or train_args.test_dataset:
+        root = Path(args.eval_dataset or train_args.test_dataset)
+    else:
+        from common.data.samples import sample_dirs
+
+        root = sample_dirs()[1]
+    return list_images(root), root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from common.train.options import build_parser
+
+    if argv is None:
+        argv = sys.argv[1:]
+    if "-h" in argv or "--help" in argv:
+        sweep_parser().print_help()
+        print("\nAll other flags are those of python -m common.train (see its --help).")
+        return 0
+    args, train_argv = sweep_parser().parse_known_args(argv)
+    if any(flag in train_argv for flag in ("--lambda", "--save_dir", "--resume")):
+        raise UserError("--lambda, --save_dir and --resume are set by the sweep; use --lambdas and --out_dir")
+    train_args = build_parser().parse_args(train_argv)  # validates the pass-through flags up front
+    lambdas = parse_lambdas(args.lambdas)
+    out_dir = Path(args.out_dir)
+    name = args.name or f"{train_args.model}-{train_args.optimizer}"
+
+    start_flags: list[str] = []
+    if args.warm_start_steps > 0:
+        warm_dir = out_dir / "warm_start"
+        if not finished(warm_dir, args.warm_start_steps):
+            print(f"warm start: {args.warm_start_steps} steps at λ={lambdas[len(lambdas) // 2]}")
+            lr_flags = ["--lr", repr(args.warm_start_lr)] if args.warm_start_lr else []
+            train_one(train_argv, warm_dir, lambdas[len(lambdas) // 2],
+                      ["--steps", str(args.warm_start_steps), *lr_flags, "--recon_every", "0",
+                       "--optimizer", "adam"])
+        start_flags = ["--checkpoint", str(warm_dir / "last.pt")]
+
+    for lmbda in lambdas:
+        run_dir = out_dir / f"lambda_{lmbda:g}"
+        if finished(run_dir, train_args.steps):
+            print(f"λ={lmbda:g}: finished run found in {run_dir}, skipped")
+            continue
+        print(f"λ={lmbda:g}: training into {run_dir}")
+        train_one(train_argv, run_dir, lmbda, [] if (run_dir / "last.pt").is_file() else start_flags)
+
+    images, root = eval_images(args, train_args)
+    labels, aggregates, rows_per_point = [], [], []
+    for lmbda in tqdm(lambdas, desc="real-bitstream evaluation", unit="model"):
+        model = load_model(checkpoint=str(out_dir / f"lambda_{lmbda:g}" / "last.pt"))
+        rows, aggregate = evaluate(model, images, root=root)
+        labels.append(f"lambda={lmbda:g}")
+        aggregates.append(aggregate)
+        rows_per_point.append(rows)
+    json_path, csv_path = write_results(out_dir / f"{name}.json", name,
+                                        describe(False, "zero", model.eval_pad_multiple, model.eval_pad_multiple),
+                                        labels, aggregates, rows_per_point)
+    curve = curve_from_json({"name": name, "results": {k: [a[k] for a in aggregates] for k in aggregates[0]}})
+    plot_path = plot_curves([curve], out_dir / f"{name}_rd.png", title=f"{name} on {root}")
+    print_table(lambdas, aggregates)
+    report_monotonicity(curve)
+    print(f"results: {json_path}\nper image: {csv_path}\nR-D plot: {plot_path}\nruns: {out_dir}/lambda_*/")
+    return 0
+
+
+def print_table(lambdas: list[float], aggregates: list[dict]) -> None:
+    print(f"\n{'lambda':>8} {'bpp':>8} {'bpp(est)':>9} {'PSNR':>8} {'MS-SSIM':>8} {'enc s':>7} {'dec s':>7}")
+    for lmbda, agg in zip(lambdas, aggregates):
+        print(f"{lmbda:>8g} {agg['bpp']:>8.4f} {agg['bpp_estimated']:>9.4f} {agg['psnr-rgb']:>8.3f} "
+              f"{agg['ms-ssim-rgb']:>8.4f} {agg['encoding_time']:>7.3f} {agg['decoding_time']:>7.3f}")
+
+
+def report_monotonicity(curve: RDCurve) -> None:
+    try:
+        sorted_monotone(curve.bpp, curve.values("psnr-rgb"), curve.name)
+        print("R-D curve is monotone (PSNR rises with bpp): BD-rate against it is meaningful")
+    except UserError as exc:
+        print(f"warning: {exc}")
+
+
+if __name__ == "__main__":
+    run_main(main)

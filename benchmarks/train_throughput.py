@@ -1,0 +1,132 @@
+"""Training throughput: our engine against a minimal plain-PyTorch loop doing the same work.
+
+Both train bmshj2018-factorized (quality 1 size) on the embedded sample photos with the same dataset, crop,
+batch, loss (λ·255²·MSE + bpp), Adam for the network, Adam for the quantiles (aux loss) and gradient
+clipping. The two run alternately, ``--repeats`` times each, and the medians are compared; the engine's
+end-of-epoch validation and checkpoint writes are timed separately and left out (the plain loop does none).
+
+    python benchmarks/train_throughput.py [--steps 20] [--repeats 3] [--batch_size 8] [--patch_size 128]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+import common.models as models  # noqa: E402
+from common.data.datasets import ImageFileDataset  # noqa: E402
+from common.data.images import list_images  # noqa: E402
+from common.data.samples import sample_dirs  # noqa: E402
+from common.train.engine import Trainer  # noqa: E402
+from common.train.options import build_parser  # noqa: E402
+
+LAMBDA = 0.013
+
+
+def plain_loop(steps: int, batch_size: int, patch_size: int, seed: int) -> float:
+    """Images per second of the textbook loop (CompressAI's examples/train.py, trimmed to the essentials)."""
+    torch.manual_seed(seed)
+    model = models.build("bmshj2018-factorized", quality=1).train()
+    files = list_images(sample_dirs()[0])
+    dataset = ImageFileDataset(files, patch_size, train=True, seed=seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=0)
+    net_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
+    aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
+    optimizer = torch.optim.Adam(net_params, lr=1e-4)
+    aux_optimizer = torch.optim.Adam(aux_params, lr=1e-3)
+    done, started = 0, None
+    while done < steps + 1:
+        for x in loader:
+            if done == 1:  # the first step warms up allocators and is not counted
+                started = time.perf_counter()
+            optimizer.zero_grad()
+            out = model(x)
+            n, _, h, w = x.shape
+            bpp = sum(torch.log(l).sum() for l in out["likelihoods"].values()) / (-torch.log(torch.tensor(2.0)) * n * h * w)
+            loss = LAMBDA * 255**2 * torch.mean((out["x_hat"] - x) ** 2) + bpp
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net_params, 1.0)
+            optimizer.step()
+            aux_optimizer.zero_grad()
+            model.aux_loss().backward()
+            aux_optimizer.step()
+            done += 1
+            if done == steps + 1:
+                break
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+class TimedTrainer(Trainer):
+    """The engine with its per-step work timed and its end-of-run extras (validation, saves) excluded."""
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.step_started: float | None = None
+        self.excluded = 0.0
+
+    def train_step(self, x):
+        if self.progress.step == 1:  # same warm-up exclusion as the plain loop
+            self.step_started = time.perf_counter()
+            self.excluded = 0.0
+        return super().train_step(x)
+
+    def _timed_out(self, method, *args):
+        began = time.perf_counter()
+        try:
+            return method(*args)
+        finally:
+            self.excluded += time.perf_counter() - began
+
+    def _end_of_epoch(self, epoch_done):
+        return self._timed_out(super()._end_of_epoch, epoch_done)
+
+    def _record_validation(self, val):
+        return self._timed_out(super()._record_validation, val)
+
+    def _finish(self):
+        self.elapsed = time.perf_counter() - self.step_started - self.excluded
+        return super()._finish()
+
+    def validate(self):
+        return self._timed_out(super().validate)
+
+
+def engine_loop(steps: int, batch_size: int, patch_size: int, seed: int) -> float:
+    with tempfile.TemporaryDirectory() as run_dir:
+        args = build_parser().parse_args([
+            "--steps", str(steps + 1), "--batch_size", str(batch_size), "--patch_size", str(patch_size),
+            "--lambda", str(LAMBDA), "--save_dir", run_dir, "--recon_every", "0", "--num_workers", "0",
+            "--progress", "false", "--seed", str(seed)])
+        trainer = TimedTrainer(args)
+        trainer.fit()
+        return steps * batch_size / trainer.elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--patch_size", type=int, default=128)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; bmshj2018-factorized q1, batch "
+          f"{args.batch_size} of {args.patch_size}px crops, {args.steps} timed steps, {args.repeats} repeats")
+    engine, plain = [], []
+    for repeat in range(args.repeats):
+        plain.append(plain_loop(args.steps, args.batch_size, args.patch_size, seed=repeat))
+        engine.append(engine_loop(args.steps, args.batch_size, args.patch_size, seed=repeat))
+        print(f"  repeat {repeat + 1}: plain {plain[-1]:.2f} img/s, engine {engine[-1]:.2f} img/s")
+    e, p = statistics.median(engine), statistics.median(plain)
+    print(f"median images/s: engine {e:.2f}, plain loop {p:.2f}; engine/plain = {e / p:.3f} (target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()

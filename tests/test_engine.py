@@ -1,0 +1,153 @@
+"""The training engine: bit-exact resume, checkpoints, logs, reconstructions, one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common.checkpoint import load_file
+from common.train.engine import Trainer
+from common.train.options import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def smooth_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth random colour image (low-frequency noise, upsampled), closer to a photo than white noise."""
+    coarse = rng.uniform(0, 255, size=(4, 4, 3)).astype(np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC))
+
+
+@pytest.fixture(scope="module")
+def image_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("test", 2)):
+        (root / split).mkdir()
+        for i in range(count):
+            Image.fromarray(smooth_image(rng, 48)).save(root / split / f"{i}.png")
+    return root / "train", root / "test"
+
+
+def train_args(image_dirs, save_dir, *extra):
+    train, test = image_dirs
+    return build_parser().parse_args([
+        "--model", "bmshj2018-factorized-tiny", "--train_dataset", str(train), "--test_dataset", str(test),
+        "--patch_size", "32",
+        "--batch_size", "2", "--lr", "1e-3", "--save_dir", str(save_dir), "--recon_count", "2",
+        "--progress", "false", "--seed", "3", "--num_workers", "0", *extra])
+
+
+class CrashAfter(Trainer):
+    """A run that dies (like a killed job) once it has done ``crash_step`` steps."""
+
+    crash_step = 2
+
+    def train_step(self, x):
+        if self.progress.step == self.crash_step:
+            raise KeyboardInterrupt
+        return super().train_step(x)
+
+
+def test_resume_is_bit_exact(image_dirs, tmp_path):
+    # 3 batches per epoch: the crashed run dies inside epoch 0 and resumes there, then crosses an epoch end
+    # (validation, cosine step, best checkpoints) before finishing.
+    flags = ("--steps", "5", "--sched", "cosine", "--save_every_steps", "1")
+    straight = Trainer(train_args(image_dirs, tmp_path / "a", *flags)).fit()
+    with pytest.raises(KeyboardInterrupt):
+        CrashAfter(train_args(image_dirs, tmp_path / "b", *flags)).fit()
+    resumed = Trainer(train_args(image_dirs, tmp_path / "b", *flags, "--resume")).fit()
+    a = load_file(tmp_path / "a" / "last.pt")
+    b = load_file(tmp_path / "b" / "last.pt")
+    assert a["progress"] == b["progress"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert straight == resumed
+    assert (tmp_path / "a" / "train_log.csv").read_text() == (tmp_path / "b" / "train_log.csv").read_text()
+
+
+def test_restarting_from_weights_is_not_a_resume(image_dirs, tmp_path):
+    # Guards the test above: weights alone (no optimizer, RNG or data position) do not continue a run.
+    Trainer(train_args(image_dirs, tmp_path / "a", "--steps", "4")).fit()
+    Trainer(train_args(image_dirs, tmp_path / "b", "--steps", "2")).fit()
+    Trainer(train_args(image_dirs, tmp_path / "b", "--steps", "4", "--checkpoint",
+                       str(tmp_path / "b" / "last.pt"))).fit()
+    a = load_file(tmp_path / "a" / "last.pt")["state_dict"]
+    b = load_file(tmp_path / "b" / "last.pt")["state_dict"]
+    assert not torch.equal(a["g_a.0.weight"], b["g_a.0.weight"])
+
+
+def test_run_outputs(image_dirs, tmp_path):
+    run = tmp_path / "run"
+    val = Trainer(train_args(image_dirs, run, "--epochs", "2")).fit()
+    for name in ("last.pt", "best_msssim.pt", "best_loss.pt", "train_log.csv", "train_log.jsonl",
+                 "val_log.csv"):
+        assert (run / name).is_file(), name
+    for tag in ("origin", "pre_e000", "e001", "e002"):
+        assert sorted(p.name for p in (run / "recon" / tag).iterdir()) == ["00000.png", "00001.png"]
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    assert set(val) >= {"loss", "psnr", "ms_ssim"}
+    # last.pt is ready for real bitstreams: the CDF tables were built when the run ended.
+    ckpt = load_file(run / "last.pt")
+    assert ckpt["state_dict"]["entropy_bottleneck._quantized_cdf"].numel() > 0
+
+
+def test_training_reduces_loss(image_dirs, tmp_path):
+    Trainer(train_args(image_dirs, tmp_path, "--steps", "30", "--lr", "3e-3")).fit()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_divergence_stops_with_one_line_and_keeps_checkpoint(image_dirs, tmp_path):
+    Trainer(train_args(image_dirs, tmp_path, "--steps", "1")).fit()
+    before = (tmp_path / "last.pt").read_bytes()
+    args = train_args(image_dirs, tmp_path, "--steps", "3", "--resume", "--overflow_tol", "1e-3")
+    with pytest.raises(Exception, match="overflow_tol"):
+        Trainer(args).fit()
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def run_cli(*args, cwd=REPO):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "common.train", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("case", ["missing_dir", "empty_dir", "bad_quality", "bad_loss", "missing_ckpt",
+                                  "truncated_ckpt", "resume_nothing"])
+def test_user_mistakes_give_one_line(case, image_dirs, tmp_path):
+    train, test = image_dirs
+    common = ["--model", "bmshj2018-factorized-tiny", "--test_dataset", str(test), "--save_dir", str(tmp_path / "run"), "--steps", "1",
+              "--patch_size", "32", "--batch_size", "2", "--progress", "false", "--num_workers", "0"]
+    if case == "missing_dir":
+        args = ["--train_dataset", str(tmp_path / "nope"), *common]
+    elif case == "empty_dir":
+        (tmp_path / "empty").mkdir()
+        args = ["--train_dataset", str(tmp_path / "empty"), *common]
+    elif case == "bad_quality":
+        args = ["--train_dataset", str(train), *common, "--model", "bmshj2018-factorized", "--quality", "9"]
+    elif case == "bad_loss":
+        args = ["--train_dataset", str(train), "--loss_type", "nope", *common]
+    elif case == "missing_ckpt":
+        args = ["--train_dataset", str(train), "--checkpoint", str(tmp_path / "none.pt"), *common]
+    elif case == "truncated_ckpt":
+        good = tmp_path / "good.pt"
+        torch.save({"w": torch.zeros(1000)}, good)
+        (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:300])
+        args = ["--train_dataset", str(train), "--checkpoint", str(tmp_path / "cut.pt"), *common]
+    else:
+        args = ["--train_dataset", str(train), "--resume", *common]
+    result = run_cli(*args)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
