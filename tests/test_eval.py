@@ -239,3 +239,35 @@ def test_codec_speed_benchmark_runs(capsys):
     table_row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
     forward, compress, decompress, ratio = (float(v) for v in table_row[2:6])
     assert min(forward, compress, decompress) > 0 and ratio == pytest.approx(compress / forward, abs=0.02)
+
+
+def test_pretrained_weights_missing_is_a_user_error(dataset, tmp_path, monkeypatch):
+    from common.errors import UserError
+    from common.eval.__main__ import main
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.raises(UserError, match="pretrained weights not found: put bmshj2018-factorized-prior-2-"):
+        main(["--model", "bmshj2018-factorized", "--pretrained", "--quality", "2", "--dataset", str(dataset),
+              "--output", str(tmp_path / "o.json")])
+    with pytest.raises(UserError, match="a list of qualities needs --pretrained"):
+        main(["--model", "bmshj2018-factorized", "--checkpoint", "x.pt", "--quality", "1,2", "--dataset",
+              str(dataset), "--output", str(tmp_path / "o.json")])
+
+
+def test_pretrained_from_local_cache(dataset, checkpoint, tmp_path, monkeypatch):
+    """--pretrained reads compressai's cache file name and keeps its CDF tables (no update), like eval_model."""
+    from common.eval.__main__ import main
+    from common.models.bmshj2018 import pretrained_path
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    model = build("bmshj2018-factorized", checkpoint=str(checkpoint))
+    model.update(force=True)
+    target = pretrained_path(1)
+    target.parent.mkdir(parents=True)
+    torch.save(model.state_dict(), target)
+    out = tmp_path / "pre.json"
+    assert main(["--model", "bmshj2018-factorized", "--pretrained", "--quality", "1", "--dataset", str(dataset),
+                 "--output", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["name"] == "bmshj2018-factorized-mse" and doc["points"] == ["q1"]
+    _, agg = evaluate(model, sorted(dataset.glob("*.png")), update=False)
+    assert doc["results"]["bpp"] == [agg["bpp"]]
+    assert doc["results"]["psnr-rgb"] == [agg["psnr-rgb"]]

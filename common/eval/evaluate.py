@@ -106,7 +106,7 @@ def evaluate_image(model: nn.Module, x: torch.Tensor, pad_multiple: int, pad_mod
     if entropy_estimation:
         x_hat = x_forward
         row.update(bytes=math.nan, bpp=bpp_estimated, bpp_estimated=bpp_estimated,
-                   encoding_time=forward_time / 2, decoding_time=forward_time / 2, forward_max_abs_diff=0.0)
+                   encoding_time=forward_time / 2, decoding_time=forward_time / 2, forward_max_abs_diff=math.nan)
     else:
         encoded, encoding_time = _timed(lambda: model.compress(x_padded), device)
         decoded, decoding_time = _timed(lambda: model.decompress(encoded["strings"], encoded["shape"]), device)
@@ -144,7 +144,9 @@ def aggregate(rows: Sequence[dict]) -> dict:
     for key in MEAN_KEYS:
         result[key] = sum(row[key] for row in rows) / len(rows)
     result["ms-ssim-db-rgb"] = ms_ssim_to_db(result["ms-ssim-rgb"])
-    result["forward_max_abs_diff"] = max(row["forward_max_abs_diff"] for row in rows)
+    diffs = [row["forward_max_abs_diff"] for row in rows]
+    # NaN in entropy-estimation mode, where nothing is decoded.
+    result["forward_max_abs_diff"] = math.nan if any(math.isnan(d) for d in diffs) else max(diffs)
     result["num_images"] = len(rows)
     result["num_images_fewer_ms_ssim_scales"] = sum(row["ms_ssim_scales"] < 5 for row in rows)
     return result
