@@ -27,9 +27,8 @@ def _optional_float(value: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {value!r}") from exc
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the Balanced R-D flags to ``parser`` (in their own argument group)."""
-    group = parser.add_argument_group("Balanced R-D (balanced_rd)")
+def add_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add the Balanced R-D flags to ``group`` (a parser or one of its argument groups)."""
     bool_flag(group, "--use_balanced", False, "train with balanced_rd.Balanced (same as --optimizer balanced)")
     group.add_argument("--gamma", type=float, nargs="+", default=[0.003],
                        help="logit decay gamma: one value, or one per task (default: 0.003)")

@@ -8,8 +8,10 @@ Cheaper delta estimates (documented approximations of the exact algorithm):
 * ``weight_update_every=k``: re-forward and update the logits only on every k-th step
   (``step_index % k == 0``); the weights then lag by up to k - 1 steps. Cost about forward / k.
 * ``delta_subset=n``: re-forward only the first n samples of the batch; delta compares their losses
-  before and after the step (so ``task_losses_fn`` must return per-sample losses, shape [batch]). The
-  logit gradient is then noisier (fewer samples), cost about forward * n / batch.
+  before and after the step, so the logit gradient is noisier (fewer samples). When ``task_losses_fn``
+  returns per-sample losses (shape [batch]) the before-losses come from the training forward and the cost
+  is about forward * n / batch; with scalar losses they need one more no-grad forward of the n samples
+  before the step (cost about 2 * forward * n / batch).
 
 ``share_noise=True`` replays the random-number state of the first forward in the re-forward, so a model
 with additive-noise quantisation sees the same noise both times and delta measures the parameter change,
@@ -113,6 +115,16 @@ def balanced_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, tas
     else:
         loss = optimizer.weighted_loss(losses) if is_balanced else torch.stack([l.float() for l in losses]).sum()
         (scaler.scale(loss) if scaler is not None else loss).backward()
+    update_weights = is_balanced and step_index % weight_update_every == 0
+    eval_batch, reference = batch, None
+    if update_weights and delta_subset:
+        count = min(delta_subset, _first_tensor(batch).shape[0])
+        eval_batch = _head(batch, count)
+        if all(loss.dim() == 1 for loss in raw_losses):
+            reference = [loss.detach()[:count].mean() for loss in raw_losses]
+        else:  # scalar losses: evaluate the subset at the parameters before the step
+            with torch.no_grad(), _autocast(device.type, amp_dtype):
+                reference = _batch_means(task_losses_fn(model, eval_batch))
     if scaler is not None:
         scaler.unscale_(optimizer)
     if clip_max_norm:
@@ -127,17 +139,9 @@ def balanced_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, tas
         return StepResult(detached, True, False)
 
     taken = optimizer.model_step_taken
-    if not taken or step_index % weight_update_every != 0:
+    if not taken or not update_weights:
         optimizer.update_task_weights(skip=True)
         return StepResult(detached, taken, False)
-    reference = None
-    eval_batch = batch
-    if delta_subset:
-        if any(loss.dim() != 1 for loss in raw_losses):
-            raise UserError("delta_subset needs task_losses_fn to return per-sample losses (shape [batch])")
-        count = min(delta_subset, raw_losses[0].shape[0])
-        reference = [loss.detach()[:count].mean() for loss in raw_losses]
-        eval_batch = _head(batch, count)
     replay = _replayed_rng(device, rng_before) if rng_before is not None else contextlib.nullcontext()
     with torch.no_grad(), replay, _autocast(device.type, amp_dtype):
         new_losses = _batch_means(task_losses_fn(model, eval_batch))

@@ -113,8 +113,22 @@ def test_delta_subset_uses_before_and_after_losses_of_the_same_samples():
             after = [loss.mean() for loss in per_sample_losses(twin, batch[:2])]
         twin_opt.update_task_weights(after, reference_losses=[loss.detach()[:2].mean() for loss in raw])
     assert torch.equal(opt.logits, twin_opt.logits) and not torch.equal(opt.logits, torch.zeros(2))
-    with pytest.raises(UserError, match="per-sample"):
-        balanced_step(model, opt, data(1)[0], scalar_losses, delta_subset=2)
+
+
+def test_delta_subset_with_scalar_losses_evaluates_the_subset_before_the_step():
+    model, opt = setup()
+    twin = copy.deepcopy(model)
+    twin_opt = Balanced(twin.parameters(), lr=1e-2)
+    for batch in data(4):
+        balanced_step(model, opt, batch, scalar_losses, delta_subset=1)
+        with torch.no_grad():
+            reference = scalar_losses(twin, batch[:1])
+        twin_opt.zero_grad()
+        twin_opt.weighted_loss(scalar_losses(twin, batch)).backward()
+        twin_opt.step()
+        with torch.no_grad():
+            twin_opt.update_task_weights(scalar_losses(twin, batch[:1]), reference_losses=reference)
+    assert torch.equal(opt.logits, twin_opt.logits) and not torch.equal(opt.logits, torch.zeros(2))
 
 
 def test_share_noise_replays_the_training_noise_and_keeps_the_rng_stream():
