@@ -29,6 +29,16 @@ def bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: s
                         metavar="{true,false}", help=f"{help} (default: {str(default).lower()})")
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: ...)`` to help texts that do not state their default already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors are a single line on stderr (exit code 2)."""
 

@@ -387,9 +387,8 @@ class Trainer:
             row["aux_loss"] = float(aux_loss.detach())
         if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
             self.scheduler.step()
-        if hasattr(self.optimizer, "task_weights"):
-            row.update({f"w_{name}": float(w) for name, w in zip(self.criterion.task_names,
-                                                                  self.optimizer.task_weights)})
+        if hasattr(self.optimizer, "task_weight_dict"):
+            row.update(self.optimizer.task_weight_dict())
         return row
 
     # ------------------------------------------------------------------ validation

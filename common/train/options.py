@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.cli import OneLineErrorParser, bool_flag
+from common.cli import DefaultsHelpFormatter, OneLineErrorParser, bool_flag
 from common.train.precision import LOCAL_FP32_MODES
 
 OPTIMIZERS = ("adam", "adamw", "balanced", "balanced_qp")
@@ -12,7 +12,7 @@ SCHEDULERS = ("none", "cosine", "onecycle", "plateau")
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="bmshj2018-factorized", help="registry name (default: %(default)s)")
+    model.add_argument("--model", default="bmshj2018-factorized", help="registry name")
     model.add_argument("--quality", type=int, default=None,
                        help="quality level of models that have one (bmshj2018-factorized: 1-8, default 1)")
     bool_flag(model, "--pretrained", False, "start from published weights found in the torch.hub cache")
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m common.train",
         description="Train a learned image codec (bmshj2018-factorized, HPCM) with Adam or the Balanced "
                     "R-D optimizer. With no data flag it trains on the embedded sample photos.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     add_engine_arguments(parser)
     data.add_arguments(parser.add_argument_group("data"))
     losses.add_arguments(parser.add_argument_group("loss"))
