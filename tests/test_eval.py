@@ -271,3 +271,21 @@ def test_pretrained_from_local_cache(dataset, checkpoint, tmp_path, monkeypatch)
     _, agg = evaluate(model, sorted(dataset.glob("*.png")), update=False)
     assert doc["results"]["bpp"] == [agg["bpp"]]
     assert doc["results"]["psnr-rgb"] == [agg["psnr-rgb"]]
+
+
+def test_training_checkpoint_with_replaced_layers(dataset, tmp_path):
+    """A lic-toolkit/1 checkpoint of a GDN->ReLU model is rebuilt by common.models.restore and evaluated."""
+    from common.eval.__main__ import main
+    from common.replace import apply_config, make_config
+    torch.manual_seed(0)
+    config = make_config("all", "relu")
+    model = apply_config(build("bmshj2018-factorized", quality=1), config)
+    path = tmp_path / "last.pt"
+    torch.save({"format": "lic-toolkit/1", "model": {"name": "bmshj2018-factorized", "kwargs": {"quality": 1}},
+                "replace": config, "qat": None, "state_dict": model.state_dict(), "step": 3, "epoch": 0}, path)
+    out = tmp_path / "relu.json"
+    assert main(["--model", "bmshj2018-factorized", "--checkpoint", str(path), "--dataset", str(dataset),
+                 "--output", str(out)]) == 0
+    _, agg = evaluate(model, sorted(dataset.glob("*.png")))
+    results = json.loads(out.read_text())["results"]
+    assert results["bpp"] == [agg["bpp"]] and results["forward_max_abs_diff"] == [0.0]

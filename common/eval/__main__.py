@@ -10,11 +10,13 @@ from typing import Sequence
 
 import torch
 
-from common.cli import OneLineErrorParser, run_main
+from common import replace
+from common.cli import OneLineErrorParser, bool_flag, run_main
 from common.data.images import list_images
 from common.errors import UserError
 from common.eval.evaluate import PAD_MODES, DecodeMismatchWarning, describe, evaluate, write_results
 from common.models import available_models, build
+from common.models.restore import load_model
 
 
 def build_parser() -> OneLineErrorParser:
@@ -47,8 +49,10 @@ def build_parser() -> OneLineErrorParser:
     parser.add_argument("--no-update", "--no_update", dest="update", action="store_false",
                         help="keep the CDF tables stored in the checkpoint (default: rebuild them with "
                              "update(force=True), as compressai's eval_model does for checkpoints)")
-    parser.add_argument("--trust_checkpoint", action="store_true",
-                        help="allow pickled Python objects in checkpoints (only for files you trust)")
+    bool_flag(parser, "--trust_checkpoint", False,
+              "allow pickled Python objects in checkpoints (only for files you trust)")
+    # Only needed for raw state dicts of replaced models; our training checkpoints record their recipe.
+    replace.add_arguments(parser)
     return parser
 
 
@@ -66,13 +70,15 @@ def _qualities(text: str | None, pretrained: bool) -> list[int | None]:
     return qualities
 
 
-def _load(args, quality: int | None, checkpoint: str | None) -> torch.nn.Module:
-    kwargs = {"pretrained": args.pretrained, "checkpoint": checkpoint, "trust_checkpoint": args.trust_checkpoint}
-    if quality is not None:
-        kwargs["quality"] = quality
-    if args.pretrained:
-        kwargs["metric"] = args.metric
-    return build(args.model, **kwargs)
+def _load(args, quality: int | None, checkpoint: str | None, replace_config: dict | None) -> torch.nn.Module:
+    if checkpoint is not None:
+        return load_model(args.model, quality=quality or 1, checkpoint=checkpoint, trust=args.trust_checkpoint,
+                          replace=replace_config)
+    if replace_config is not None:
+        raise UserError("replacement flags apply to checkpoints only; published weights are the original models")
+    # build() rather than load_model(): only build() knows the --metric of published weights.
+    kwargs = {"quality": quality} if quality is not None else {}
+    return build(args.model, pretrained=True, metric=args.metric, trust_checkpoint=args.trust_checkpoint, **kwargs)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -89,12 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--pad_multiple must be a positive integer, got {args.pad_multiple}")
     images = list_images(args.dataset)
     qualities = _qualities(args.quality, args.pretrained)
+    replace_config = replace.config_from_args(args)
     runs = ([(q, None, f"q{q}" if q is not None else "pretrained") for q in qualities] if args.pretrained
             else [(qualities[0], path, str(path)) for path in args.checkpoint])
 
     labels, aggregates, rows_per_point, description = [], [], [], ""
     for quality, checkpoint, label in runs:
-        model = _load(args, quality, checkpoint)
+        model = _load(args, quality, checkpoint, replace_config)
         default_multiple = model.eval_pad_multiple
         pad_multiple = args.pad_multiple or default_multiple
         # compressai's published files already carry their CDF tables; checkpoints get them rebuilt.
