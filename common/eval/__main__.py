@@ -46,6 +46,8 @@ def build_parser() -> OneLineErrorParser:
     parser.add_argument("--pad_multiple", type=int,
                         help="pad to this multiple instead of the model's eval multiple (recorded in the JSON)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads (compressai's eval_model uses 1; default: torch's choice)")
     parser.add_argument("--no-update", "--no_update", dest="update", action="store_false",
                         help="keep the CDF tables stored in the checkpoint (default: rebuild them with "
                              "update(force=True), as compressai's eval_model does for checkpoints)")
@@ -91,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was given but no CUDA device is available; use --device cpu")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.pad_multiple is not None and args.pad_multiple < 1:
         raise UserError(f"--pad_multiple must be a positive integer, got {args.pad_multiple}")
     images = list_images(args.dataset)
