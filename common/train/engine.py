@@ -192,9 +192,9 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _check_args(self) -> None:
         args = self.args
-        for name in ("batch_size", "recon_count"):
-            if getattr(args, name) < (1 if name == "batch_size" else 0):
-                raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
+        for name, least in (("batch_size", 1), ("val_every", 1), ("recon_count", 0), ("recon_every", 0)):
+            if getattr(args, name) < least:
+                raise UserError(f"--{name} must be at least {least}, got {getattr(args, name)}")
         if args.steps is not None and args.steps < 1:
             raise UserError(f"--steps must be at least 1, got {args.steps}")
         if args.epochs is not None and args.epochs < 1:
@@ -411,16 +411,20 @@ class Trainer:
         self.model.train()
         return {name: total / count for name, total in sums.items()}
 
-    def _end_of_epoch(self, epoch_done: int) -> dict[str, float]:
-        val = self.validate()
+    def _end_of_epoch(self, epoch_done: int) -> dict[str, float] | None:
+        """Per-epoch schedules; validation, best checkpoints and reconstructions every ``--val_every`` epochs."""
+        val = self.validate() if epoch_done % self.args.val_every == 0 else None
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(val["loss"])
+            if val is not None:
+                self.scheduler.step(val["loss"])
         elif isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             self.scheduler.step()
         if self.gamma_schedule is not None:
-            self.gamma_schedule.step(val_loss=val["loss"])
+            self.gamma_schedule.step(val_loss=val["loss"] if val is not None else None)
         if self.recon is not None and epoch_done % self.args.recon_every == 0:
             self.recon.write(self.model, f"e{epoch_done:03d}")
+        if val is not None:
+            self._record_validation(val)
         return val
 
     def _record_validation(self, val: dict[str, float]) -> None:
@@ -474,7 +478,6 @@ class Trainer:
                 progress.epoch += 1
                 progress.batch_in_epoch = 0
                 val = self._end_of_epoch(progress.epoch)
-                self._record_validation(val)
             else:
                 val = None
         bar.close()

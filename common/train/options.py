@@ -52,6 +52,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("outputs")
     out.add_argument("--save_dir", default="runs/train", help="run folder: checkpoints, logs, plots")
     out.add_argument("--recon_dir", default=None, help="reconstruction PNGs (default: SAVE_DIR/recon)")
+    out.add_argument("--val_every", type=int, default=1,
+                     help="validate (and write best_*.pt) every N epochs; the last step is always validated")
     out.add_argument("--recon_every", type=int, default=1, help="save reconstructions every N epochs (0: never)")
     out.add_argument("--recon_count", type=int, default=8, help="validation images to reconstruct")
     out.add_argument("--save_every_steps", type=int, default=0, help="also write last.pt every N steps")

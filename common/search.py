@@ -1,0 +1,140 @@
+"""Hyperparameter search over training runs with optuna (SQLite storage: resumable, inspectable).
+
+``python -m common.search --space gamma=log:0.0005:0.02 --space w_lr=log:0.005:0.1 --trials 12
+--out_dir runs/search [--sampler tpe|grid] [train flags...]``
+
+Each trial is one ``common.train`` run (all flags other than the search's own pass through) with the
+sampled values set as flags; its objective is the final validation R-D loss (lower is better), so trials
+at the same λ compare directly. A space is ``name=log:LOW:HIGH``, ``name=float:LOW:HIGH``,
+``name=int:LOW:HIGH`` or ``name=choice:A,B,C``; with ``--sampler grid`` every space must be a choice list
+and the study runs the full grid (the seed's phase-1 γ × w_lr search is a grid of 4 × 3).
+Interrupted studies continue where they stopped (same ``--out_dir``); a finished study only reprints its
+table. Results: ``study.db``, ``trials.csv`` and the printed table.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from common.cli import OneLineErrorParser, run_main
+from common.errors import UserError
+
+KINDS = ("log", "float", "int", "choice")
+
+
+def parse_space(text: str) -> tuple[str, str, list]:
+    """``name=kind:args`` -> (name, kind, values)."""
+    try:
+        name, spec = text.split("=", 1)
+        kind, rest = spec.split(":", 1)
+    except ValueError as exc:
+        raise UserError(f"--space {text!r}: expected name=kind:args, e.g. gamma=log:0.001:0.01") from exc
+    if kind not in KINDS:
+        raise UserError(f"--space {text!r}: kind must be one of {', '.join(KINDS)}")
+    if kind == "choice":
+        values = [v for v in rest.split(",") if v]
+        if not values:
+            raise UserError(f"--space {text!r}: give at least one choice")
+        return name, kind, values
+    try:
+        low, high = (float(v) for v in rest.split(":"))
+    except ValueError as exc:
+        raise UserError(f"--space {text!r}: expected {kind}:LOW:HIGH") from exc
+    if not low < high or (kind == "log" and low <= 0):
+        raise UserError(f"--space {text!r}: need LOW < HIGH (and LOW > 0 for log)")
+    return name, kind, [low, high]
+
+
+def suggest(trial, name: str, kind: str, values: list) -> str:
+    if kind == "choice":
+        return str(trial.suggest_categorical(name, values))
+    if kind == "int":
+        return str(trial.suggest_int(name, int(values[0]), int(values[1])))
+    return repr(trial.suggest_float(name, values[0], values[1], log=kind == "log"))
+
+
+def search_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog="python -m common.search", add_help=False,
+                                description="optuna search over common.train runs")
+    parser.add_argument("--space", action="append", default=[], help="name=kind:args (repeatable)")
+    parser.add_argument("--trials", type=int, default=None, help="number of trials (grid: the whole grid)")
+    parser.add_argument("--sampler", choices=("tpe", "grid"), default="tpe")
+    parser.add_argument("--out_dir", default="runs/search")
+    parser.add_argument("--study_name", default="search")
+    parser.add_argument("--search_seed", type=int, default=0, help="sampler seed")
+    return parser
+
+
+def run_study(args: argparse.Namespace, train_argv: list[str]):
+    import optuna
+
+    from common.train.engine import Trainer
+    from common.train.options import build_parser
+
+    spaces = [parse_space(text) for text in args.space]
+    if not spaces:
+        raise UserError("give at least one --space")
+    names = [name for name, _, _ in spaces]
+    clashes = [name for name in names if f"--{name}" in train_argv]
+    if clashes or "--save_dir" in train_argv:
+        raise UserError(f"searched flags and --save_dir are set by the search; remove {clashes or ['--save_dir']}")
+    build_parser().parse_args(train_argv + [f"--{n}=1" if k != "choice" else f"--{n}={v[0]}"
+                                            for n, k, v in spaces])  # validates the flags up front
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.sampler == "grid":
+        if any(kind != "choice" for _, kind, _ in spaces):
+            raise UserError("--sampler grid needs choice spaces only (name=choice:a,b,c)")
+        sampler = optuna.samplers.GridSampler({name: values for name, _, values in spaces}, seed=args.search_seed)
+        total = math.prod(len(values) for _, _, values in spaces)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=args.search_seed)
+        total = args.trials or 10
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=args.study_name, storage=f"sqlite:///{out_dir / 'study.db'}",
+                                sampler=sampler, direction="minimize", load_if_exists=True)
+    # A trial killed mid-run stays RUNNING in the database; it is counted as failed and run again.
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+    def objective(trial) -> float:
+        values = [f"--{name}={suggest(trial, name, kind, v)}" for name, kind, v in spaces]
+        run_dir = out_dir / f"trial_{trial.number:03d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        print(f"trial {trial.number}: {' '.join(values)}")
+        val = Trainer(build_parser().parse_args([*train_argv, *values, "--save_dir", str(run_dir)])).fit()
+        for key in ("psnr", "ms_ssim", "bpp_loss"):
+            if key in val:
+                trial.set_user_attr(key, val[key])
+        return val["loss"]
+
+    if done < total:
+        study.optimize(objective, n_trials=total - done)
+    return study
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "-h" in argv or "--help" in argv:
+        search_parser().print_help()
+        print("\nAll other flags are those of python -m common.train (see its --help).")
+        return 0
+    args, train_argv = search_parser().parse_known_args(argv)
+    study = run_study(args, train_argv)
+    table = study.trials_dataframe(attrs=("number", "value", "params", "user_attrs", "state"))
+    table = table.sort_values("value")
+    path = Path(args.out_dir) / "trials.csv"
+    table.to_csv(path, index=False)
+    print(table.to_string(index=False))
+    best = study.best_trial
+    print(f"best trial {best.number}: loss {best.value:.4f} with {best.params}\ntable: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
