@@ -3,9 +3,11 @@
 Both blocks use only Conv (1x1, depthwise), ReLU6/HardSwish, HardSigmoid, Mul and Add, so they export
 to ONNX operators that INT8 NPUs run natively (no Pow, Sqrt or Div as in GDN).
 
-``init_identity=True`` makes a freshly built block compute the identity map (exactly for inputs of
-magnitude up to 6 with ReLU6, up to 3 with HardSwish), so swapping it for a GDN layer changes the
-network only as much as removing that GDN would.
+``init_identity=True`` makes a freshly built block compute the identity map, so swapping it for a GDN
+layer changes the network only as much as removing that GDN would. With the residual path (default)
+this is exact for every input; without it, exact for |x| <= 6 with ReLU6 (expansion t >= 2) and for
+x >= -3 with HardSwish. The residual variants start with a zero last layer (as zero-initialised
+residual networks do), so the layers before it receive gradient from the second training step on.
 """
 from __future__ import annotations
 
@@ -45,11 +47,10 @@ class ECA(nn.Module):
 
 
 def _plus_minus_identity(expand: nn.Conv2d, reduce: nn.Conv2d, channels: int, out_gain: float) -> None:
-    """Set ``expand``/``reduce`` so that reduce(act(expand(x))) = x for |x| within the activation's
-    linear range: hidden channel c carries +x_c, hidden channel C+c carries -x_c, and
-    act(x) - act(-x) = x for ReLU6 (|x| <= 6) and HardSwish (|x| <= 3). ``out_gain`` compensates a
-    constant gain applied after ``reduce``. Hidden channels beyond 2C (t > 2) start at zero; with
-    t < 2 only the first ``hidden - C`` channels get their negative half.
+    """Set ``expand``/``reduce`` so that reduce(relu6(relu6(expand(x)))) = x for |x| <= 6: hidden
+    channel c carries +x_c, hidden channel C+c carries -x_c, and relu6(x) - relu6(-x) = x there.
+    ``out_gain`` compensates a constant gain applied after ``reduce``. Hidden channels beyond 2C (t > 2)
+    start at zero; with t < 2 only the first ``hidden - C`` channels get their negative half.
     """
     hidden = expand.out_channels
     with torch.no_grad():
@@ -64,6 +65,23 @@ def _plus_minus_identity(expand: nn.Conv2d, reduce: nn.Conv2d, channels: int, ou
         idx = torch.arange(negative)
         expand.weight[channels + idx, idx, 0, 0] = -1.0
         reduce.weight[idx, channels + idx, 0, 0] = -out_gain
+
+
+def _offset_identity(expand: nn.Conv2d, reduce: nn.Conv2d, channels: int, out_gain: float,
+                     offset: float = 6.0) -> None:
+    """Set ``expand``/``reduce`` so that reduce(hardswish(hardswish(expand(x)))) = x for x >= 3 - offset:
+    hidden channel c carries x_c + offset, where HardSwish is the identity (u >= 3), and ``reduce``
+    removes the offset again. (HardSwish applied twice rules out the +/- construction of ReLU6.)
+    """
+    with torch.no_grad():
+        for conv in (expand, reduce):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        idx = torch.arange(min(channels, expand.out_channels))
+        expand.weight[idx, idx, 0, 0] = 1.0
+        expand.bias[idx] = offset
+        reduce.weight[idx, idx, 0, 0] = out_gain
+        reduce.bias[idx] = -offset * out_gain
 
 
 def _dirac_depthwise(conv: nn.Conv2d, value: float | Tensor = 1.0) -> None:
@@ -101,9 +119,9 @@ class GDNishLiteEnc(nn.Module):
         self.reduce = nn.Conv2d(hidden, channels, 1)
         self.eca = ECA(eca_kernel) if use_eca else nn.Identity()
         if init_identity:
-            self._init_identity(channels, use_eca)
+            self._init_identity(channels, use_eca, act_type)
 
-    def _init_identity(self, channels: int, use_eca: bool) -> None:
+    def _init_identity(self, channels: int, use_eca: bool, act_type: str) -> None:
         if self.residual:
             # Zero the last conv: the branch outputs 0 and the block is x + 0 (the ECA gate is irrelevant).
             with torch.no_grad():
@@ -114,7 +132,8 @@ class GDNishLiteEnc(nn.Module):
         # of HardSigmoid(0) = 0.5 (unsaturated, so it still learns), compensated by a gain of 2.
         if use_eca:
             nn.init.zeros_(self.eca.conv.weight)
-        _plus_minus_identity(self.expand, self.reduce, channels, out_gain=2.0 if use_eca else 1.0)
+        pass_through = _offset_identity if act_type == "hardswish" else _plus_minus_identity
+        pass_through(self.expand, self.reduce, channels, out_gain=2.0 if use_eca else 1.0)
         _dirac_depthwise(self.depthwise)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -151,17 +170,18 @@ class GDNishLiteDec(nn.Module):
             self._init_identity()
 
     def _init_identity(self) -> None:
-        # Constant gain g0 from a zero scale kernel: g0 = 1 when 1 lies inside (g_min, g_max), else the
-        # middle of the range; either way the HardSigmoid sits in its linear part, so it keeps learning.
+        # Gain centred on g0 = 1 when 1 lies inside (g_min, g_max), else on the middle of the range; the
+        # HardSigmoid then sits in its linear part, so it keeps learning.
         p = (1.0 - self.g_min) / (self.g_max - self.g_min)
         if not 0.0 < p < 1.0:
             p = 0.5
         gain0 = self.g_min + (self.g_max - self.g_min) * p
         with torch.no_grad():
-            self.scale.weight.zero_()
             self.scale.bias.fill_(6.0 * p - 3.0)  # HardSigmoid(z) = z / 6 + 1/2 on [-3, 3]
-        # With the skip path the gated branch starts at zero (out = x); without it the depthwise conv
-        # undoes the constant gain (out = x * g0 / g0).
+            if not self.residual:
+                self.scale.weight.zero_()  # constant gain g0, undone by the depthwise conv below
+        # With the skip path the gated branch starts at zero (out = x, whatever the gain, which keeps its
+        # random kernel so that gradients reach it); without it out = x * g0 / g0.
         _dirac_depthwise(self.depthwise, 0.0 if self.residual else 1.0 / gain0)
 
     def gain(self, x: Tensor) -> Tensor:
