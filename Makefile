@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test demo bench clean-venv help
+.PHONY: setup test demo bench clean-venv help phase1-standard phase1-balanced phase1-hparam \
+	phase2-adaptive phase2-finetune phase2-optuna phase3-hierarchical phase3-ablation phase4-bdrate phase4-eval
 
 help:
 	@echo "make demo   - train 3 lambda points on the embedded samples, evaluate with real bitstreams, plot"
@@ -24,6 +25,27 @@ $(STAMP): requirements.lock pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+
+phase1-standard: setup
+	phase1/run_standard.sh
+phase1-balanced: setup
+	phase1/run_balanced.sh
+phase1-hparam: setup
+	phase1/run_hparam_search.sh
+phase2-adaptive: setup
+	phase2/run_balanced_adaptive.sh
+phase2-finetune: setup
+	phase2/run_finetune.sh
+phase2-optuna: setup
+	phase2/run_optuna.sh
+phase3-hierarchical: setup
+	phase3/run_hierarchical.sh
+phase3-ablation: setup
+	phase3/run_ablation_gamma.sh
+phase4-bdrate: setup
+	phase4/run_bdrate.sh
+phase4-eval: setup
+	phase4/run_eval_checkpoints.sh
 
 clean-venv:
 	rm -rf $(VENV)
