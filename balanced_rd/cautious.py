@@ -90,12 +90,12 @@ class CautiousAdam(torch.optim.Optimizer):
         denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** step)).add_(group["eps"])
 
         if group["cautious"]:
-            mask = (exp_avg * grad > 0).to(torch.float32)
+            mask = torch.mul(exp_avg, grad).gt_(0)  # 1.0 where update and gradient agree, in one buffer
             # Tensor-valued scale: no host synchronisation per parameter on accelerators.
             scale = mask.mean().clamp_(min=_MIN_MASK_MEAN).reciprocal_()
             if group["max_mask_scale"] is not None:
                 scale.clamp_(max=group["max_mask_scale"])
-            update = mask.mul_(scale).mul_(exp_avg)
+            update = mask.mul_(exp_avg).mul_(scale)
         else:
             update = exp_avg
         master.addcdiv_(update, denom, value=-step_size)

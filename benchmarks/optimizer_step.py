@@ -7,7 +7,7 @@ the least any exact Balanced step can cost. Variants are interleaved in every re
 each step time is the median over repeats; ratios are medians of the per-repeat ratios to Adam, which
 cancels slow drifts of a shared machine.
 
-    python -m benchmarks.optimizer_step [--steps 3] [--repeats 5] [--device cpu]
+    python -m benchmarks.optimizer_step [--steps 2] [--repeats 4] [--every 8] [--subset 1] [--threads 1]
 """
 from __future__ import annotations
 
@@ -85,18 +85,19 @@ def build_variants(model: nn.Module, lr: float, every: list[int], subsets: list[
 
 def main(argv=None) -> int:
     parser = OneLineErrorParser(prog="python -m benchmarks.optimizer_step", description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant per repeat")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats (median over them)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per variant per repeat")
+    parser.add_argument("--repeats", type=int, default=4, help="interleaved repeats (median over them)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--patch_size", type=int, default=128)
     parser.add_argument("--quality", type=int, default=1)
     parser.add_argument("--lmbda", type=float, default=0.013)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--every", type=int, nargs="*", default=[4, 8], help="weight_update_every values")
-    parser.add_argument("--subset", type=int, nargs="*", default=[1, 2], help="delta_subset values")
+    parser.add_argument("--every", type=int, nargs="*", default=[8], help="weight_update_every values")
+    parser.add_argument("--subset", type=int, nargs="*", default=[1], help="delta_subset values")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads; 1 keeps timings stable on a shared CPU (0 = torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.repeats < 1:
