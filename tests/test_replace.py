@@ -20,6 +20,15 @@ from common.replace import (ECA, GDNishLiteDec, GDNishLiteEnc, UpsampleConv, add
 N, M = 128, 192  # bmshj2018-factorized quality 1
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Small ops run far faster on one thread when the CPU is shared (no OpenMP spinning)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def q1_model(seed=0):
     torch.manual_seed(seed)
     return FactorizedPrior(N, M).eval()
@@ -174,23 +183,23 @@ def test_decoder_upsample_replaces_all_four_deconvs():
 def test_upconv_fit_is_least_squares_optimal(mode):
     """The closed-form fit is at least as close to the deconv as Upsample+Conv trained by gradient descent."""
     torch.manual_seed(0)
-    deconv = nn.ConvTranspose2d(3, 2, 5, 2, 2, 1).requires_grad_(False)
+    deconv = nn.ConvTranspose2d(2, 1, 5, 2, 2, 1).requires_grad_(False)
     fitted = upconv_from_deconv(deconv, mode)
     torch.testing.assert_close(fitted.conv.bias, deconv.bias)
-    trained = UpsampleConv(3, 2, 5, mode)
-    opt = torch.optim.Adam(trained.parameters(), 2e-2)
-    for _ in range(300):
-        x = torch.randn(8, 3, 16, 16)
+    trained = UpsampleConv(2, 1, 5, mode)
+    opt = torch.optim.Adam(trained.parameters(), 5e-2)
+    for _ in range(150):
+        x = torch.randn(4, 2, 12, 12)
         loss = F.mse_loss(trained(x)[..., 4:-4, 4:-4], deconv(x)[..., 4:-4, 4:-4])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    x = torch.randn(16, 3, 16, 16)
+    x = torch.randn(64, 2, 12, 12)
     with torch.no_grad():
         target = deconv(x)[..., 4:-4, 4:-4]
         err_fit = F.mse_loss(fitted(x)[..., 4:-4, 4:-4], target).item()
         err_gd = F.mse_loss(trained(x)[..., 4:-4, 4:-4], target).item()
-        err_zero = target.pow(2).mean().item()
+        err_zero = F.mse_loss(deconv.bias.view(1, -1, 1, 1).expand_as(target), target).item()
     assert err_fit <= err_gd * 1.02
     assert err_fit < 0.6 * err_zero
 
