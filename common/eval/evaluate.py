@@ -154,17 +154,20 @@ def aggregate(rows: Sequence[dict]) -> dict:
 
 def evaluate(model: nn.Module, image_paths: Sequence[str | os.PathLike], *, pad_multiple: int | None = None,
              pad_mode: str = "zero", entropy_estimation: bool = False, update: bool = True,
-             device: str | torch.device | None = None, root: str | os.PathLike | None = None,
-             progress: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
+             device: str | torch.device | None = None,
+             root: str | os.PathLike | None = None) -> tuple[list[dict], dict]:
     """Evaluate ``model`` on image files; returns ``(per_image_rows, aggregate)``.
 
     ``pad_multiple`` defaults to ``model.eval_pad_multiple`` (64 for bmshj2018, 256 for HPCM).
     ``update`` rebuilds the entropy coder's CDF tables from the current weights first (needed after any
     training; compressai's pretrained files already hold them). ``root`` shortens image names in the rows.
-    The model is put in eval mode and returned to its previous mode afterwards.
+    ``device`` moves the model there first. The model is put in eval mode and returned to its previous
+    mode afterwards.
     """
     if not image_paths:
         raise UserError("no images to evaluate")
+    if pad_mode not in PAD_MODES:
+        raise UserError(f"unknown pad mode {pad_mode!r}; choose one of: {', '.join(PAD_MODES)}")
     pad_multiple = pad_multiple or getattr(model, "eval_pad_multiple", None)
     if not pad_multiple:
         raise UserError("the model has no eval_pad_multiple; pass pad_multiple")
@@ -186,8 +189,6 @@ def evaluate(model: nn.Module, image_paths: Sequence[str | os.PathLike], *, pad_
             name = str(path.relative_to(root)) if root is not None else path.name
             x = load_rgb_tensor(path).unsqueeze(0).to(device)
             rows.append(evaluate_image(model, x, pad_multiple, pad_mode, entropy_estimation, name=name))
-            if progress is not None:
-                progress(name)
     finally:
         model.train(was_training)
     return rows, aggregate(rows)
