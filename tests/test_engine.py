@@ -10,30 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from common.checkpoint import load_file
 from common.train.engine import Trainer
 from common.train.options import build_parser
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def smooth_image(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth random colour image (low-frequency noise, upsampled), closer to a photo than white noise."""
-    coarse = rng.uniform(0, 255, size=(4, 4, 3)).astype(np.uint8)
-    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC))
+from tests.helpers import REPO, write_image_dirs
 
 
 @pytest.fixture(scope="module")
 def image_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 6), ("test", 2)):
-        (root / split).mkdir()
-        for i in range(count):
-            Image.fromarray(smooth_image(rng, 48)).save(root / split / f"{i}.png")
-    return root / "train", root / "test"
+    return write_image_dirs(tmp_path_factory.mktemp("images"), size=48, n_train=6, n_test=2)
 
 
 def train_args(image_dirs, save_dir, *extra):
