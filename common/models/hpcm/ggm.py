@@ -63,9 +63,11 @@ class GGMEntropyModel(nn.Module):
         self.tail_mass = tail_mass
 
     def likelihood(self, values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        scales = self.scale_lower_bound(scales)
+        """Likelihoods in at least float32 (half-precision inputs from autocast are upcast)."""
+        dtype = torch.promote_types(torch.promote_types(values.dtype, scales.dtype), torch.float32)
+        scales = self.scale_lower_bound(scales.to(dtype))
         # Symmetric form: L(v) = L(-v), so evaluate at -|v| where both CDF values are small.
-        values = values.abs()
+        values = values.to(dtype).abs()
         upper = ggm_cdf((0.5 - values) / scales, self.beta)
         lower = ggm_cdf((-0.5 - values) / scales, self.beta)
         return self.likelihood_lower_bound(upper - lower)

@@ -25,6 +25,9 @@ TABLE_BUFFERS = ("scale_table", "quantized_cdf_z", "cdf_length_z", "offset_z",
                  "quantized_cdf_y", "cdf_length_y", "offset_y")
 
 # A step's coder: (step 1..11, scales, means, mask) on the step's grid -> integer residuals (0 off-mask).
+# Latent sizes whose step maps are kept (evaluation sees a few image sizes over and over).
+SCHEDULE_CACHE_SIZE = 4
+
 StepCoder = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -136,6 +139,8 @@ class HPCM(nn.Module):
             if self.official_s2_hyper_quirk:
                 index, mask = schedule.quirk_s2_hyper_index(m, height // 2, width // 2, device)
                 entry["quirk_index"], entry["quirk_mask"] = index.repeat(2, 1), mask.repeat(2, 1)
+            if len(self._schedules) >= SCHEDULE_CACHE_SIZE:
+                self._schedules.pop(next(iter(self._schedules)))
             self._schedules[key] = entry
         return self._schedules[key]
 
@@ -259,7 +264,7 @@ class HPCM(nn.Module):
         """Bits of y per coding step (tensor of 11), summed over the batch."""
         sched = self._schedule(y_likelihoods.shape[2], y_likelihoods.shape[3], y_likelihoods.device)
         bits = -torch.log2(y_likelihoods).sum(dim=0)
-        return bits.new_zeros(schedule.NUM_STEPS).index_add(0, sched["full"][0].flatten() - 1, bits.flatten())
+        return bits.new_zeros(schedule.NUM_STEPS).index_add(0, sched["full"][0].flatten().long() - 1, bits.flatten())
 
     # ------------------------------------------------------------------ entropy coding
     def update(self, force: bool = False) -> bool:

@@ -58,11 +58,11 @@ def unpack(x: torch.Tensor, latent_channels: int, phases) -> torch.Tensor:
 
 
 def step_map(latent_channels: int, height: int, width: int, device=None) -> torch.Tensor:
-    """Step number (1..11) that codes each element of a (1, M, H, W) latent."""
+    """Step number (1..11, uint8) that codes each element of a (1, M, H, W) latent."""
     if height % 8 or width % 8:
         raise ValueError(f"latent size {height}x{width} must be a multiple of 8")
     tiles = STEP_TILES.to(device)[channel_groups(latent_channels, latent_channels, device)]
-    return tiles.repeat(1, height // 8, width // 8).unsqueeze(0)
+    return tiles.repeat(1, height // 8, width // 8).unsqueeze(0).to(torch.uint8)
 
 
 def quirk_s2_hyper_index(latent_channels: int, height: int, width: int, device=None
