@@ -11,16 +11,9 @@ import torch
 from common.models import build
 from common.models.hpcm.weights import fill_parity_weights
 
+from tests.test_hpcm_tiny import single_thread  # noqa: F401  (autouse fixture: one intra-op thread)
+
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads run 3-4x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _official_keys(variant: str) -> list[tuple[str, tuple[int, ...], str]]:
