@@ -76,7 +76,7 @@ def test_run_outputs(image_dirs, tmp_path):
     for name in ("last.pt", "best_msssim.pt", "best_loss.pt", "train_log.csv", "train_log.jsonl",
                  "val_log.csv"):
         assert (run / name).is_file(), name
-    for tag in ("origin", "pre_e000", "e001", "e002"):
+    for tag in ("origin", "pre_e000", "e000", "e001"):
         assert sorted(p.name for p in (run / "recon" / tag).iterdir()) == ["00000.png", "00001.png"]
     rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))

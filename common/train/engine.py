@@ -53,6 +53,26 @@ class Progress:
     wandb_id: str | None = None
 
 
+class TeacherTarget(nn.Module):
+    """Distillation (seed 001): the loss compares the student's output with the teacher's reconstruction."""
+
+    def __init__(self, teacher: nn.Module, loss: nn.Module):
+        super().__init__()
+        self.teacher, self.loss, self.task_names = teacher, loss, loss.task_names
+
+    def forward(self, output: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:
+        with torch.no_grad():
+            target = self.teacher(x)["x_hat"]
+        return self.loss(output, target)
+
+
+def checkpoint_names(args: argparse.Namespace) -> dict[str, str]:
+    """File names of the run's checkpoints; seed 001's fine-tuning stage (``--resume_student``) uses ft_*."""
+    if args.resume_student:
+        return {"last": "ft_last.pt", "best_msssim": "ft_best.pt", "best_loss": "ft_best_loss.pt"}
+    return {"last": "last.pt", "best_msssim": "best_msssim.pt", "best_loss": "best_loss.pt"}
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -112,11 +132,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def split_parameters(model: nn.Module, trainable: list[nn.Parameter]) -> tuple[list, list]:
-    """(net parameters, entropy-bottleneck quantiles): the quantiles belong to the aux optimizer only."""
-    quantile_ids = {id(p) for name, p in model.named_parameters() if name.endswith("quantiles")}
-    net = [p for p in trainable if id(p) not in quantile_ids]
-    quantiles = [p for name, p in model.named_parameters() if name.endswith("quantiles")]
-    return net, quantiles
+    """(net parameters, trainable entropy-bottleneck quantiles): the quantiles belong to the aux optimizer only.
+
+    A recipe that freezes the entropy model (e.g. ``--train_scope replaced``) leaves its quantiles untouched.
+    """
+    quantiles = [p for name, p in model.named_parameters() if name.endswith("quantiles") and p.requires_grad]
+    quantile_ids = {id(p) for p in quantiles}
+    return [p for p in trainable if id(p) not in quantile_ids], quantiles
 
 
 class Trainer:
@@ -133,6 +155,8 @@ class Trainer:
         self.use_amp = resolve_amp(args.amp, self.device)
         self.amp_dtype = precision.amp_dtype(args.amp_dtype)
         self.save_dir = Path(args.save_dir)
+        self.names = checkpoint_names(args)
+        self.teacher: nn.Module | None = None
         self._check_args()
         seed_everything(args.seed)  # the same initial weights on every rank
 
@@ -141,6 +165,8 @@ class Trainer:
         resume_ckpt = self._load_resume_checkpoint()
         self.model = self._build_model(resume_ckpt)
         self.criterion = losses.criterion_from_args(args)
+        if self.teacher is not None:
+            self.criterion = TeacherTarget(self.teacher, losses.DistillationLoss(args.distill_l1, args.distill_msssim))
         self.train_set, self.val_set = data.build_datasets(args, seed=args.seed)
         self._check_sizes()
         self.sampler = ResumableSampler(len(self.train_set), args.batch_size, args.seed,
@@ -179,7 +205,9 @@ class Trainer:
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
         resume_step = self.progress.step if resume_ckpt is not None else None
-        self.recon = ReconWriter(Path(args.recon_dir) if args.recon_dir else self.save_dir / "recon",
+        recon_dir = Path(args.recon_dir) if args.recon_dir else self.save_dir / (
+            "recon_ft" if args.resume_student else "recon")
+        self.recon = ReconWriter(recon_dir,
                                  self.val_set, args.recon_count) if self.main and args.recon_every > 0 else None
         if self.main:
             self.save_dir.mkdir(parents=True, exist_ok=True)
@@ -203,6 +231,13 @@ class Trainer:
             raise UserError(f"--lr must be positive, got {args.lr}")
         if args.sched == "onecycle" and args.lr_warmup_steps:
             raise UserError("--lr_warmup_steps does not combine with --sched onecycle (it has its own warm-up)")
+        if args.resume_student:
+            if args.checkpoint or args.pretrained or args.distill:
+                raise UserError("--resume_student starts from the student's weights; drop --checkpoint, "
+                                "--pretrained and --distill")
+            args.checkpoint = args.resume_student
+        if args.distill and not (args.checkpoint or args.pretrained):
+            raise UserError("--distill needs the teacher's weights: --pretrained or --checkpoint PATH")
 
     def _check_sizes(self) -> None:
         multiple = getattr(self.model, "forward_multiple", 1)
@@ -221,7 +256,7 @@ class Trainer:
     def _resume_path(self) -> Path | None:
         if self.args.resume is None:
             return None
-        path = self.save_dir / "last.pt" if self.args.resume == "auto" else Path(self.args.resume)
+        path = self.save_dir / self.names["last"] if self.args.resume == "auto" else Path(self.args.resume)
         if not path.is_file():
             raise UserError(f"nothing to resume: {path} does not exist (drop --resume to start a new run)")
         return path
@@ -244,12 +279,23 @@ class Trainer:
             self.replace_config, self.qat_config = resume_ckpt.get("replace"), resume_ckpt.get("qat")
             model = self._apply_recipes(models.build(args.model, **resume_ckpt["model"]["kwargs"]))
             model.load_state_dict(resume_ckpt["state_dict"])
+            if args.distill:
+                self.teacher = load_model(args.model, quality=model_kwargs(args).get("quality", 1),
+                                          pretrained=args.pretrained, checkpoint=args.checkpoint,
+                                          trust=args.trust_checkpoint).to(self.device)
+                self.teacher.requires_grad_(False)
             return model.to(self.device)
         if not (args.checkpoint or args.pretrained):
             return self._apply_recipes(models.build(args.model, **model_kwargs(args))).to(self.device)
         kwargs = model_kwargs(args)
         model = load_model(args.model, quality=kwargs.get("quality", 1), pretrained=args.pretrained,
                            checkpoint=args.checkpoint, trust=args.trust_checkpoint)
+        if args.distill:
+            # The loaded weights are the teacher; the student is a copy with the replaced decoder.
+            self.replace_config = self.replace_config or replace.make_config(decoder_upsample=True)
+            self.teacher = model.to(self.device)
+            student = replace.build_student_from_teacher(self.teacher, self.replace_config)
+            return (qat.prepare(student, self.qat_config) if self.qat_config else student).to(self.device)
         inherited = load_file(args.checkpoint, trust=args.trust_checkpoint) if args.checkpoint else None
         # Weights from one of our runs come with their recipes already applied by load_model.
         applied = {key: inherited.get(key) if is_training_checkpoint(inherited) else None for key in ("replace", "qat")}
@@ -343,7 +389,7 @@ class Trainer:
     def _diverged(self, what: str) -> None:
         raise TrainingDiverged(
             f"training stopped at step {self.progress.step + 1}: {what}; the last good checkpoint is "
-            f"{self.save_dir / 'last.pt'} (try a lower --lr, --lr_warmup_steps, --max_grad_norm or --local_fp32)")
+            f"{self.save_dir / self.names['last']} (try a lower --lr, --lr_warmup_steps, --max_grad_norm or --local_fp32)")
 
     def _warmup_factor(self) -> float:
         warm = self.args.lr_warmup_steps
@@ -422,7 +468,7 @@ class Trainer:
         if self.gamma_schedule is not None:
             self.gamma_schedule.step(val_loss=val["loss"] if val is not None else None)
         if self.recon is not None and epoch_done % self.args.recon_every == 0:
-            self.recon.write(self.model, f"e{epoch_done:03d}")
+            self.recon.write(self.model, f"e{epoch_done - 1:03d}")  # seed 001: tag = 0-based epoch index
         if val is not None:
             self._record_validation(val)
         return val
@@ -434,11 +480,11 @@ class Trainer:
         self.progress.best_msssim = max(self.progress.best_msssim, val["ms_ssim"])
         self.progress.best_loss = min(self.progress.best_loss, val["loss"])
         ckpt = self.checkpoint()
-        self.save("last.pt", ckpt)
+        self.save(self.names["last"], ckpt)
         if better_msssim:
-            self.save("best_msssim.pt", ckpt)
+            self.save(self.names["best_msssim"], ckpt)
         if better_loss:
-            self.save("best_loss.pt", ckpt)
+            self.save(self.names["best_loss"], ckpt)
         if self.main:
             self.val_log.write(row)
             self.wandb.log(row, self.progress.step)
@@ -471,7 +517,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
                 if args.save_every_steps and progress.step % args.save_every_steps == 0:
-                    self.save("last.pt")
+                    self.save(self.names["last"])
                 if progress.step >= self.total_steps:
                     break
             if progress.batch_in_epoch >= self.sampler.batches_per_epoch:
@@ -498,7 +544,7 @@ class Trainer:
         self.model.update(force=True, **({"update_quantiles": True} if not self.args.eb_aux and self.quantiles
                                          else {}))
         ckpt["state_dict"] = self.model.state_dict()
-        self.save("last.pt", ckpt)
+        self.save(self.names["last"], ckpt)
         if hasattr(self.optimizer, "task_weights") and self.main:
             plot_task_weights(self.save_dir / "train_log.csv", self.save_dir / "task_weights.png")
         distributed.barrier(self.dist)

@@ -19,6 +19,16 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--checkpoint", help="start from these weights (state dict or one of our checkpoints)")
     bool_flag(model, "--trust_checkpoint", False, "allow arbitrary pickled objects in checkpoint files")
 
+    distill = parser.add_argument_group("distillation (seed 001)")
+    bool_flag(distill, "--distill", False, "teacher = the --pretrained/--checkpoint weights, student = a copy with "
+                                           "the replaced decoder (default --decoder_upsample); loss against the "
+                                           "teacher's reconstruction")
+    distill.add_argument("--distill_l1", type=float, default=1.0, help="λ1 of λ1·L1 + λ2·(1-MS-SSIM)")
+    distill.add_argument("--distill_msssim", type=float, default=0.2, help="λ2 of λ1·L1 + λ2·(1-MS-SSIM)")
+    distill.add_argument("--resume_student", metavar="CKPT",
+                         help="fine-tune a distilled student against the ground truth: start from CKPT, write "
+                              "ft_last.pt/ft_best.pt and recon_ft/")
+
     run = parser.add_argument_group("schedule")
     run.add_argument("--epochs", type=int, default=None, help="epochs to train (default 10 unless --steps)")
     run.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides --epochs)")

@@ -1,0 +1,66 @@
+"""Seed 001 recipe: distil an Upsample+Conv decoder student from its teacher, then fine-tune against the images."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from common.checkpoint import load_file
+from common.train.engine import Trainer
+from common.train.options import build_parser
+from tests.helpers import write_image_dirs
+
+
+def flags(train, test, save_dir, *extra):
+    return build_parser().parse_args([
+        "--model", "bmshj2018-factorized-tiny", "--train_dataset", str(train), "--test_dataset", str(test),
+        "--patch_size", "32", "--batch_size", "2", "--save_dir", str(save_dir), "--recon_count", "1",
+        "--progress", "false", "--num_workers", "0", *extra])
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    train, test = write_image_dirs(root, size=48, n_train=4, n_test=1)
+    Trainer(flags(train, test, root / "teacher", "--steps", "20", "--lr", "3e-3", "--recon_every", "0")).fit()
+    return root, train, test
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_distill_then_finetune(teacher):
+    root, train, test = teacher
+    distill_dir, ft_dir = root / "distill", root / "ft"
+    trainer = Trainer(flags(train, test, distill_dir, "--distill", "--checkpoint", str(root / "teacher/last.pt"),
+                            "--steps", "16", "--lr", "2e-3"))
+    # Only the replaced decoder convolutions learn; the teacher is frozen.
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("g_s.") for n in trainable)
+    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    trainer.fit()
+    distill = losses(distill_dir)
+    assert np.mean(distill[-4:]) < 0.8 * np.mean(distill[:4])
+    for key, value in trainer.teacher.state_dict().items():
+        assert torch.equal(value, teacher_before[key]), key
+    assert {p.name for p in (distill_dir / "recon").iterdir()} >= {"origin", "pre_e000", "e000"}
+
+    Trainer(flags(train, test, ft_dir, "--resume_student", str(distill_dir / "best_msssim.pt"),
+                  "--loss_type", "recon", "--steps", "4", "--lr", "1e-3")).fit()
+    for name in ("ft_last.pt", "ft_best.pt"):
+        assert (ft_dir / name).is_file()
+    assert (ft_dir / "recon_ft" / "pre_e000").is_dir()
+    student = load_file(ft_dir / "ft_last.pt")
+    assert student["replace"]["decoder_upsample"] is True
+    # Upsample+Conv blocks hold their 5x5 convolution under .conv (a ConvTranspose2d has no such child).
+    assert {"g_s.0.conv.weight", "g_s.6.conv.weight"} <= set(student["state_dict"])
+
+
+def test_distill_needs_teacher_weights(teacher):
+    root, train, test = teacher
+    with pytest.raises(Exception, match="teacher"):
+        Trainer(flags(train, test, root / "x", "--distill", "--steps", "1"))
