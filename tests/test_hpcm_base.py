@@ -86,6 +86,7 @@ def test_base_bitstream_round_trip_256():
     est_y = rates["y_s1"] + rates["y_s2"] + rates["y_s3"]
     print(f"HPCM-Base 256x256: y {real_y} bits real vs {est_y:.0f} estimated, z {real_z} vs {rates['z']:.0f}")
     assert abs(real_z - rates["z"]) < 0.02 * rates["z"] + 64
-    # With these weights about 1 % of y lies beyond the CDF tables; rANS escapes code those in fewer bits than
-    # the 1e-9 likelihood floor (29.9 bits) charges, so the stream is somewhat below the estimate.
+    # With these (untrained) weights about 12 % of y lies beyond the CDF tables, nearly all at the 1e-9
+    # likelihood floor (29.9 bits each); the rANS escape (tail symbol + bypass bits) costs less, so the
+    # stream is below the estimate. A trained model has few such values (see the tiny-model test: < 1 %).
     assert 0.8 * est_y < real_y < 1.01 * est_y + 64
