@@ -19,6 +19,11 @@ from common.models import available_models, build
 from common.models.restore import load_model
 
 
+# Models whose published weights build() finds in the torch.hub cache (compressai's zoo). HPCM's official
+# weights are plain checkpoint files.
+PRETRAINED_MODELS = ("bmshj2018-factorized",)
+
+
 def build_parser() -> OneLineErrorParser:
     parser = OneLineErrorParser(
         prog="python -m common.eval",
@@ -76,6 +81,9 @@ def _load(args, quality: int | None, checkpoint: str | None, replace_config: dic
     if checkpoint is not None:
         return load_model(args.model, quality=quality or 1, checkpoint=checkpoint, trust=args.trust_checkpoint,
                           replace=replace_config)
+    if args.model not in PRETRAINED_MODELS:
+        raise UserError(f"--pretrained is available for {', '.join(PRETRAINED_MODELS)} only; pass the weights of "
+                        f"{args.model} with --checkpoint PATH")
     if replace_config is not None:
         raise UserError("replacement flags apply to checkpoints only; published weights are the original models")
     # build() rather than load_model(): only build() knows the --metric of published weights.
@@ -115,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              entropy_estimation=args.entropy_estimation,
                              update=args.update and not args.pretrained, device=args.device, root=args.dataset)
         description = describe(args.entropy_estimation, args.pad_mode, pad_multiple, default_multiple,
-                               max(agg["num_images_fewer_ms_ssim_scales"] for agg in [*aggregates, agg]))
+                               agg["num_images_fewer_ms_ssim_scales"])
         labels.append(label)
         aggregates.append(agg)
         rows_per_point.append(rows)
