@@ -261,3 +261,18 @@ def test_checkpoint_loading(tmp_path):
         build("hpcm-base", checkpoint=str(tmp_path / "raw.pth"))
     with pytest.raises(UserError, match="not found"):
         build("hpcm-tiny", checkpoint=str(tmp_path / "missing.pth"))
+
+
+def test_speed_benchmark_runs_and_checks_decoding(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "hpcm_speed.py"
+    spec = importlib.util.spec_from_file_location("hpcm_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--model", "hpcm-tiny", "--sizes", "128x64", "--repeats", "1", "--devices", "cpu"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
+    assert row[1].strip() == "cpu" and row[2].strip() == "128x64" and row[-2].strip() == "yes"
+    with pytest.raises(UserError, match="multiples of 64"):
+        bench.main(["--model", "hpcm-tiny", "--sizes", "100x64", "--devices", "cpu"])

@@ -313,7 +313,8 @@ class HPCM(nn.Module):
     def compress(self, x: torch.Tensor) -> dict:
         """Encode a batch: ``{"strings": [z_strings, y_strings], "shape": z (h, w)}``, one bytes per image.
 
-        The y string of an image holds the 11 steps in coding order in one rANS stream.
+        The y string of an image holds the 11 steps in coding order in one rANS stream. (The official code
+        returns ``[y_string, z_string]`` for batch 1; streams are valid but not byte-identical to its.)
         """
         self._check_input(x)
         z_tables, y_tables = self._tables("z"), self._tables("y")
