@@ -8,8 +8,9 @@ Notation: losses l_i, offsets m_i (``min_losses``), D_i = l_i - m_i + 1e-8, logi
 * :meth:`Balanced.step` is a Cautious Adam step on the model parameters (``balanced_rd.cautious``).
 * :meth:`Balanced.update_task_weights` takes the losses of the same batch at the new parameters,
   delta_i = log D_i(before) - log D_i(after), and does one Adam step (lr ``w_lr``, betas (0.9, 0.999),
-  eps 1e-8) on xi with gradient  z * (delta - <z, delta>) + gamma * xi  (softmax-Jacobian product plus
-  coupled L2 decay towards uniform weights). A task whose log loss fell less than average gains weight.
+  eps 1e-8) on xi with gradient  z * (delta - <z, delta>) + gamma * (xi - xi0)  (softmax-Jacobian product
+  plus coupled L2 decay towards xi0 = 0, i.e. uniform weights, or towards ``prior_weights``). A task whose
+  log loss fell less than average gains weight.
 
 Loss arithmetic (D, log, c, delta) is done in FP32 with autocast off. Under ``torch.distributed`` the
 detached loss vectors are averaged over ranks in both calls, so every rank holds the same logits; the
@@ -46,15 +47,16 @@ _LOGIT_BETAS = (0.9, 0.999)
 _LOGIT_EPS = 1e-8
 
 
-def logit_gradient(logits: Tensor, delta: Tensor, gamma: float | Tensor) -> Tensor:
-    """J_softmax(logits)^T delta + gamma * logits, i.e. z * (delta - <z, delta>) + gamma * logits.
+def logit_gradient(logits: Tensor, delta: Tensor, gamma: float | Tensor, prior: Tensor | None = None) -> Tensor:
+    """J_softmax(logits)^T delta + gamma * (logits - prior), i.e. z * (delta - <z, delta>) + gamma * (xi - xi0).
 
     delta is centred on its maximum first (exact in floating point, and the same value mathematically
     since sum(z) = 1), so equal deltas give an exactly zero softmax term.
     """
     z = torch.softmax(logits, dim=0)
     centred = delta - delta.max()
-    return z * (centred - (z * centred).sum()) + gamma * logits
+    offset = logits if prior is None else logits - prior
+    return z * (centred - (z * centred).sum()) + gamma * offset
 
 
 class Balanced(CautiousAdam):
@@ -64,25 +66,31 @@ class Balanced(CautiousAdam):
         params: model parameters only (no EntropyBottleneck ``.quantiles``: they keep the aux optimizer).
         lr, betas, eps, weight_decay: Adam hyperparameters of the model step (decoupled weight decay).
         n_tasks: number of task losses K (>= 2).
-        gamma: L2 decay of the logits towards 0 (uniform weights); a float or one value per task.
+        gamma: L2 decay of the logits towards the prior (default 0: uniform weights); a float or one
+            value per task.
         w_lr: learning rate of the Adam step on the logits.
         min_losses: offsets m_i (float or per task); the LIC reference uses -1, i.e. log(1 + l).
         cautious: sign-mask the model update (False: plain Adam/AdamW).
         max_mask_scale: cap on the mask rescaling 1/mean(mask); None = uncapped.
         task_names: names used in error messages and logs (default task0, task1, ...).
+        prior_weights: optional task weights to start from and decay towards (normalised; e.g. for 5
+            hierarchical tasks, 0.5 for distortion and 0.125 per rate part keeps the 2-task D/R balance).
+            The logits start at, and gamma pulls them to, xi0 = log(prior) - mean(log(prior)).
     """
 
     def __init__(self, params: Iterable, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, n_tasks: int = 2, gamma: float | Sequence[float] = 0.003,
                  w_lr: float = 0.025, min_losses: float | Sequence[float] = -1.0, cautious: bool = True,
-                 max_mask_scale: float | None = 10.0, task_names: Sequence[str] | None = None):
+                 max_mask_scale: float | None = 10.0, task_names: Sequence[str] | None = None,
+                 prior_weights: Sequence[float] | None = None):
         super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay, cautious=cautious,
                          max_mask_scale=max_mask_scale)
         self.n_tasks = check_n_tasks(n_tasks)
         self.task_names = task_names_or_default(task_names, self.n_tasks)
         self.w_lr = w_lr
         self.min_losses = per_task_vector(min_losses, self.n_tasks, "min_losses")
-        self.logits = torch.zeros(self.n_tasks)
+        self.logit_prior = _prior_logits(prior_weights, self.n_tasks)
+        self.logits = self.logit_prior.clone()
         self._logit_exp_avg = torch.zeros(self.n_tasks)
         self._logit_exp_avg_sq = torch.zeros(self.n_tasks)
         self._logit_step = 0
@@ -200,8 +208,8 @@ class Balanced(CautiousAdam):
         return True
 
     def _step_logits(self, delta: Tensor) -> None:
-        """Adam step on the logits with gradient J_softmax^T delta + gamma * logits."""
-        grad = logit_gradient(self.logits, delta, self._gamma)
+        """Adam step on the logits with gradient J_softmax^T delta + gamma * (logits - prior)."""
+        grad = logit_gradient(self.logits, delta, self._gamma, self.logit_prior)
         beta1, beta2 = _LOGIT_BETAS
         self._logit_step += 1
         self._logit_exp_avg.lerp_(grad, 1 - beta1)
@@ -216,6 +224,7 @@ class Balanced(CautiousAdam):
             self._logit_exp_avg = self._logit_exp_avg.to(device)
             self._logit_exp_avg_sq = self._logit_exp_avg_sq.to(device)
             self.min_losses = self.min_losses.to(device)
+            self.logit_prior = self.logit_prior.to(device)
             if isinstance(self._gamma, Tensor):
                 self._gamma = self._gamma.to(device)
         return self.min_losses
@@ -229,6 +238,7 @@ class Balanced(CautiousAdam):
             "n_tasks": self.n_tasks,
             "task_names": list(self.task_names),
             "logits": self.logits.detach().cpu().clone(),
+            "logit_prior": self.logit_prior.cpu().clone(),
             "logit_exp_avg": self._logit_exp_avg.cpu().clone(),
             "logit_exp_avg_sq": self._logit_exp_avg_sq.cpu().clone(),
             "logit_step": self._logit_step,
@@ -252,6 +262,7 @@ class Balanced(CautiousAdam):
         super().load_state_dict(state_dict)
         device = self.logits.device
         self.logits = famo["logits"].to(device=device, dtype=torch.float32).clone()
+        self.logit_prior = famo["logit_prior"].to(device=device, dtype=torch.float32).clone()
         self._logit_exp_avg = famo["logit_exp_avg"].to(device=device, dtype=torch.float32).clone()
         self._logit_exp_avg_sq = famo["logit_exp_avg_sq"].to(device=device, dtype=torch.float32).clone()
         self._logit_step = int(famo["logit_step"])
@@ -260,3 +271,14 @@ class Balanced(CautiousAdam):
         self.w_lr = famo["w_lr"]
         self.skipped_weight_updates = int(famo["skipped_weight_updates"])
         self._prev_losses, self._model_step_taken = None, False
+
+
+def _prior_logits(prior_weights: Sequence[float] | None, n_tasks: int) -> Tensor:
+    """Centred log of the normalised prior weights (zeros, i.e. uniform, without a prior)."""
+    if prior_weights is None:
+        return torch.zeros(n_tasks)
+    weights = per_task_vector(prior_weights, n_tasks, "prior_weights")
+    if not (weights > 0).all():
+        raise UserError(f"prior_weights must all be > 0, got {weights.tolist()}")
+    logits = weights.log()
+    return logits - logits.mean()

@@ -36,6 +36,9 @@ def add_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> N
                        "(default: 0.025)")
     group.add_argument("--min_losses", type=float, nargs="+", default=[-1.0],
                        help="offsets m in log(loss - m): one value or one per task (default: -1)")
+    group.add_argument("--prior_weights", type=float, nargs="+", default=None,
+                       help="balanced: task weights to start from and decay towards, one per task "
+                            "(default: uniform)")
     bool_flag(group, "--cautious", True, "sign-mask the model update (Cautious Adam); false = plain Adam")
     group.add_argument("--max_mask_scale", type=_optional_float, default=10.0,
                        help="cap on the cautious rescaling 1/mean(mask); 'none' = uncapped (default: 10)")
@@ -98,7 +101,8 @@ def build_optimizer(params: Iterable, args: argparse.Namespace, n_tasks: int, lr
                   max_mask_scale=args.max_mask_scale, task_names=task_names)
     if name == "balanced":
         gamma = args.gamma[0] if len(args.gamma) == 1 else args.gamma
-        return Balanced(params, learning_rate, gamma=gamma, w_lr=args.w_lr, **common)
+        return Balanced(params, learning_rate, gamma=gamma, w_lr=args.w_lr, prior_weights=args.prior_weights,
+                        **common)
     if name == "balanced_qp":
         return BalancedQP(params, learning_rate, qp_eps=args.qp_eps, **common)
     raise UserError(f"unknown optimizer {name!r}; choose one of: adam, adamw, balanced, balanced_qp")

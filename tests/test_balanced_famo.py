@@ -470,3 +470,22 @@ def test_per_task_gamma_vector_and_logging_dict():
     assert record["weight_d"] + record["weight_r"] == pytest.approx(1.0)
     # task "r" is held at 0 by its huge decay while task "d" keeps climbing
     assert abs(opt.logits[1].item()) <= W_LR + 1e-6 and opt.logits[0].item() > 0.5
+
+
+def test_prior_weights_start_point_decay_target_and_round_trip():
+    prior = [0.5, 0.125, 0.125, 0.125, 0.125]
+    opt = make_opt(5, prior_weights=prior, gamma=0.01)
+    torch.testing.assert_close(opt.task_weights, torch.tensor(prior))
+    for _ in range(50):  # equal relative progress: the weights stay at the prior exactly
+        drive(opt, torch.ones(5), torch.full((5,), 0.9))
+    torch.testing.assert_close(opt.task_weights, torch.tensor(prior))
+    strong = make_opt(2, prior_weights=[3.0, 1.0], gamma=1e6, min_losses=0.0)
+    for _ in range(200):
+        drive_delta(strong, [0.001, 0.003])
+    xi0 = torch.tensor([0.5, -0.5]) * math.log(3.0)
+    assert (strong.logits - xi0).abs().max().item() <= W_LR + 1e-6  # held at the prior, not at uniform
+    restored = make_opt(2)
+    restored.load_state_dict(strong.state_dict())
+    torch.testing.assert_close(restored.logit_prior, xi0)
+    with pytest.raises(UserError, match="prior_weights"):
+        make_opt(2, prior_weights=[1.0, 0.0])

@@ -109,6 +109,8 @@ def test_cli_builds_each_optimizer():
     five = build_optimizer(params, parse(["--optimizer", "balanced", "--gamma", "0.008", "0.008", "0.006", "0.006",
                                           "0.004", "--min_losses", "-1"]), 5)
     torch.testing.assert_close(five.gamma, torch.tensor([0.008, 0.008, 0.006, 0.006, 0.004]))
+    prior = build_optimizer(params, parse(["--use_balanced", "--prior_weights", "0.75", "0.25"]), 2)
+    torch.testing.assert_close(prior.task_weights, torch.tensor([0.75, 0.25]))
     qp = build_optimizer(params, parse(["--optimizer", "balanced_qp", "--qp_eps", "1e-4"]), 2, lr=5e-5)
     assert isinstance(qp, BalancedQP) and qp.qp_eps == 1e-4 and qp.param_groups[0]["lr"] == 5e-5
     with pytest.raises(UserError, match="conflicts"):
