@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1s
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup test demo bench clean-venv help phase1-standard phase1-balanced phase1-hparam \
-	phase2-adaptive phase2-finetune phase2-optuna phase3-hierarchical phase3-ablation phase4-bdrate phase4-eval
+	phase2-adaptive phase2-finetune phase2-optuna phase2-npu-relu phase2-npu-gdnish phase2-npu-qat \
+	phase2-npu-distill phase2-npu-export phase3-hierarchical phase3-ablation phase4-bdrate phase4-eval
 
 help:
 	@echo "make demo   - train 3 lambda points on the embedded samples, evaluate with real bitstreams, plot"
@@ -38,6 +39,16 @@ phase2-finetune: setup
 	phase2/run_finetune.sh
 phase2-optuna: setup
 	phase2/run_optuna.sh
+phase2-npu-relu: setup
+	phase2/npu/run_relu_encoder.sh
+phase2-npu-gdnish: setup
+	phase2/npu/run_gdnish_all.sh
+phase2-npu-qat: setup
+	phase2/npu/run_qat.sh
+phase2-npu-distill: setup
+	phase2/npu/run_distill.sh
+phase2-npu-export: setup
+	phase2/npu/run_export.sh
 phase3-hierarchical: setup
 	phase3/run_hierarchical.sh
 phase3-ablation: setup
