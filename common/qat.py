@@ -1,7 +1,7 @@
 """Light quantization-aware training (seed 002 §3') on ``torch.ao.quantization`` fake-quant modules.
 
 Every Conv2d / ConvTranspose2d / Linear inside the chosen transforms is wrapped by :class:`FakeQuantLayer`:
-its weight goes through an INT8 fake-quantizer (per-output-channel symmetric, range [-128, 127], by
+its weight goes through an INT8 fake-quantizer (per-output-channel symmetric, scale max|w|/127, by
 default) and its output through a UINT8 affine fake-quantizer whose range an observer learns (EMA or
 min/max). The entropy model is never touched (it has no conv layers); with ``--qat_exclude_entropy``
 (default) the hyperprior transforms ``h_a``/``h_s`` of hyperprior models are left in float too.
@@ -99,13 +99,36 @@ def config_from_args(args: argparse.Namespace) -> dict | None:
                        eval_fakequant=args.qat_eval_fakequant)
 
 
+def _restricted_symmetric_qparams(observer) -> tuple[Tensor, Tensor]:
+    # scale = max|w| / 127: weights use [-127, 127] (restricted range, as NPUs do) inside the [-128, 127]
+    # range ONNX requires. With max|w| / 127.5 (PyTorch's default) the most negative weight of every
+    # channel would sit exactly on a rounding tie, which runtimes break differently.
+    amax = torch.maximum(-observer.min_val, observer.max_val)
+    scale = torch.clamp(amax / 127.0, min=observer.eps.item())
+    return scale, torch.zeros_like(scale, dtype=torch.int64)
+
+
+class RestrictedSymmetricObserver(MinMaxObserver):
+    """Per-tensor symmetric weight observer with scale max|w| / 127."""
+
+    def calculate_qparams(self):
+        return _restricted_symmetric_qparams(self)
+
+
+class RestrictedSymmetricPerChannelObserver(PerChannelMinMaxObserver):
+    """Per-channel symmetric weight observer with scale max|w_c| / 127."""
+
+    def calculate_qparams(self):
+        return _restricted_symmetric_qparams(self)
+
+
 def weight_fake_quant(layer: nn.Module, per_channel: bool) -> FakeQuantize:
-    """INT8 symmetric weight fake-quantizer; channel axis = output channels of ``layer``."""
+    """INT8 symmetric weight fake-quantizer (values in [-127, 127]); channel axis = output channels."""
     if per_channel:
         ch_axis = 1 if isinstance(layer, nn.ConvTranspose2d) else 0
-        return FakeQuantize(observer=PerChannelMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
-                            qscheme=torch.per_channel_symmetric, ch_axis=ch_axis)
-    return FakeQuantize(observer=MinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
+        return FakeQuantize(observer=RestrictedSymmetricPerChannelObserver, quant_min=-128, quant_max=127,
+                            dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=ch_axis)
+    return FakeQuantize(observer=RestrictedSymmetricObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
                         qscheme=torch.per_tensor_symmetric)
 
 
@@ -167,7 +190,9 @@ class FakeQuantLayer(nn.Module):
         if not (self.training or self.eval_fakequant):
             return self.layer(x)
         out = self._linear_op(x, self.weight_fake_quant(self.layer.weight))
-        # Fake quantization kernels need float32 (AMP would hand them fp16/bf16).
+        if out.dtype == torch.float32:
+            return self.output_fake_quant(out)
+        # Fake quantization kernels need float32 (AMP hands them fp16/bf16).
         return self.output_fake_quant(out.float()).to(out.dtype)
 
 

@@ -88,10 +88,12 @@ def test_exclude_entropy_keeps_hyperprior_float():
 
 
 def _manual_weight_int8(weight, axis):
-    """Symmetric per-channel INT8 [-128, 127]: scale = max|w| / 127.5, q = round(w * (1 / scale)) (float32)."""
+    """Symmetric per-channel INT8, restricted range: scale = max|w| / 127, q = round(w / scale) in [-127, 127]."""
     dims = [d for d in range(weight.dim()) if d != axis]
-    scale = weight.abs().amax(dim=dims, keepdim=True) / 127.5
-    return torch.clamp(torch.round(weight * (1.0 / scale)), -128, 127) * scale
+    scale = weight.abs().amax(dim=dims, keepdim=True) / 127.0
+    q = torch.round(weight / scale)
+    assert q.abs().max() == 127
+    return q * scale
 
 
 def _manual_uint8(y):

@@ -7,6 +7,7 @@ config from the caller (``replace=``, i.e. the ``--replace_parts``/``--act`` fla
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from torch import nn
@@ -52,7 +53,8 @@ def load_model(name: str | None = None, *, quality: int = 1, pretrained: bool = 
     - ``checkpoint`` is one of our training checkpoints: name, kwargs, replace and QAT configs come from it
       (``name``, if given, must agree; ``replace`` must be None).
     - ``checkpoint`` is a raw/zoo state dict: ``build(name, checkpoint=...)``; with ``replace`` the
-      replaced architecture is rebuilt first (quality inferred from the conv sizes for bmshj2018).
+      replaced architecture is rebuilt first (quality inferred from the conv sizes for bmshj2018); if the
+      weights are those of the unreplaced model, they load first and the replacement follows (warning).
     - no checkpoint: ``build(name, quality=quality, pretrained=pretrained)``, then ``replace`` if given.
     """
     if checkpoint is None:
@@ -65,10 +67,24 @@ def load_model(name: str | None = None, *, quality: int = 1, pretrained: bool = 
         return _from_training_checkpoint(obj, name, replace, checkpoint)
     name = name or DEFAULT_MODEL
     if replace is None:
-        return build(name, checkpoint=checkpoint, trust_checkpoint=trust).eval()
+        try:
+            return build(name, checkpoint=checkpoint, trust_checkpoint=trust).eval()
+        except UserError as exc:
+            raise UserError(f"{exc}; if these are weights of a replaced model, pass the --replace_parts/--act/"
+                            "--decoder_upsample flags it was trained with") from exc
     state_dict = extract_state_dict(obj, checkpoint)
     model = apply_config(build(name, quality=_infer_quality(name, state_dict, quality)), replace)
-    _load_strict(model, state_dict, checkpoint)
+    try:
+        _load_strict(model, state_dict, checkpoint)
+    except UserError as replaced_error:
+        # Weights of the original architecture (e.g. a zoo GDN model): load them, then replace (seed 003's
+        # "apply --replace_parts before export"); the new layers keep their own initialisation.
+        try:
+            model = apply_config(build(name, checkpoint=checkpoint, trust_checkpoint=trust), replace)
+        except UserError:
+            raise replaced_error from None
+        warnings.warn(f"{checkpoint} holds weights of the unreplaced model; the replaced layers are freshly "
+                      "initialised", stacklevel=2)
     return model.eval()
 
 

@@ -1,0 +1,149 @@
+"""common.export.onnx and common.models.restore: parity with PyTorch and compressai, CLI errors."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from compressai.models import FactorizedPrior
+
+from common import qat
+from common.checkpoint import atomic_save
+from common.errors import UserError
+from common.export.onnx import NPU_FRIENDLY_OPS, export_onnx, latent_channels, main, run_onnxruntime
+from common.models.restore import load_model
+from common.replace import apply_config, make_config
+
+ARCHS = {
+    "gdn": None,
+    "relu": make_config("all", "relu"),
+    "gdnish": make_config("all", "gdnish", enc={"init_identity": False}, dec={"init_identity": False}),
+    "gdnish+upsample": make_config("all", "gdnish", decoder_upsample=True),
+}
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def q1_model(replace=None):
+    torch.manual_seed(0)
+    model = apply_config(FactorizedPrior(128, 192), replace)
+    with torch.no_grad():  # a brighter decoder than the random init, so that [0, 1] clamping is exercised
+        last = model.g_s[-1].conv if hasattr(model.g_s[-1], "conv") else model.g_s[-1]
+        last.bias.fill_(0.5)
+        last.weight.mul_(20)
+    model.update(force=True)
+    return model.eval()
+
+
+def save_training_checkpoint(path, model, replace, qat_config=None):
+    atomic_save({"format": "lic-toolkit/1", "model": {"name": "bmshj2018-factorized", "kwargs": {"quality": 1}},
+                 "replace": replace, "qat": qat_config, "state_dict": model.state_dict(), "step": 0, "epoch": 0},
+                path)
+    return str(path)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("part", ["full", "encoder", "decoder"])
+def test_onnx_parity(tmp_path, arch, part):
+    model = q1_model(ARCHS[arch])
+    report = export_onnx(model, part, tmp_path / f"{part}.onnx", input_size=64, dynamic=(arch == "gdnish"))
+    assert report.ok, report.summary()
+    assert report.max_abs_diff < 1e-4
+    ops = set(report.op_types)
+    if arch == "gdn":
+        assert {"Pow", "Sqrt"} & ops or part == "full" and "Div" in ops
+    else:
+        assert not {"Pow", "Sqrt", "Div"} & ops
+    if part == "encoder" and arch != "gdn":
+        assert ops <= NPU_FRIENDLY_OPS
+    if arch.endswith("upsample") and part != "encoder":
+        assert "Resize" in ops and "ConvTranspose" not in ops
+
+
+def test_full_graph_is_the_bitstream_reconstruction(tmp_path):
+    """The 'full' ONNX graph reproduces compressai's compress -> decompress reconstruction."""
+    model = q1_model(ARCHS["relu"])
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        coded = model.compress(x)
+        reference = model.decompress(coded["strings"], coded["shape"])["x_hat"]
+    export_onnx(model, "full", tmp_path / "full.onnx", input_size=64)
+    produced = run_onnxruntime(tmp_path / "full.onnx", x)
+    assert 0.0 < reference.mean() < 1.0
+    assert abs(produced - reference.numpy()).max() < 1e-4
+
+
+def test_dynamic_axes_accept_other_sizes(tmp_path):
+    model = q1_model(ARCHS["gdnish+upsample"])
+    export_onnx(model, "decoder", tmp_path / "dec.onnx", input_size=64, dynamic=True)
+    y_hat = torch.round(torch.randn(2, latent_channels(model), 3, 5) * 3)
+    produced = run_onnxruntime(tmp_path / "dec.onnx", y_hat)
+    with torch.no_grad():
+        reference = model.g_s(y_hat).clamp(0, 1).numpy()
+    assert produced.shape == (2, 3, 48, 80) and abs(produced - reference).max() < 1e-4
+
+
+def test_qat_model_exports_quantize_dequantize(tmp_path):
+    replace = make_config("all", "gdnish")
+    config = qat.make_config(calib_steps=1, freeze_after=1)
+    model = qat.prepare(q1_model(replace), config)
+    model.train()(torch.rand(1, 3, 64, 64))  # calibration step
+    qat.finalize(model)
+    path = save_training_checkpoint(tmp_path / "qat.pt", model, replace, config)
+    report = export_onnx(load_model(checkpoint=path), "encoder", tmp_path / "enc.onnx", input_size=64)
+    assert report.ok and {"QuantizeLinear", "DequantizeLinear"} <= set(report.op_types)
+    assert set(report.op_types) <= NPU_FRIENDLY_OPS
+
+
+def test_restore_training_checkpoint_and_raw_state_dict(tmp_path):
+    replace = ARCHS["gdnish+upsample"]
+    model = q1_model(replace)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)["x_hat"]
+    path = save_training_checkpoint(tmp_path / "last.pt", model, replace)
+    with torch.no_grad():
+        assert torch.equal(load_model(checkpoint=path)(x)["x_hat"], expected)
+    raw = tmp_path / "raw.pth"
+    torch.save(model.state_dict(), raw)
+    with torch.no_grad():
+        assert torch.equal(load_model(checkpoint=str(raw), replace=replace)(x)["x_hat"], expected)
+    with pytest.raises(UserError, match="pass the --replace_parts/--act/--decoder_upsample flags"):
+        load_model(checkpoint=str(raw))  # replaced weights need the replace flags
+    with pytest.raises(UserError, match="does not match the rebuilt architecture"):
+        load_model(checkpoint=str(raw), replace=make_config("all", "relu"))
+    with pytest.raises(UserError, match="already records"):
+        load_model(checkpoint=path, replace=make_config("all", "relu"))
+    with pytest.raises(UserError, match="not hpcm"):
+        load_model("hpcm-tiny", checkpoint=path)
+
+
+def test_cli_exports_with_replace_flags_on_a_zoo_state_dict(tmp_path, capsys):
+    raw = tmp_path / "zoo.pth"
+    torch.save(q1_model().state_dict(), raw)
+    code = main(["--ckpt", str(raw), "--part", "encoder", "--out", str(tmp_path / "e.onnx"), "--input_size", "64",
+                 "--replace_parts", "encoder", "--act", "gdnish"])
+    out = capsys.readouterr().out
+    assert code == 0 and "max abs diff" in out and "outside the NPU-friendly set: none" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--ckpt", "/nonexistent/last.pt", "--part", "full", "--out", "x.onnx"], "checkpoint file not found"),
+    (["--ckpt", "x.pt", "--part", "middle", "--out", "x.onnx"], "--part: invalid choice"),
+])
+def test_cli_errors_are_one_line(argv, message):
+    result = subprocess.run([sys.executable, "-m", "common.export.onnx", *argv], capture_output=True, text=True,
+                            timeout=120)
+    lines = [line for line in result.stderr.splitlines() if "Warning" not in line and "warnings.warn" not in line]
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_bad_input_size_is_user_error(tmp_path):
+    path = save_training_checkpoint(tmp_path / "last.pt", q1_model(), None)
+    with pytest.raises(UserError, match="multiple of 16"):
+        main(["--ckpt", path, "--part", "full", "--out", str(tmp_path / "f.onnx"), "--input_size", "70"])
