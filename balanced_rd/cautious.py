@@ -63,6 +63,17 @@ class CautiousAdam(torch.optim.Optimizer):
                     self._update_parameter(param, group)
         return loss
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's loader, then the moments restored in FP32 (torch casts them to the parameter dtype)."""
+        super().load_state_dict(state_dict)
+        saved_ids = [index for group in state_dict["param_groups"] for index in group["params"]]
+        params = [param for group in self.param_groups for param in group["params"]]
+        for index, param in zip(saved_ids, params):
+            saved = state_dict["state"].get(index)
+            if saved is not None and param.dtype != torch.float32:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    self.state[param][key] = saved[key].to(device=param.device, dtype=torch.float32, copy=True)
+
     def _update_parameter(self, param: Tensor, group: dict) -> None:
         grad = param.grad
         if grad.is_sparse:

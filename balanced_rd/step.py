@@ -101,6 +101,8 @@ def balanced_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, tas
         raise UserError("share_noise replays the noise of the full batch; it cannot be combined with delta_subset")
     if scaler is not None and isinstance(optimizer, BalancedQP):
         raise UserError("BalancedQP does not support GradScaler; train it in FP32 or with bf16 autocast")
+    if isinstance(optimizer, BalancedQP) and isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module  # BalancedQP averages its per-task gradients itself; DDP's hooks would not fire
     device = _first_tensor(batch).device
     params = [param for group in optimizer.param_groups for param in group["params"]]
     is_balanced = isinstance(optimizer, Balanced)
@@ -129,14 +131,17 @@ def balanced_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, tas
         scaler.unscale_(optimizer)
     if clip_max_norm:
         torch.nn.utils.clip_grad_norm_(params, clip_max_norm)
+    stepped = True
     if scaler is not None:
+        scale = scaler.get_scale()
         scaler.step(optimizer)
         scaler.update()
+        stepped = scaler.get_scale() >= scale  # the scale only shrinks when the step was skipped
     else:
         optimizer.step()
     detached = torch.stack([l.detach().float() for l in losses])
     if not is_balanced:
-        return StepResult(detached, True, False)
+        return StepResult(detached, stepped, False)
 
     taken = optimizer.model_step_taken
     if not taken or not update_weights:

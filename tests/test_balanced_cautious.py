@@ -151,6 +151,18 @@ def test_low_precision_parameters_use_fp32_moments():
     assert (param.float() < 1).all()
 
 
+def test_low_precision_state_round_trip_keeps_fp32_moments():
+    param = nn.Parameter(torch.linspace(-1, 1, 8, dtype=torch.bfloat16))
+    opt = CautiousAdam([param], lr=LR)
+    param.grad = torch.full((8,), 1e-3, dtype=torch.bfloat16)
+    opt.step()
+    fresh = CautiousAdam([nn.Parameter(param.detach().clone())], lr=LR)
+    fresh.load_state_dict(opt.state_dict())
+    state = fresh.state[fresh.param_groups[0]["params"][0]]
+    assert state["exp_avg"].dtype == torch.float32
+    assert torch.equal(state["exp_avg_sq"], opt.state[param]["exp_avg_sq"])
+
+
 def test_balanced_model_step_is_cautious_adam():
     grads = random_grads(10, seed=6)
     ours, _, _ = run(Balanced, START, grads)

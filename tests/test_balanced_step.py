@@ -162,6 +162,11 @@ def test_grad_scaler_overflow_skips_model_and_logit_updates():
     assert torch.equal(opt.logits, logits) and scaler.get_scale() == 128.0
     model.overflow = False
     assert balanced_step(model, opt, batches[2], scalar_losses, scaler=scaler, step_index=2).weights_updated
+    adam = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.overflow = True
+    assert not balanced_step(model, adam, batches[0], scalar_losses, scaler=scaler).model_step_taken
+    model.overflow = False
+    assert balanced_step(model, adam, batches[0], scalar_losses, scaler=scaler).model_step_taken
 
 
 def test_bf16_autocast_keeps_famo_arithmetic_in_fp32():
