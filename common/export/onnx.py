@@ -190,7 +190,7 @@ def export_onnx(model: nn.Module, part: str, out: str | Path, input_size: int = 
     axes = {0: "batch", 2: "height", 3: "width"}
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter announces its own deprecation on every call.
-        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning, torch.jit.TracerWarning))
         torch.onnx.export(graph, (example,), str(out), dynamo=False, opset_version=opset,
                           input_names=[input_name], output_names=[output_name],
                           dynamic_axes={input_name: axes, output_name: axes} if dynamic else None)
