@@ -5,7 +5,8 @@ R = bpp (per-sample losses), quantiles excluded from the optimizers (as in train
 same for every variant and is left out). "floor" = Adam step + one no-grad forward of the same batch:
 the least any exact Balanced step can cost. Variants are interleaved in every repeat (rotating order) and
 each step time is the median over repeats; ratios are medians of the per-repeat ratios to Adam, which
-cancels slow drifts of a shared machine.
+cancels slow drifts of a shared machine. On the CPU the default clock is the process CPU time with one
+thread, which other jobs on the machine disturb far less than wall time.
 
     python -m benchmarks.optimizer_step [--steps 2] [--repeats 4] [--every 8] [--subset 1] [--threads 1]
 """
@@ -53,9 +54,9 @@ class Variant:
         self.step_index = 0
         self.times: list[float] = []
 
-    def run(self, batch: torch.Tensor, task_losses: Callable, device: torch.device) -> float:
+    def run(self, batch: torch.Tensor, task_losses: Callable, device: torch.device, clock: Callable) -> float:
         _synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         balanced_step(self.model, self.optimizer, batch, task_losses, clip_max_norm=1.0,
                       step_index=self.step_index, **self.options)
         if self.floor:
@@ -63,7 +64,7 @@ class Variant:
                 task_losses(self.model, batch)
         _synchronize(device)
         self.step_index += 1
-        return time.perf_counter() - start
+        return clock() - start
 
 
 def _synchronize(device: torch.device) -> None:
@@ -98,13 +99,18 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; 1 keeps timings stable on a shared CPU (0 = torch's default)")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default=None,
+                        help="cpu = process CPU time (robust to other jobs on a shared CPU; default on cpu), "
+                             "wall = elapsed time (default on cuda)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be >= 1")
-    if args.threads:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    clock_name = args.clock or ("wall" if device.type == "cuda" else "cpu")
+    clock = time.process_time if clock_name == "cpu" else time.perf_counter
     torch.manual_seed(args.seed)
     model = build("bmshj2018-factorized", quality=args.quality).to(device).train()
     gen = torch.Generator().manual_seed(args.seed)
@@ -115,13 +121,13 @@ def main(argv=None) -> int:
 
     for variant in variants:
         for _ in range(args.warmup):
-            variant.run(batches[0], task_losses, device)
+            variant.run(batches[0], task_losses, device, clock)
     per_repeat: list[dict[str, float]] = []
     for repeat in range(args.repeats):
         order = variants[repeat % len(variants):] + variants[:repeat % len(variants)]
         medians = {}
         for variant in order:
-            medians[variant.name] = statistics.median(variant.run(b, task_losses, device) for b in batches)
+            medians[variant.name] = statistics.median(variant.run(b, task_losses, device, clock) for b in batches)
             variant.times.append(medians[variant.name])
         per_repeat.append(medians)
 
@@ -131,7 +137,8 @@ def main(argv=None) -> int:
               for name in names}
     floor_name = names[1]
     print(f"bmshj2018-factorized q{args.quality}, batch {args.batch_size}x3x{args.patch_size}x{args.patch_size}, "
-          f"device {device}, threads {torch.get_num_threads()}, {args.repeats} repeats x {args.steps} steps")
+          f"device {device}, threads {torch.get_num_threads()}, {clock_name} clock, "
+          f"{args.repeats} repeats x {args.steps} steps")
     print(f"{'variant':<32}{'median s/step':>14}{'x adam':>9}{'x floor':>9}   per-repeat x adam (min..max)")
     for variant in variants:
         median_time = statistics.median(variant.times)
