@@ -66,8 +66,8 @@ class Balanced(CautiousAdam):
         params: model parameters only (no EntropyBottleneck ``.quantiles``: they keep the aux optimizer).
         lr, betas, eps, weight_decay: Adam hyperparameters of the model step (decoupled weight decay).
         n_tasks: number of task losses K (>= 2).
-        gamma: L2 decay of the logits towards the prior (default 0: uniform weights); a float or one
-            value per task.
+        gamma: L2 decay of the logits towards the prior logits (zero, i.e. uniform weights, unless
+            ``prior_weights`` is given); a float or one value per task.
         w_lr: learning rate of the Adam step on the logits.
         min_losses: offsets m_i (float or per task); the LIC reference uses -1, i.e. log(1 + l).
         cautious: sign-mask the model update (False: plain Adam/AdamW).
