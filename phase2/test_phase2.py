@@ -27,10 +27,10 @@ def ok(result):
 
 def test_adaptive_gamma_then_qp_finetune(env):
     root, variables = env
-    ok(run_script("phase2/run_balanced_adaptive.sh", {**variables, "GAMMA_STRATEGY": "cosine"}, *ARGS))
+    ok(run_script("phase2/run_balanced_adaptive.sh", {**variables, "GAMMA_STRATEGY": "cosine", "STEPS": "4"}, *ARGS))
     run = root / "runs/phase2/balanced_cosine"
     schedule = load_file(run / "last.pt")["gamma_schedule"]
-    assert schedule["epoch"] == 2  # stepped once per epoch (2 images per batch, 4 images: 2 epochs)
+    assert schedule["epoch"] == 2  # stepped once per epoch: 4 images in batches of 2, 4 steps = 2 epochs
     ok(run_script("phase2/run_finetune.sh", {**variables, "CHECKPOINT": str(run / "last.pt")}, *ARGS))
     before, after = load_file(run / "last.pt")["state_dict"], load_file(root / "runs/phase2/finetune_qp/last.pt")["state_dict"]
     assert any(not torch.equal(before[k], after[k]) for k in before if k in after and before[k].is_floating_point())
