@@ -12,7 +12,6 @@ Weights are random (quality-1 sizes): speed, size and operator sets do not depen
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile

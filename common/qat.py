@@ -46,7 +46,8 @@ DEFAULTS = {"scope": "all", "exclude_entropy": True, "calib_steps": 2000, "freez
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the QAT flags of seed 002."""
-    group = parser.add_argument_group("quantization-aware training (seed 002)")
+    # A caller may pass its own argument group (argparse deprecates nesting groups).
+    group = parser if isinstance(parser, argparse._ArgumentGroup) else parser.add_argument_group("quantization-aware training (seed 002)")
     bool_flag(group, "--qat", False, "insert INT8 fake quantization (weights per channel, activations per tensor)")
     group.add_argument("--qat_scope", choices=tuple(QAT_SCOPES), default=DEFAULTS["scope"],
                        help="transforms to fake-quantize (default: %(default)s)")

@@ -147,3 +147,14 @@ def test_bad_input_size_is_user_error(tmp_path):
     path = save_training_checkpoint(tmp_path / "last.pt", q1_model(), None)
     with pytest.raises(UserError, match="multiple of 16"):
         main(["--ckpt", path, "--part", "full", "--out", str(tmp_path / "f.onnx"), "--input_size", "70"])
+
+
+def test_benchmark_mac_count_matches_hand_count():
+    from benchmarks.npu_blocks import hand_count_gdn_macs_per_pixel, macs_per_pixel
+    from common.export.onnx import FullCodec
+    model = q1_model()
+    assert macs_per_pixel(FullCodec(model), torch.rand(1, 3, 64, 64)) == pytest.approx(
+        hand_count_gdn_macs_per_pixel(128, 192), rel=1e-9)
+    relu = q1_model(ARCHS["relu"])  # ReLU drops exactly the six N x N 1x1 GDN convolutions
+    assert macs_per_pixel(FullCodec(relu), torch.rand(1, 3, 64, 64)) == pytest.approx(
+        hand_count_gdn_macs_per_pixel(128, 192) - 2 * 128 * 128 * (1 / 4 + 1 / 16 + 1 / 64), rel=1e-9)

@@ -1,5 +1,4 @@
 """common.replace: GDN/IGDN replacement, GDNishLite blocks, Upsample+Conv decoder, trainable scopes, flags."""
-import argparse
 import copy
 import math
 import textwrap

@@ -46,7 +46,8 @@ DEC_DEFAULTS = {"k": 3, "g_min": 0.5, "g_max": 2.0, "residual": True, "act_type"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the replacement and trainable-scope flags (names as in seeds 000-003)."""
-    group = parser.add_argument_group("architecture replacement (seeds 000-003)")
+    # A caller may pass its own argument group (argparse deprecates nesting groups).
+    group = parser if isinstance(parser, argparse._ArgumentGroup) else parser.add_argument_group("architecture replacement (seeds 000-003)")
     group.add_argument("--replace_parts", choices=tuple(PARTS), default=None,
                        help="where GDN/IGDN are replaced: encoder (g_a), decoder (g_s), all, none "
                             "(default: all if --act is given, else none)")
