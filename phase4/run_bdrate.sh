@@ -11,5 +11,5 @@ out="$OUT/phase4"
   "${RUN_FLAGS[@]}" --optimizer adam --recon_every 0 "$@"
 "$PY" -m baselines.sweep --lambdas "$lambdas" --out_dir "$out/balanced" --name balanced "${warm[@]}" \
   "${RUN_FLAGS[@]}" --use_balanced --gamma "${GAMMA:-0.003}" --w_lr "${W_LR:-0.025}" --recon_every 0 "$@"
-"$PY" -m common.rd --anchor "$out/adam/adam.json" --test "$out/balanced/balanced.json" --method all \
+"$PY" -m common.rd --anchor "$out/adam/adam.json" --test "$out/balanced/balanced.json" --method "${METHOD:-pchip}" \
   --plot "$out/rd_adam_vs_balanced.png" --csv "$out/bdrate_balanced_vs_adam.csv"
