@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common.cli import OneLineErrorParser, run_main
 from common.errors import UserError
-from common.export.onnx import FullCodec, export_onnx, run_onnxruntime
+from common.export.onnx import FullCodec, export_onnx, onnxruntime_session
 from common.models.bmshj2018 import channels
 from common.replace import apply_config, make_config
 
@@ -61,7 +61,7 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, config: dict | None, input_size: int, repeats: int, workdir: Path) -> dict:
+def measure(name: str, config: dict | None, input_size: int, repeats: int, threads: int, workdir: Path) -> dict:
     n, m = channels(1)
     torch.manual_seed(0)
     model = apply_config(FactorizedPrior(n, m), config).eval()
@@ -80,7 +80,9 @@ def measure(name: str, config: dict | None, input_size: int, repeats: int, workd
                for part in ("full", "encoder", "decoder")}
     if not all(r.ok for r in reports.values()):
         raise RuntimeError(f"ONNX parity failed for {name}")
-    row["ort_ms"] = 1000 * median_time(lambda: run_onnxruntime(reports["full"].path, x), repeats)
+    session = onnxruntime_session(reports["full"].path, threads)
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    row["ort_ms"] = 1000 * median_time(lambda: session.run(None, feed), repeats)
     for part in ("encoder", "decoder"):
         row[f"{part}_ops"] = dict(sorted(reports[part].op_types.items()))
         row[f"{part}_unfriendly"] = reports[part].unfriendly_ops()
@@ -104,14 +106,14 @@ def main(argv=None) -> int:
     parser.add_argument("--input_size", type=int, default=256, help="square image side (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per variant (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for PyTorch and onnxruntime's caller (default: %(default)s)")
+                        help="CPU threads for PyTorch and onnxruntime (default: %(default)s)")
     parser.add_argument("--json", default=None, help="also write the measurements to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.threads < 1:
         raise UserError("--repeats and --threads must be >= 1")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = {name: measure(name, config, args.input_size, args.repeats, Path(tmp))
+        rows = {name: measure(name, config, args.input_size, args.repeats, args.threads, Path(tmp))
                 for name, config in VARIANTS.items()}
     hand = hand_count_gdn_macs_per_pixel(*channels(1))
     print(f"bmshj2018-factorized q1, {args.input_size}x{args.input_size}, {args.threads} thread(s), "

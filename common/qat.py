@@ -151,8 +151,9 @@ class FakeQuantLayer(nn.Module):
         if not isinstance(layer, QUANTIZABLE):
             raise TypeError(f"cannot fake-quantize {type(layer).__name__}")
         self.layer = layer
-        self.weight_fake_quant = weight_fake_quant(layer, w_per_channel)
-        self.output_fake_quant = activation_fake_quant(act_observer)
+        device = layer.weight.device
+        self.weight_fake_quant = weight_fake_quant(layer, w_per_channel).to(device)
+        self.output_fake_quant = activation_fake_quant(act_observer).to(device)
         self.eval_fakequant = eval_fakequant
         # Phase flags set by the controller; eval mode overrides them (see train()).
         self.observe_weights = True

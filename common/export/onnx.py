@@ -160,11 +160,17 @@ def operator_types(onnx_path: str | Path) -> Counter:
     return Counter(node.op_type for node in onnx.load(str(onnx_path)).graph.node)
 
 
-def run_onnxruntime(onnx_path: str | Path, inputs: Tensor) -> np.ndarray:
+def onnxruntime_session(onnx_path: str | Path, threads: int = 0):
+    """CPU inference session (``threads`` 0: onnxruntime's default)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnxruntime(onnx_path: str | Path, inputs: Tensor) -> np.ndarray:
+    session = onnxruntime_session(onnx_path)
     return session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
 
 
