@@ -55,7 +55,17 @@ def test_bad_config_is_user_error(argv, message):
         parse(*argv)
 
 
+@pytest.mark.parametrize("amp", [False, "false", "False"])
+def test_no_amp_no_warning(amp):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert parse("--qat", amp=amp) == qat.DEFAULTS
+
+
 def test_amp_warns_but_runs():
+    with pytest.warns(UserWarning, match="AMP"):
+        parse("--qat", amp="true")
     with pytest.warns(UserWarning, match="AMP"):
         config = parse("--qat", amp=True)
     model = qat.prepare(q1_model(make_config("all", "gdnish")), config)

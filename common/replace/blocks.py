@@ -8,6 +8,7 @@ layer changes the network only as much as removing that GDN would. With the resi
 this is exact for every input; without it, exact for |x| <= 6 with ReLU6 (expansion t >= 2) and for
 x >= -3 with HardSwish. The residual variants start with a zero last layer (as zero-initialised
 residual networks do), so the layers before it receive gradient from the second training step on.
+With BatchNorm enabled the identity holds in eval mode (training mode normalises by batch statistics).
 """
 from __future__ import annotations
 
