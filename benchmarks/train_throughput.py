@@ -5,28 +5,24 @@ batch, loss (λ·255²·MSE + bpp), Adam for the network, Adam for the quantiles
 clipping. The two run alternately, ``--repeats`` times each, and the medians are compared; the engine's
 end-of-epoch validation and checkpoint writes are timed separately and left out (the plain loop does none).
 
-    python benchmarks/train_throughput.py [--steps 20] [--repeats 3] [--batch_size 8] [--patch_size 128]
+    python -m benchmarks.train_throughput [--steps 20] [--repeats 3] [--batch_size 8] [--patch_size 128]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch.utils.data import DataLoader
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-import common.models as models  # noqa: E402
-from common.data.datasets import ImageFileDataset  # noqa: E402
-from common.data.images import list_images  # noqa: E402
-from common.data.samples import sample_dirs  # noqa: E402
-from common.train.engine import Trainer  # noqa: E402
-from common.train.options import build_parser  # noqa: E402
+import common.models as models
+from common.data.datasets import ImageFileDataset
+from common.data.images import list_images
+from common.data.samples import sample_dirs
+from common.train.engine import Trainer
+from common.train.options import build_parser
 
 LAMBDA = 0.013
 
