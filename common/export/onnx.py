@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quality", type=int, default=1, help="quality for raw state dicts when it cannot be "
                                                                 "inferred (default: %(default)s)")
     bool_flag(parser, "--trust_checkpoint", False, "allow pickled objects in --ckpt (only for files you trust)")
-    replace.add_arguments(parser)
+    replace.add_arguments(parser, trainable_scopes=False)
     return parser
 
 

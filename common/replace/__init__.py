@@ -44,8 +44,9 @@ DEC_DEFAULTS = {"k": 3, "g_min": 0.5, "g_max": 2.0, "residual": True, "act_type"
                 "init_identity": True}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the replacement and trainable-scope flags (names as in seeds 000-003)."""
+def add_arguments(parser: argparse.ArgumentParser, trainable_scopes: bool = True) -> None:
+    """Add the replacement flags and, unless ``trainable_scopes`` is False (export, evaluation), the
+    trainable-scope flags (names as in seeds 000-003)."""
     # A caller may pass its own argument group (argparse deprecates nesting groups).
     group = parser if isinstance(parser, argparse._ArgumentGroup) else parser.add_argument_group("architecture replacement (seeds 000-003)")
     group.add_argument("--replace_parts", choices=tuple(PARTS), default=None,
@@ -80,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
               "replace g_s ConvTranspose2d by Upsample(x2)+Conv2d(k5,p2) fitted to the deconv (seed 001)")
     group.add_argument("--upsample_mode", choices=UPSAMPLE_MODES, default="nearest",
                        help="interpolation of --decoder_upsample")
+    if not trainable_scopes:
+        return
     group.add_argument("--train_scope", choices=TRAIN_SCOPES, default=None,
                        help="replaced: replaced layers only; replaced+hyper: plus the entropy model; all "
                             "(default: replaced if anything is replaced, else all)")
@@ -162,8 +165,10 @@ def config_from_args(args: argparse.Namespace) -> dict | None:
     replace_parts = args.replace_parts
     if replace_parts is None:
         replace_parts = "all" if args.act is not None else "none"
-    if (replace_parts == "none" and not args.decoder_upsample and args.train_scope in (None, "all")
-            and not (args.train_igdn or args.freeze_igdn or args.unfreeze_all)):
+    scope = {"train_scope": getattr(args, "train_scope", None)}
+    scope.update({flag: getattr(args, flag, False) for flag in ("train_igdn", "freeze_igdn", "unfreeze_all")})
+    if (replace_parts == "none" and not args.decoder_upsample and scope["train_scope"] in (None, "all")
+            and not (scope["train_igdn"] or scope["freeze_igdn"] or scope["unfreeze_all"])):
         if args.act is not None:
             raise UserError("--act has no effect with --replace_parts none; drop one of them")
         return None
@@ -174,9 +179,7 @@ def config_from_args(args: argparse.Namespace) -> dict | None:
     dec = {"k": args.dec_k, "g_min": args.dec_gmin, "g_max": args.dec_gmax, "residual": args.dec_residual,
            "act_type": args.dec_act, "use_bn": args.dec_bn, "init_identity": args.dec_init_identity}
     return make_config(replace_parts, args.act, act_modules=args.act_module, act_options=act_options, enc=enc,
-                       dec=dec, decoder_upsample=args.decoder_upsample, upsample_mode=args.upsample_mode,
-                       train_scope=args.train_scope, train_igdn=args.train_igdn, freeze_igdn=args.freeze_igdn,
-                       unfreeze_all=args.unfreeze_all)
+                       dec=dec, decoder_upsample=args.decoder_upsample, upsample_mode=args.upsample_mode, **scope)
 
 
 def block_options(config: dict) -> tuple[dict, dict]:
