@@ -15,14 +15,13 @@ Outputs in ``--out_dir``: ``lambda_<λ>/`` run folders, ``<name>.json`` (Compres
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
 
 from common.checkpoint import load_file
-from common.cli import OneLineErrorParser, run_main
+from common.cli import OneLineErrorParser, parse_with_train_flags, run_main
 from common.data.images import list_images
 from common.errors import UserError
 from common.eval.evaluate import describe, evaluate, write_results
@@ -86,13 +85,10 @@ def eval_images(args: argparse.Namespace, train_args: argparse.Namespace) -> tup
 def main(argv: Sequence[str] | None = None) -> int:
     from common.train.options import build_parser
 
-    if argv is None:
-        argv = sys.argv[1:]
-    if "-h" in argv or "--help" in argv:
-        sweep_parser().print_help()
-        print("\nAll other flags are those of python -m common.train (see its --help).")
+    parsed = parse_with_train_flags(sweep_parser(), argv)
+    if parsed is None:
         return 0
-    args, train_argv = sweep_parser().parse_known_args(argv)
+    args, train_argv = parsed
     if any(flag in train_argv for flag in ("--lambda", "--save_dir", "--resume")):
         raise UserError("--lambda, --save_dir and --resume are set by the sweep; use --lambdas and --out_dir")
     train_args = build_parser().parse_args(train_argv)  # validates the pass-through flags up front

@@ -13,7 +13,6 @@ Sizes are WIDTHxHEIGHT (768x512 is a landscape Kodak image); both must be multip
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,14 +20,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from common.cli import OneLineErrorParser, run_main  # noqa: E402
-from common.data.images import to_tensor  # noqa: E402
-from common.data.samples import SAMPLES  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.eval import payload_bytes  # noqa: E402
 from common.models import build  # noqa: E402
+from benchmarks.timing import median_time, photo  # noqa: E402
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -45,23 +42,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def make_input(content: str, width: int, height: int) -> torch.Tensor:
     if content == "noise":
         return torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
-    photo = Image.fromarray(SAMPLES["coffee"]()).resize((width, height), Image.BICUBIC)
-    return to_tensor(photo).unsqueeze(0)
-
-
-def median_time(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up."""
-    times = []
-    for i in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return photo(width, height)
 
 
 @torch.no_grad()

@@ -15,57 +15,21 @@ Without ``--devices`` the CPU and, when available, CUDA are timed. Exit code 1 i
 """
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from common.cli import OneLineErrorParser, run_main  # noqa: E402
-from common.data.images import to_tensor  # noqa: E402
-from common.data.samples import SAMPLES  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.eval import payload_bytes  # noqa: E402
 from common.models import build  # noqa: E402
 from common.models.hpcm.weights import fill_parity_weights  # noqa: E402
+from benchmarks.timing import median_time, parse_size, photo  # noqa: E402
 
 MODELS = ("hpcm-base", "hpcm-large", "hpcm-tiny")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'768x512' -> (width, height)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
-    if width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f"width and height must be positive, got {text!r}")
-    return width, height
-
-
-def photo(width: int, height: int) -> torch.Tensor:
-    image = Image.fromarray(SAMPLES["coffee"]()).resize((width, height), Image.BICUBIC)
-    return to_tensor(image).unsqueeze(0)
-
-
-def median_time(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up."""
-    times = []
-    for i in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()

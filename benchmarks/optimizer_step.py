@@ -12,7 +12,6 @@ thread, which other jobs on the machine disturb far less than wall time.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import statistics

@@ -46,6 +46,19 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def parse_with_train_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
+    """Parse a driver's own flags; everything else is left for ``python -m common.train``.
+
+    Returns ``(args, train_argv)``, or None after printing the help for ``-h``/``--help``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        print("\nAll other flags are those of python -m common.train (see its --help).")
+        return None
+    return parser.parse_known_args(argv)
+
+
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Run a CLI ``main``; user mistakes become one line on stderr and exit code 2."""
     try:

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 from typing import Sequence
 
-from common.cli import OneLineErrorParser, run_main
+from common.cli import OneLineErrorParser, parse_with_train_flags, run_main
 from common.errors import UserError
 
 KINDS = ("log", "float", "int", "choice")
@@ -118,13 +117,10 @@ def run_study(args: argparse.Namespace, train_argv: list[str]):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if "-h" in argv or "--help" in argv:
-        search_parser().print_help()
-        print("\nAll other flags are those of python -m common.train (see its --help).")
+    parsed = parse_with_train_flags(search_parser(), argv)
+    if parsed is None:
         return 0
-    args, train_argv = search_parser().parse_known_args(argv)
+    args, train_argv = parsed
     study = run_study(args, train_argv)
     table = study.trials_dataframe(attrs=("number", "value", "params", "user_attrs", "state"))
     table = table.sort_values("value")

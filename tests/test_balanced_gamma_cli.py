@@ -1,5 +1,4 @@
 """Gamma schedules (formulas at chosen epochs), CLI flags and builders, task-weight plot."""
-import argparse
 import csv
 import math
 
