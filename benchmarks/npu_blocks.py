@@ -4,7 +4,8 @@ For each variant: parameters, multiply-accumulates per pixel (torch.utils.flop_c
 matrix products; element-wise ops such as GDN's sqrt or the HardSigmoid gate are not MACs and are not
 counted), CPU time of the full reconstruction graph ``g_s(round(g_a(x)))`` in PyTorch and in
 onnxruntime (median of repeats, ratio to GDN), and the ONNX operator types of the encoder and decoder
-graphs outside the NPU-friendly set of seed 003 §7 (``common.export.onnx.NPU_FRIENDLY_OPS``).
+graphs outside the NPU-friendly set of seed 003 §7 (``common.export.onnx.NPU_FRIENDLY_OPS``), and how far
+the freshly replaced model is from the GDN model it was built from (relative L2 change of ``x_hat``).
 
 Weights are random (quality-1 sizes): speed, size and operator sets do not depend on trained values.
 
@@ -61,14 +62,21 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, config: dict | None, input_size: int, repeats: int, threads: int, workdir: Path) -> dict:
-    n, m = channels(1)
+def base_model() -> FactorizedPrior:
     torch.manual_seed(0)
-    model = apply_config(FactorizedPrior(n, m), config).eval()
+    return FactorizedPrior(*channels(1)).eval()
+
+
+def measure(name: str, config: dict | None, input_size: int, repeats: int, threads: int, workdir: Path,
+            reference) -> dict:
+    model = apply_config(base_model(), config).eval()
     model.update(force=True)
     graph = FullCodec(model).eval()
     x = torch.rand(1, 3, input_size, input_size)
+    with torch.no_grad():
+        x_hat = model(x)["x_hat"]
     row = {
+        "init_rel_change": ((x_hat - reference(x)).norm() / reference(x).norm()).item(),
         "params": sum(p.numel() for p in model.parameters()),
         "params_g_a": sum(p.numel() for p in model.g_a.parameters()),
         "params_g_s": sum(p.numel() for p in model.g_s.parameters()),
@@ -92,10 +100,10 @@ def measure(name: str, config: dict | None, input_size: int, repeats: int, threa
 def format_table(rows: dict[str, dict]) -> str:
     base = rows["GDN"]
     lines = [f"{'variant':<20} {'params':>10} {'MACs/px':>9} {'torch ms':>9} {'ratio':>6} {'ORT ms':>8} "
-             f"{'ratio':>6}  ops outside the NPU set (encoder | decoder)"]
+             f"{'ratio':>6} {'init chg':>8}  ops outside the NPU set (encoder | decoder)"]
     for name, r in rows.items():
         lines.append(f"{name:<20} {r['params']:>10,} {r['macs_per_pixel']:>9,.0f} {r['torch_ms']:>9.1f} "
-                     f"{r['torch_ms'] / base['torch_ms']:>6.2f} {r['ort_ms']:>8.1f} {r['ort_ms'] / base['ort_ms']:>6.2f}"
+                     f"{r['torch_ms'] / base['torch_ms']:>6.2f} {r['ort_ms']:>8.1f} {r['ort_ms'] / base['ort_ms']:>6.2f} {r['init_rel_change']:>8.2g}"
                      f"  {len(r['encoder_unfriendly'])}: {','.join(r['encoder_unfriendly']) or '-'} | "
                      f"{len(r['decoder_unfriendly'])}: {','.join(r['decoder_unfriendly']) or '-'}")
     return "\n".join(lines)
@@ -112,8 +120,14 @@ def main(argv=None) -> int:
     if args.repeats < 1 or args.threads < 1:
         raise UserError("--repeats and --threads must be >= 1")
     torch.set_num_threads(args.threads)
+    gdn = base_model()
+
+    def reference(x):
+        with torch.no_grad():
+            return gdn(x)["x_hat"]
+
     with tempfile.TemporaryDirectory() as tmp:
-        rows = {name: measure(name, config, args.input_size, args.repeats, args.threads, Path(tmp))
+        rows = {name: measure(name, config, args.input_size, args.repeats, args.threads, Path(tmp), reference)
                 for name, config in VARIANTS.items()}
     hand = hand_count_gdn_macs_per_pixel(*channels(1))
     print(f"bmshj2018-factorized q1, {args.input_size}x{args.input_size}, {args.threads} thread(s), "
