@@ -30,6 +30,7 @@ def write_image_dirs(root: Path, size: int, n_train: int, n_test: int, seed: int
 
 def run_script(script: str, env_overrides: dict[str, str], *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a repo shell script with the test interpreter and extra environment."""
-    env = dict(os.environ, PY=sys.executable, PYTHONPATH=str(REPO), **env_overrides)
+    # One thread per script, like the in-process tests (see conftest.py).
+    env = dict(os.environ, PY=sys.executable, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **env_overrides)
     return subprocess.run(["bash", str(REPO / script), *args], capture_output=True, text=True, cwd=REPO, env=env,
                           timeout=timeout)

@@ -10,15 +10,6 @@ from balanced_rd import Balanced, BalancedQP, balanced_step
 from common.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class NoisyNet(nn.Module):
     """Tiny conv net with additive uniform noise in training, like a quantisation proxy."""
 

@@ -21,13 +21,6 @@ ARCHS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def q1_model(replace=None):
     torch.manual_seed(0)

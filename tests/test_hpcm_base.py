@@ -11,8 +11,6 @@ import torch
 from common.models import build
 from common.models.hpcm.weights import fill_parity_weights
 
-from tests.test_hpcm_tiny import single_thread  # noqa: F401  (autouse fixture: one intra-op thread)
-
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 

@@ -18,14 +18,6 @@ from common.models.hpcm.weights import fill_parity_weights
 M = 320
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads run 3-4x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ----------------------------------------------------------------------------- schedule
 def _steps_from_rules(g: int, size: int = 16) -> torch.Tensor:

@@ -13,13 +13,6 @@ from common.models.restore import load_model
 from common.replace import apply_config, make_config
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def q1_model(replace=None, seed=0):
     torch.manual_seed(seed)

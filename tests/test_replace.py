@@ -19,14 +19,6 @@ from common.replace import (ECA, GDNishLiteDec, GDNishLiteEnc, UpsampleConv, add
 N, M = 128, 192  # bmshj2018-factorized quality 1
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small ops run far faster on one thread when the CPU is shared (no OpenMP spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def q1_model(seed=0):
     torch.manual_seed(seed)
