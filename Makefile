@@ -9,7 +9,7 @@ PYTEST_WORKERS ?= 2
 # warm start followed by a short fine-tune per λ converges within a CPU budget (a from-scratch run per λ
 # is limited by training time, not λ, and gives a non-monotone curve).
 DEMO_FLAGS ?= --out_dir runs/demo --name demo-bmshj2018-factorized-adam --lambdas 0.0009,0.0035,0.013 \
-	--warm_start_steps 500 --warm_start_lr 1e-3 --steps 200 --lr 5e-4 --sched cosine --batch_size 8 \
+	--warm_start_steps 400 --warm_start_lr 1e-3 --steps 160 --lr 5e-4 --lr_warmup_steps 20 --sched cosine --batch_size 8 \
 	--patch_size 96 --num_workers 0 --recon_every 0 --val_every 1000
 
 .PHONY: setup test demo bench clean-venv help phase1-standard phase1-balanced phase1-hparam \
