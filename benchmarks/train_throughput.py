@@ -90,7 +90,7 @@ def engine_loop(steps: int, batch_size: int, patch_size: int, seed: int) -> floa
     with tempfile.TemporaryDirectory() as run_dir:
         args = build_parser().parse_args([
             "--steps", str(steps + 1), "--batch_size", str(batch_size), "--patch_size", str(patch_size),
-            "--lambda", str(LAMBDA), "--save_dir", run_dir, "--recon_every", "0", "--num_workers", "0",
+            "--lambda", str(LAMBDA), "--save_dir", run_dir, "--recon_every", "0", "--val_every", "100000", "--num_workers", "0",
             "--progress", "false", "--seed", str(seed)])
         trainer = TimedTrainer(args)
         trainer.fit()
