@@ -14,6 +14,7 @@ import common.data as data
 from common.data import datasets
 from common.data.images import load_rgb
 from common.errors import UserError
+from tests.helpers import parsed_flags
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -45,12 +46,7 @@ def write_png_rgb16(path: Path, array: np.ndarray) -> None:
 
 
 def data_args(**overrides) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    data.add_arguments(parser)
-    args = parser.parse_args([])
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    return args
+    return parsed_flags(data.add_arguments, **overrides)
 
 
 # ---------------------------------------------------------------------------------- modes

@@ -10,6 +10,7 @@ from compressai.losses import RateDistortionLoss as CompressAIRateDistortionLoss
 
 from common import losses
 from common.errors import UserError
+from tests.helpers import parsed_flags
 
 
 def noisy_pair(shape, noise=0.05, seed=0):
@@ -34,12 +35,7 @@ def fake_output(x_hat, seed=1, hpcm=False):
 
 
 def loss_args(**overrides):
-    parser = argparse.ArgumentParser()
-    losses.add_arguments(parser)
-    args = parser.parse_args([])
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    return args
+    return parsed_flags(losses.add_arguments, **overrides)
 
 
 # ---------------------------------------------------------------------------------- MS-SSIM
