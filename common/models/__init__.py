@@ -8,6 +8,7 @@ Every registered model has ``forward(x) -> {"x_hat", "likelihoods": {...}}``, ``
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from torch import nn
@@ -31,6 +32,13 @@ def register_model(name: str):
 
 def available_models() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def accepts(name: str, argument: str) -> bool:
+    """Whether the builder of model ``name`` takes keyword ``argument`` (e.g. ``quality``)."""
+    if name not in _REGISTRY:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(available_models())}")
+    return argument in inspect.signature(_REGISTRY[name]).parameters
 
 
 def build(name: str, **kwargs) -> nn.Module:

@@ -60,10 +60,3 @@ def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Modul
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
 
-
-def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.enabled:
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        values /= info.world_size
-    return values

@@ -6,7 +6,6 @@ HPCM. What a recipe changes is configuration, never a copy of this loop.
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import random
 import time
@@ -98,9 +97,7 @@ def resolve_amp(value: str, device: torch.device) -> bool:
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The architecture arguments of ``--model`` that the run was given (weights excluded)."""
-    if args.model not in models.available_models():
-        models.build(args.model)  # raises the one-line "unknown model" error
-    if "quality" not in inspect.signature(models._REGISTRY[args.model]).parameters:
+    if not models.accepts(args.model, "quality"):
         if args.quality is not None:
             raise UserError(f"--quality does not apply to {args.model}; drop it")
         return {}
@@ -196,8 +193,7 @@ class Trainer:
                                            enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.qat_controller = qat.QATController(self.model, self.qat_config) if self.qat_config else None
         if self.use_amp:
-            self.local_fp32 = precision.apply_local_fp32(self.model, args.local_fp32, args.local_fp32_custom,
-                                                         self.device.type)
+            precision.apply_local_fp32(self.model, args.local_fp32, args.local_fp32_custom, self.device.type)
         self.ddp_model = distributed.wrap_ddp(self.model, self.dist, self.device)
         seed_everything(args.seed + self.dist.rank)  # independent quantisation noise per rank
 

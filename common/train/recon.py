@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from common.data import recon_subset
+
 
 def save_png(image: torch.Tensor, path: Path) -> None:
     """Write a 3×H×W tensor in [0, 1] as an 8-bit PNG (atomically)."""
@@ -25,21 +27,19 @@ def save_png(image: torch.Tensor, path: Path) -> None:
 class ReconWriter:
     def __init__(self, folder: Path, dataset, count: int):
         self.folder = folder
-        self.dataset = dataset
-        self.indices = list(range(min(count, len(dataset))))
+        self.subset = recon_subset(dataset, count)
 
     def write_origin(self) -> None:
-        for number, index in enumerate(self.indices):
+        for number, image in enumerate(self.subset):
             path = self.folder / "origin" / f"{number:05d}.png"
             if not path.exists():
-                save_png(self.dataset[index], path)
+                save_png(image, path)
 
     @torch.no_grad()
     def write(self, model: nn.Module, tag: str) -> None:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        for number, index in enumerate(self.indices):
-            x = self.dataset[index].unsqueeze(0).to(device)
-            save_png(model(x)["x_hat"][0], self.folder / tag / f"{number:05d}.png")
+        for number, image in enumerate(self.subset):
+            save_png(model(image.unsqueeze(0).to(device))["x_hat"][0], self.folder / tag / f"{number:05d}.png")
         model.train(was_training)
