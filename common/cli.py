@@ -59,12 +59,24 @@ def parse_with_train_flags(parser: argparse.ArgumentParser, argv: Sequence[str] 
     return parser.parse_known_args(argv)
 
 
+def one_line(exc: UserError) -> str:
+    """The message of a user error as one line.
+
+    A UserError raised in a DataLoader worker is re-raised in the main process with the worker's traceback
+    in its message; its last line holds the original message.
+    """
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    prefix = f"{UserError.__module__}.{UserError.__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Run a CLI ``main``; user mistakes become one line on stderr and exit code 2."""
     try:
         code = main(argv)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -136,3 +136,18 @@ def test_user_mistakes_give_one_line(case, image_dirs, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_worker_errors_reach_the_user_as_one_line(tmp_path):
+    train = tmp_path / "train"
+    write_image_dirs(tmp_path, size=48, n_train=4, n_test=1)
+    # A valid header with truncated pixel data passes the start-up scan and fails in the worker.
+    whole = (train / "0.png").read_bytes()
+    (train / "broken.png").write_bytes(whole[:len(whole) // 2])
+    result = run_cli("--model", "bmshj2018-factorized-tiny", "--train_dataset", str(train), "--test_dataset",
+                     str(tmp_path / "test"), "--patch_size", "32", "--batch_size", "5", "--steps", "1",
+                     "--strict", "true", "--num_workers", "1", "--save_dir", str(tmp_path / "run"),
+                     "--progress", "false")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "broken.png" in lines[0]
