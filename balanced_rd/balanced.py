@@ -39,7 +39,7 @@ from torch import Tensor
 from balanced_rd.cautious import CautiousAdam
 from balanced_rd.distributed import all_reduce_mean
 from balanced_rd.tasks import (LOG_EPS, check_above_min, check_n_tasks, per_task_vector, shifted_log,
-                               stack_losses, task_names_or_default)
+                               stack_losses, task_log_record, task_names_or_default)
 from common.errors import UserError
 
 # Adam on the logits uses torch's defaults (as the FAMO and Balanced R-D reference code do).
@@ -141,11 +141,7 @@ class Balanced(CautiousAdam):
 
     def task_weight_dict(self) -> dict[str, float]:
         """``{"weight_<task>": z_i}`` (plus ``"coef_<task>": a_i`` once a loss was weighted), for CSV logs."""
-        record = {f"weight_{name}": value for name, value in zip(self.task_names, self.task_weights.tolist())}
-        if self._last_coefficients is not None:
-            record.update({f"coef_{name}": value
-                           for name, value in zip(self.task_names, self._last_coefficients.tolist())})
-        return record
+        return task_log_record(self.task_names, self.task_weights, self._last_coefficients)
 
     # ------------------------------------------------------------------------------------ the steps
     def weighted_loss(self, task_losses: Sequence[Tensor] | Tensor) -> Tensor:

@@ -36,7 +36,7 @@ from torch import Tensor
 from balanced_rd.cautious import CautiousAdam
 from balanced_rd.distributed import all_reduce_mean, all_reduce_mean_
 from balanced_rd.tasks import (LOG_EPS, check_above_min, check_n_tasks, per_task_vector, stack_losses,
-                               task_names_or_default)
+                               task_log_record, task_names_or_default)
 
 
 def task_gradients(task_losses: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
@@ -110,11 +110,7 @@ class BalancedQP(CautiousAdam):
 
     def task_weight_dict(self) -> dict[str, float]:
         """``{"weight_<task>": w_i}`` (plus ``"coef_<task>": a_i`` after a backward), for CSV logs."""
-        record = {f"weight_{name}": value for name, value in zip(self.task_names, self._weights.tolist())}
-        if self._last_coefficients is not None:
-            record.update({f"coef_{name}": value
-                           for name, value in zip(self.task_names, self._last_coefficients.tolist())})
-        return record
+        return task_log_record(self.task_names, self._weights, self._last_coefficients)
 
     def _parameters_in_order(self) -> list[Tensor]:
         return [param for group in self.param_groups for param in group["params"] if param.requires_grad]

@@ -70,3 +70,11 @@ def check_above_min(values: Tensor, min_losses: Tensor, names: Sequence[str]) ->
 def shifted_log(values: Tensor, min_losses: Tensor) -> Tensor:
     """log(loss - min_loss + eps), elementwise, in the dtype of ``values`` (FP32 in practice)."""
     return (values - min_losses + LOG_EPS).log()
+
+
+def task_log_record(names: Sequence[str], weights: Tensor, coefficients: Tensor | None) -> dict[str, float]:
+    """``{"weight_<task>": w_i}`` plus ``{"coef_<task>": a_i}`` when coefficients exist: one CSV log row."""
+    record = {f"weight_{name}": value for name, value in zip(names, weights.tolist())}
+    if coefficients is not None:
+        record.update({f"coef_{name}": value for name, value in zip(names, coefficients.tolist())})
+    return record
