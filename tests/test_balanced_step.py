@@ -44,22 +44,35 @@ def setup(seed=0, noise=False, **kwargs):
     return model, Balanced(model.parameters(), lr=1e-2, **kwargs)
 
 
+def setup_with_twin():
+    """A model with Balanced, and an identical copy to drive by hand with the public optimizer API."""
+    model, opt = setup()
+    twin = copy.deepcopy(model)
+    return model, opt, twin, Balanced(twin.parameters(), lr=1e-2)
+
+
+def hand_written_model_step(twin, twin_opt, batch, loss_fn, clip_max_norm=None):
+    """weighted_loss -> backward -> (clip) -> step on the twin; returns the raw task losses."""
+    twin_opt.zero_grad()
+    raw = loss_fn(twin, batch)
+    twin_opt.weighted_loss([loss.mean() for loss in raw]).backward()
+    if clip_max_norm is not None:
+        torch.nn.utils.clip_grad_norm_(twin.parameters(), clip_max_norm)
+    twin_opt.step()
+    return raw
+
+
 def data(n=6, batch=4, seed=1):
     gen = torch.Generator().manual_seed(seed)
     return [torch.rand(batch, 3, 8, 8, generator=gen) for _ in range(n)]
 
 
 def test_exact_step_equals_hand_written_sequence():
-    model, opt = setup()
-    twin = copy.deepcopy(model)
-    twin_opt = Balanced(twin.parameters(), lr=1e-2)
+    model, opt, twin, twin_opt = setup_with_twin()
     for index, batch in enumerate(data()):
         result = balanced_step(model, opt, batch, per_sample_losses, clip_max_norm=1.0, step_index=index)
         assert result.model_step_taken and result.weights_updated
-        twin_opt.zero_grad()
-        twin_opt.weighted_loss(scalar_losses(twin, batch)).backward()
-        torch.nn.utils.clip_grad_norm_(twin.parameters(), 1.0)
-        twin_opt.step()
+        hand_written_model_step(twin, twin_opt, batch, scalar_losses, clip_max_norm=1.0)
         with torch.no_grad():
             twin_opt.update_task_weights(scalar_losses(twin, batch))
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
@@ -91,15 +104,10 @@ def test_weight_update_every_k_steps():
 
 
 def test_delta_subset_uses_before_and_after_losses_of_the_same_samples():
-    model, opt = setup()
-    twin = copy.deepcopy(model)
-    twin_opt = Balanced(twin.parameters(), lr=1e-2)
+    model, opt, twin, twin_opt = setup_with_twin()
     for batch in data(4):
         balanced_step(model, opt, batch, per_sample_losses, delta_subset=2)
-        twin_opt.zero_grad()
-        raw = per_sample_losses(twin, batch)
-        twin_opt.weighted_loss([loss.mean() for loss in raw]).backward()
-        twin_opt.step()
+        raw = hand_written_model_step(twin, twin_opt, batch, per_sample_losses)
         with torch.no_grad():
             after = [loss.mean() for loss in per_sample_losses(twin, batch[:2])]
         twin_opt.update_task_weights(after, reference_losses=[loss.detach()[:2].mean() for loss in raw])
@@ -107,16 +115,12 @@ def test_delta_subset_uses_before_and_after_losses_of_the_same_samples():
 
 
 def test_delta_subset_with_scalar_losses_evaluates_the_subset_before_the_step():
-    model, opt = setup()
-    twin = copy.deepcopy(model)
-    twin_opt = Balanced(twin.parameters(), lr=1e-2)
+    model, opt, twin, twin_opt = setup_with_twin()
     for batch in data(4):
         balanced_step(model, opt, batch, scalar_losses, delta_subset=1)
         with torch.no_grad():
             reference = scalar_losses(twin, batch[:1])
-        twin_opt.zero_grad()
-        twin_opt.weighted_loss(scalar_losses(twin, batch)).backward()
-        twin_opt.step()
+        hand_written_model_step(twin, twin_opt, batch, scalar_losses)
         with torch.no_grad():
             twin_opt.update_task_weights(scalar_losses(twin, batch[:1]), reference_losses=reference)
     assert torch.equal(opt.logits, twin_opt.logits) and not torch.equal(opt.logits, torch.zeros(2))
