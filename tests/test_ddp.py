@@ -21,7 +21,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_ddp(tmp_path: Path, *extra: str) -> dict[int, dict[str, torch.Tensor]]:
+def run_ddp(tmp_path: Path, *extra: str) -> tuple[dict[int, dict[str, torch.Tensor]], str]:
     data = tmp_path / "train"
     data.mkdir()
     rng = np.random.default_rng(1)
@@ -35,7 +35,7 @@ def run_ddp(tmp_path: Path, *extra: str) -> dict[int, dict[str, torch.Tensor]]:
            "--progress", "false", "--device", "cpu", "--num_workers", "0", *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
     assert (tmp_path / "rank0.pt").exists() and (tmp_path / "rank1.pt").exists(), result.stderr[-3000:]
-    return {r: torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)}
+    return {r: torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)}, result.stdout
 
 
 def assert_identical(states):
@@ -46,7 +46,8 @@ def assert_identical(states):
 
 @pytest.mark.parametrize("optimizer", ["adam", "balanced"])
 def test_ranks_stay_identical(tmp_path, optimizer):
-    states = run_ddp(tmp_path, "--optimizer", optimizer)
+    states, stdout = run_ddp(tmp_path, "--optimizer", optimizer)
     assert_identical(states)
     # The run really trained: most parameters moved on both ranks.
     assert states[0]["__moved__"].float().mean() > 0.5
+    assert stdout.count("data: training on") == 1, stdout  # rank 0 alone reports

@@ -120,8 +120,12 @@ def _check_prepared_size(files: list[Path], patch_size: int) -> None:
              f"reflect-padded; pass --patch_size {min(width, height)}")
 
 
-def build_datasets(args: argparse.Namespace, seed: int = 0) -> tuple[ImageFileDataset, ImageFileDataset]:
-    """``(train_dataset, val_dataset)`` from the flags of :func:`add_arguments` (rules: module docstring)."""
+def build_datasets(args: argparse.Namespace, seed: int = 0,
+                   report: bool = True) -> tuple[ImageFileDataset, ImageFileDataset]:
+    """``(train_dataset, val_dataset)`` from the flags of :func:`add_arguments` (rules: module docstring).
+
+    ``report`` prints where the data comes from; DDP ranks other than 0 pass False to avoid N copies.
+    """
     val_ratio, max_images, patch_size = args.val_ratio, args.max_images, args.patch_size
     if val_ratio is not None and not 0.0 <= val_ratio < 1.0:
         raise UserError(f"--val_ratio must be in [0, 1), got {val_ratio}")
@@ -161,6 +165,7 @@ def build_datasets(args: argparse.Namespace, seed: int = 0) -> tuple[ImageFileDa
                                  root=train_root)
     val_set = ImageFileDataset(val_files, patch_size, train=False, seed=seed, strict=args.strict,
                                root=val_root)
-    print(f"data: training on {source}: {train_set.describe()}")
-    print(f"data: validating on {val_set.describe()}")
+    if report:
+        print(f"data: training on {source}: {train_set.describe()}")
+        print(f"data: validating on {val_set.describe()}")
     return train_set, val_set

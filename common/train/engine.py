@@ -164,7 +164,7 @@ class Trainer:
         self.criterion = losses.criterion_from_args(args)
         if self.teacher is not None:
             self.criterion = TeacherTarget(self.teacher, losses.DistillationLoss(args.distill_l1, args.distill_msssim))
-        self.train_set, self.val_set = data.build_datasets(args, seed=args.seed)
+        self.train_set, self.val_set = data.build_datasets(args, seed=args.seed, report=self.main)
         self._check_sizes()
         self.sampler = ResumableSampler(len(self.train_set), args.batch_size, args.seed,
                                         self.dist.rank, self.dist.world_size)
