@@ -6,7 +6,8 @@ Every flag that ``python -m common.train`` knows is passed through to each run (
 turns the standard-Adam baseline into the Balanced R-D curve). With ``--warm_start_steps N`` a shared model
 is first trained for N steps at the middle λ and every λ run fine-tunes from it: short CPU budgets reach a
 monotone curve that way, since training time rather than λ otherwise limits quality
-(see ../shared/spec/README.md, "Convergence within a CPU budget").
+(see ../shared/spec/README.md, "Convergence within a CPU budget"). ``--start_checkpoint PATH`` starts every
+run from an existing model instead, e.g. the warm start of another optimizer's sweep.
 
 The sweep is resumable: finished runs are skipped, interrupted ones continue from their ``last.pt``.
 Outputs in ``--out_dir``: ``lambda_<λ>/`` run folders, ``<name>.json`` (CompressAI format, one point per λ),
@@ -48,6 +49,9 @@ def sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warm_start_steps", type=int, default=0,
                         help="train a shared start model at the middle λ for this many steps first")
     parser.add_argument("--warm_start_lr", type=float, default=None, help="learning rate of the warm start")
+    parser.add_argument("--start_checkpoint", default=None,
+                        help="start every λ run from this checkpoint instead, e.g. another sweep's "
+                             "warm_start/last.pt, so that two optimizers' curves share one starting model")
     parser.add_argument("--eval_dataset", default=None,
                         help="images for the real-bitstream evaluation (default: --test_dataset or the "
                              "embedded test samples)")
@@ -96,7 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = Path(args.out_dir)
     name = args.name or f"{train_args.model}-{train_args.optimizer}"
 
-    start_flags: list[str] = []
+    if args.start_checkpoint and args.warm_start_steps > 0:
+        raise UserError("--start_checkpoint and --warm_start_steps both choose the starting model; pass one")
+    start_flags = ["--checkpoint", args.start_checkpoint] if args.start_checkpoint else []
     if args.warm_start_steps > 0:
         warm_dir = out_dir / "warm_start"
         if not finished(warm_dir, args.warm_start_steps):

@@ -5,6 +5,9 @@ import json
 
 import pytest
 
+from baselines import sweep
+from common.checkpoint import load_file
+from common.errors import UserError
 from tests.helpers import run_script, write_image_dirs
 
 ARGS = ("--num_workers", "0", "--progress", "false")
@@ -14,9 +17,9 @@ ARGS = ("--num_workers", "0", "--progress", "false")
 def sweeps(tmp_path_factory):
     root = tmp_path_factory.mktemp("phase4")
     train, test = write_image_dirs(root, size=64, n_train=4, n_test=2)
-    variables = {"DATA": str(train), "TEST_DATA": str(test), "OUT": str(root / "runs"), "MODEL": "bmshj2018-factorized-tiny",
-                 "PATCH": "32", "BATCH": "2", "STEPS": "6", "WARM_STEPS": "6", "LR": "3e-3",
-                 "LAMBDAS": "0.0005,0.5"}
+    variables = {"DATA": str(train), "TEST_DATA": str(test), "OUT": str(root / "runs"),
+                 "MODEL": "bmshj2018-factorized-tiny", "PATCH": "32", "BATCH": "2", "STEPS": "6", "WARM_STEPS": "6",
+                 "LR": "3e-3", "LR_WARMUP_STEPS": "0", "LAMBDAS": "0.0005,0.5"}
     return root, variables, run_script("phase4/run_bdrate.sh", variables, *ARGS)
 
 
@@ -34,6 +37,20 @@ def test_sweeps_write_real_bitstream_curves(sweeps):
         assert (root / "runs/phase4/rd_adam_vs_balanced.png").stat().st_size > 0
     else:
         assert "not monotone" in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
+
+
+def test_both_sweeps_start_from_one_warm_start(sweeps):
+    root, _, _ = sweeps
+    warm = root / "runs/phase4/adam/warm_start/last.pt"
+    assert warm.is_file() and not (root / "runs/phase4/balanced/warm_start").exists()
+    for name in ("adam", "balanced"):
+        for lam in ("0.0005", "0.5"):
+            assert load_file(root / f"runs/phase4/{name}/lambda_{lam}/last.pt")["args"]["checkpoint"] == str(warm)
+
+
+def test_sweep_refuses_two_starting_models():
+    with pytest.raises(UserError, match="--start_checkpoint and --warm_start_steps"):
+        sweep.main(["--start_checkpoint", "warm.pt", "--warm_start_steps", "5"])
 
 
 def test_eval_checkpoints(sweeps, tmp_path):

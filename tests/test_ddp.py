@@ -30,7 +30,8 @@ def run_ddp(tmp_path: Path, *extra: str) -> tuple[dict[int, dict[str, torch.Tens
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(REPO / "tests" / "ddp_worker.py"), str(tmp_path),
-           "--model", "bmshj2018-factorized-tiny", "--train_dataset", str(data), "--test_dataset", str(data), "--patch_size", "32", "--batch_size", "2",
+           "--model", "bmshj2018-factorized-tiny", "--train_dataset", str(data), "--test_dataset", str(data),
+           "--patch_size", "32", "--batch_size", "2",
            "--steps", "3", "--lr", "1e-3", "--save_dir", str(tmp_path / "run"), "--recon_every", "0",
            "--progress", "false", "--device", "cpu", "--num_workers", "0", *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
