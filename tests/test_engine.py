@@ -58,6 +58,15 @@ def test_resume_is_bit_exact(image_dirs, tmp_path):
     assert (tmp_path / "a" / "train_log.csv").read_text() == (tmp_path / "b" / "train_log.csv").read_text()
 
 
+def test_persistent_workers_train_exactly_like_the_main_process(image_dirs, tmp_path):
+    # 7 steps cross two epoch ends: workers kept alive between epochs must still draw each epoch's crops.
+    Trainer(train_args(image_dirs, tmp_path / "main", "--steps", "7")).fit()
+    Trainer(train_args(image_dirs, tmp_path / "workers", "--steps", "7", "--num_workers", "2")).fit()
+    main = load_file(tmp_path / "main" / "last.pt")["state_dict"]
+    workers = load_file(tmp_path / "workers" / "last.pt")["state_dict"]
+    assert all(torch.equal(value, workers[key]) for key, value in main.items())
+
+
 def test_restarting_from_weights_is_not_a_resume(image_dirs, tmp_path):
     # Guards the test above: weights alone (no optimizer, RNG or data position) do not continue a run.
     Trainer(train_args(image_dirs, tmp_path / "a", "--steps", "4")).fit()

@@ -171,6 +171,9 @@ class Trainer:
         self.loader = DataLoader(self.train_set, batch_size=args.batch_size, sampler=self.sampler,
                                  num_workers=args.num_workers, drop_last=True,
                                  pin_memory=self.device.type == "cuda",
+                                 # Restarting workers every epoch costs more than a whole step when an
+                                 # epoch is a few batches; the dataset reads its epoch from shared memory.
+                                 persistent_workers=args.num_workers > 0,
                                  # A private generator keeps the global RNG (used by the model's
                                  # quantisation noise) untouched when a new epoch iterator starts.
                                  generator=torch.Generator().manual_seed(args.seed))
