@@ -1,5 +1,6 @@
-# Every target runs on the embedded sample photos by default; point them at real data with the
-# variables below (e.g. `make demo DATA=/data/coco TEST_DATA=/data/kodak`).
+# Every target runs on the embedded sample photos by default; point them at real data with DATA (any image
+# folder), COCO (train2017/ + val2017/) and TEST_DATA, e.g. `make demo COCO=/data/coco TEST_DATA=/data/kodak`;
+# scripts/env.sh lists the other variables of the phase targets.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,6 +12,9 @@ PYTEST_WORKERS ?= 2
 DEMO_FLAGS ?= --out_dir runs/demo --name demo-bmshj2018-factorized-adam --lambdas 0.0009,0.0035,0.013 \
 	--warm_start_steps 400 --warm_start_lr 1e-3 --steps 160 --lr 5e-4 --lr_warmup_steps 20 --sched cosine --batch_size 8 \
 	--patch_size 96 --num_workers 0 --recon_every 0 --val_every 1000
+# The same data variables as the phase scripts (scripts/env.sh), for the demo.
+DATA_FLAGS = $(if $(DATA),--train_dataset $(DATA)) $(if $(TEST_DATA),--test_dataset $(TEST_DATA)) \
+	$(if $(COCO),--coco_dir $(COCO))
 
 .PHONY: setup test demo bench clean-venv help phase1-standard phase1-balanced phase1-hparam \
 	phase2-adaptive phase2-finetune phase2-optuna phase2-npu-relu phase2-npu-gdnish phase2-npu-qat \
@@ -65,7 +69,7 @@ phase4-eval: setup
 	phase4/run_eval_checkpoints.sh
 
 demo: setup
-	$(PY) -m baselines.sweep $(DEMO_FLAGS)
+	$(PY) -m baselines.sweep $(DEMO_FLAGS) $(DATA_FLAGS)
 
 bench: setup
 	$(PY) -m benchmarks.train_throughput
