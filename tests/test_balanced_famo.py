@@ -184,17 +184,41 @@ def test_f6_first_step_direction_k5():
 
 
 # ---------------------------------------------------------------------------------------------- F7
+def fixed_point_two_tasks(gamma: float, delta: tuple[float, float]) -> float:
+    """x > 0 with logits (x, -x) where gamma*x + z0*z1*(delta0 - delta1) = 0, by float64 bisection.
+
+    For two tasks the logit gradient z*(delta - <z, delta>) + gamma*xi has first component
+    z0*z1*(delta0 - delta1) + gamma*x with z0 = sigmoid(2x): an independent closed form of the fixed point.
+    """
+    def residual(x: float) -> float:
+        z0 = 1.0 / (1.0 + math.exp(-2.0 * x))
+        return gamma * x + z0 * (1.0 - z0) * (delta[0] - delta[1])
+
+    low, high = 0.0, 5.0
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if residual(middle) < 0 else (low, middle)
+    return low
+
+
 @pytest.mark.parametrize("gamma,xi_star,z_slow", [(1e-3, 0.4209, 0.6989), (3e-3, 0.1623, 0.5805),
                                                   (1e-2, 0.0499, 0.5250)])
 def test_f7_fixed_points(gamma, xi_star, z_slow):
+    delta = (0.001, 0.003)
+    exact = fixed_point_two_tasks(gamma, delta)
+    # The spec's table gives 4 decimals (its 0.5250 is 0.52492): agree to one unit of the last digit.
+    assert exact == pytest.approx(xi_star, abs=1e-4)
+    assert 1.0 / (1.0 + math.exp(-2.0 * exact)) == pytest.approx(z_slow, abs=1e-4)
+    # At a constant w_lr, Adam keeps oscillating around the fixed point and where it stops depends on the
+    # CPU's float rounding. Decaying w_lr geometrically to 1e-4 of its value makes the last steps ~2.5e-6
+    # long (Adam's step is about w_lr), so the logits settle within a few of those steps of the root.
     opt = make_opt(gamma=gamma)
-    delta = torch.tensor([0.001, 0.003])
-    for _ in range(20000):
-        opt._step_logits(delta)
-    torch.testing.assert_close(opt.logits, torch.tensor([xi_star, -xi_star]), atol=2e-4, rtol=0)
-    assert opt.task_weights[0].item() == pytest.approx(z_slow, abs=2e-4)
-    residual = gamma * opt.logits + logit_gradient(opt.logits, delta, 0.0)
-    assert residual.abs().max().item() < 2e-6
+    steps = 20000
+    for index in range(steps):
+        opt.w_lr = W_LR * 1e-4 ** (index / steps)
+        opt._step_logits(torch.tensor(delta))
+    torch.testing.assert_close(opt.logits, torch.tensor([exact, -exact]), atol=1e-5, rtol=0)
+    assert opt.task_weights[0].item() == pytest.approx(1.0 / (1.0 + math.exp(-2.0 * exact)), abs=1e-5)
 
 
 def test_f7_equals_torch_adam_with_coupled_weight_decay():

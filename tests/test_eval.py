@@ -103,8 +103,11 @@ def test_matches_compressai_eval_model(dataset, checkpoint, compressai_eval):
         assert row["forward_max_abs_diff"] == 0.0
         assert row["bpp_estimated"] == pytest.approx(row["bpp"], rel=0.02)
         assert row["ms-ssim-db-rgb"] == pytest.approx(-10 * math.log10(1 - row["ms-ssim-rgb"]))
+    # The per-image values agree exactly (bpp) or to the metric's float32 noise (above); the means differ
+    # only in summation: compressai averages in float32 (relative rounding 2^-24 ~ 6e-8 per addition, a few
+    # additions here), ours in float64. PSNR keeps the per-image tolerance.
     for key in ("bpp", "psnr-rgb", "ms-ssim-rgb"):
-        assert agg[key] == pytest.approx(theirs_agg[key], abs=1e-4 if key == "psnr-rgb" else 1e-9)
+        assert agg[key] == pytest.approx(theirs_agg[key], abs=1e-4 if key == "psnr-rgb" else 0, rel=1e-6)
     assert agg["bpp"] == pytest.approx(sum(r["bpp"] for r in rows) / len(rows))
 
 
