@@ -14,7 +14,7 @@ PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
 
 
 def published_datasets() -> list[str]:
-    """Datasets with published curves (kodak, clic2020-professional, clic2020-mobile, tecnick)."""
+    """Test sets with published curves (kodak, clic2020-professional, clic2020-professional-valid, ...)."""
     return sorted(p.name for p in PUBLISHED_DIR.iterdir() if p.is_dir())
 
 
@@ -34,3 +34,9 @@ def published_curve(dataset: str, name: str) -> RDCurve:
     if stem not in names:
         raise UserError(f"no published curve {name!r} for {dataset}; choose one of: {', '.join(names)}")
     return load_curve(PUBLISHED_DIR / dataset / f"{stem}.json")
+
+
+def published_test_set(dataset: str) -> dict:
+    """The ``test_set`` record shared by the published curves of ``dataset`` (name, split, image count)."""
+    names = published_names(dataset)
+    return load_curve(PUBLISHED_DIR / dataset / f"{names[0]}.json").test_set or {"name": dataset}

@@ -10,10 +10,18 @@ Bjøntegaard deltas are computed by the ``bjontegaard`` package (methods ``pchip
 strictly monotone, because every interpolation method silently returns nonsense (or fails inside scipy)
 on a curve whose quality does not increase with rate.
 
+Curves may record the test set they were measured on (``"test_set": {"name", "split", "num_images"}``,
+written by ``common.eval``, ``baselines.classic`` and the published files); a BD value between curves of
+different test sets is refused, since it would compare different images.
+
 Command line::
 
     python -m common.rd --anchor A.json --test B.json [C.json ...] [--metric psnr|ms-ssim]
-                        [--method pchip|akima|cubic|all] [--plot out.png] [--csv out.csv]
+                        [--method pchip|akima|cubic|all] [--plot out.png] [--csv out.csv] [--strict]
+
+It draws every curve and tabulates every pair it can compute; a pair it cannot (a curve that is not
+monotone, curves that do not overlap, different test sets) gets its row with the reason. It exits with
+status 2 only when no pair could be computed, or with ``--strict`` when any could not.
 """
 from __future__ import annotations
 
@@ -59,6 +67,7 @@ class RDCurve:
     metrics: dict[str, list[float]] = field(default_factory=dict)
     description: str = ""
     source: str = ""
+    test_set: dict | None = None
 
     def values(self, key: str) -> list[float]:
         """Values of a results key; ``ms-ssim-db-rgb`` is derived from ``ms-ssim-rgb`` when absent."""
@@ -90,8 +99,11 @@ def curve_from_json(data: dict, source: str = "") -> RDCurve:
         if len(values) != len(bpp):
             raise UserError(f"{where}: 'results.{key}' has {len(values)} values but 'bpp' has {len(bpp)}")
         metrics[key] = _number_list(values, key, where)
+    test_set = data.get("test_set")
+    if test_set is not None and not isinstance(test_set, dict):
+        raise UserError(f"{where}: 'test_set' must be an object with name, split and num_images")
     return RDCurve(name=str(data.get("name", Path(where).stem)), bpp=bpp, metrics=metrics,
-                   description=str(data.get("description", "")), source=source)
+                   description=str(data.get("description", "")), source=source, test_set=test_set)
 
 
 def _number_list(values, key: str, where: str) -> list[float]:
@@ -200,40 +212,106 @@ def quality_overlap(dist_anchor: Sequence[float], dist_test: Sequence[float]) ->
     return max(hi - lo, 0.0) / union if union > 0 else 0.0
 
 
-def bd_table(anchor: RDCurve, tests: Iterable[RDCurve], metric: str = "psnr",
-             methods: Sequence[str] = ("pchip",)) -> list[dict]:
-    """One row per test curve: BD-rate (%) and BD-quality (dB) against ``anchor`` for each method.
+def rate_overlap(rate_anchor: Sequence[float], rate_test: Sequence[float]) -> float:
+    """Overlap of the two rate ranges on the log scale BD-PSNR integrates over, as a fraction of their union."""
+    return quality_overlap(np.log10(np.asarray(rate_anchor, dtype=np.float64)).tolist(),
+                           np.log10(np.asarray(rate_test, dtype=np.float64)).tolist())
 
-    The ``overlap_%`` column replaces the package's low-overlap warning: below 75 % the BD value
-    describes only part of the curves.
+
+def test_set_label(test_set: dict | None) -> str:
+    if not test_set:
+        return "an unrecorded test set"
+    split = f" ({test_set['split']})" if test_set.get("split") else ""
+    count = f", {test_set['num_images']} images" if test_set.get("num_images") else ""
+    return f"{test_set.get('name', '?')}{split}{count}"
+
+
+def test_set_mismatch(anchor: RDCurve, test: RDCurve) -> str | None:
+    """Why two curves cannot be compared because they were measured on different images, or None.
+
+    Fields missing on either side (e.g. a curve without ``test_set``, or an unknown image count) are not
+    held against the pair.
+    """
+    if not anchor.test_set or not test.test_set:
+        return None
+    for key in ("name", "split", "num_images"):
+        mine, theirs = anchor.test_set.get(key), test.test_set.get(key)
+        if mine is not None and theirs is not None and mine != theirs:
+            return (f"different test sets: {anchor.name} was measured on {test_set_label(anchor.test_set)}, "
+                    f"{test.name} on {test_set_label(test.test_set)}")
+    return None
+
+
+MIN_OVERLAP_PERCENT = 75.0
+
+
+def bd_row(anchor: RDCurve, test: RDCurve, metric: str = "psnr", methods: Sequence[str] = ("pchip",)) -> dict:
+    """BD-rate (%) and BD-quality (dB) of ``test`` against ``anchor`` with both overlaps and a note.
+
+    When the pair cannot be computed the values are NaN and ``note`` says why; a low overlap (below 75 % of
+    the union, the bjontegaard package's threshold) is computed but noted: the value describes only the
+    overlapping part of the curves.
     """
     key = _metric_key(metric)
-    rate_a, dist_a = anchor.bpp, anchor.values(key)
-    rows = []
-    for test in tests:
-        rate_t, dist_t = test.bpp, test.values(key)
-        row: dict = {"anchor": anchor.name, "test": test.name, "metric": key,
-                     "overlap_%": 100.0 * quality_overlap(dist_a, dist_t)}
+    row: dict = {"anchor": anchor.name, "test": test.name, "metric": key, "quality_overlap_%": math.nan,
+                 "rate_overlap_%": math.nan}
+    for method in methods:
+        row[f"bd_rate_{method}_%"] = math.nan
+        row[f"bd_{metric}_{method}_dB"] = math.nan
+    row["note"] = ""
+    try:
+        mismatch = test_set_mismatch(anchor, test)
+        if mismatch:
+            raise UserError(mismatch)
+        rate_a, dist_a, rate_t, dist_t = anchor.bpp, anchor.values(key), test.bpp, test.values(key)
+        sorted_monotone(rate_a, dist_a, f"anchor {anchor.name}")
+        sorted_monotone(rate_t, dist_t, f"test {test.name}")
+        row["quality_overlap_%"] = 100.0 * quality_overlap(dist_a, dist_t)
+        row["rate_overlap_%"] = 100.0 * rate_overlap(rate_a, rate_t)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             for method in methods:
                 row[f"bd_rate_{method}_%"] = bd_rate(rate_a, dist_a, rate_t, dist_t, method=method)
                 row[f"bd_{metric}_{method}_dB"] = bd_psnr(rate_a, dist_a, rate_t, dist_t, method=method)
-        rows.append(row)
-    return rows
+    except UserError as exc:
+        row["note"] = str(exc)
+        return row
+    short = [f"{axis} overlap {row[f'{axis}_overlap_%']:.0f} %" for axis in ("quality", "rate")
+             if row[f"{axis}_overlap_%"] < MIN_OVERLAP_PERCENT]
+    if short:
+        row["note"] = (f"{' and '.join(short)} (< {MIN_OVERLAP_PERCENT:.0f} %): the value describes only the "
+                       "overlapping part of the curves")
+    return row
+
+
+def computed(row: dict) -> bool:
+    """Whether a :func:`bd_row` holds BD values (possibly with a low-overlap note)."""
+    return any(k.startswith("bd_rate_") and not math.isnan(v) for k, v in row.items() if isinstance(v, float))
+
+
+def bd_table(anchor: RDCurve, tests: Iterable[RDCurve], metric: str = "psnr",
+             methods: Sequence[str] = ("pchip",)) -> list[dict]:
+    """One :func:`bd_row` per test curve against ``anchor``."""
+    return [bd_row(anchor, test, metric, methods) for test in tests]
 
 
 def format_markdown(rows: Sequence[dict], digits: int = 4) -> str:
-    """Render rows (dicts with the same keys) as a GitHub markdown table."""
+    """Render rows (dicts with the same keys) as a GitHub markdown table; NaN shows as an en dash."""
     if not rows:
         return ""
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [(f"{row[c]:.1f}" if c == "overlap_%" else f"{row[c]:+.{digits}f}") if isinstance(row[c], float)
-                 else str(row[c]) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_cell(column, row[column], digits) for column in columns) + " |")
     return "\n".join(lines)
+
+
+def _cell(column: str, value, digits: int) -> str:
+    if not isinstance(value, float):
+        return str(value)
+    if math.isnan(value):
+        return "–"
+    return f"{value:.1f}" if column.endswith("overlap_%") else f"{value:+.{digits}f}"
 
 
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
@@ -247,8 +325,13 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
 
 
 def plot_curves(curves: Sequence[RDCurve], path: str | os.PathLike, metric: str = "psnr",
-                title: str = "") -> Path:
-    """Plot bpp against PSNR or MS-SSIM (dB) for several curves into a PNG; returns the path."""
+                title: str = "", anchors: Sequence[RDCurve] = ()) -> Path:
+    """Plot bpp against PSNR or MS-SSIM (dB) into a PNG (or PDF, by the suffix); returns the path.
+
+    ``curves`` are drawn with markers and solid lines; ``anchors`` (reference codecs) dashed, and the axes
+    are fitted to ``curves`` (with a margin) when there are any, so a long anchor curve does not squash
+    them. Every curve is drawn, monotone or not, in order of rate.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -256,21 +339,33 @@ def plot_curves(curves: Sequence[RDCurve], path: str | os.PathLike, metric: str 
     figure = Figure(figsize=(7, 5), dpi=120)
     FigureCanvasAgg(figure)  # attaches an Agg canvas: works without a display
     axes = figure.add_subplot()
-    for curve in curves:
-        order = np.argsort(curve.bpp)
-        axes.plot(np.asarray(curve.bpp)[order], np.asarray(curve.values(key))[order], marker="o",
-                  markersize=3, linewidth=1.2, label=curve.name)
+    for curve, style in [*((c, dict(linestyle="-", marker="o", linewidth=1.6)) for c in curves),
+                         *((c, dict(linestyle="--", marker="s", linewidth=1.0, alpha=0.8)) for c in anchors)]:
+        order = np.argsort(curve.bpp, kind="stable")
+        axes.plot(np.asarray(curve.bpp)[order], np.asarray(curve.values(key))[order], markersize=3.5,
+                  label=curve.name, **style)
+    if curves and anchors:
+        _fit_axes(axes, curves, key)
     axes.set_xlabel("Bit-rate [bpp]")
     axes.set_ylabel(METRICS[metric][1])
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
     if title:
-        axes.set_title(title)
+        axes.set_title(title, fontsize=10)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path
+
+
+def _fit_axes(axes, curves: Sequence[RDCurve], key: str) -> None:
+    rates = np.concatenate([np.asarray(c.bpp, dtype=float) for c in curves])
+    values = np.concatenate([np.asarray(c.values(key), dtype=float) for c in curves])
+    rate_margin = 0.15 * (rates.max() - rates.min()) or 0.1 * rates.max()
+    value_margin = 0.15 * (values.max() - values.min()) or 1.0
+    axes.set_xlim(max(0.0, rates.min() - rate_margin), rates.max() + rate_margin)
+    axes.set_ylim(values.min() - value_margin, values.max() + value_margin)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,21 +381,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="interpolation of the bjontegaard package (default: pchip)")
     parser.add_argument("--plot", help="write an R-D plot of all curves to this PNG")
     parser.add_argument("--csv", help="write the BD table to this CSV file")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 2 when any pair cannot be computed (default: only when none can)")
     args = parser.parse_args(argv)
 
     anchor = load_curve(args.anchor)
     tests = [load_curve(p) for p in args.test]
     methods = METHODS if args.method == "all" else (args.method,)
     rows = bd_table(anchor, tests, metric=args.metric, methods=methods)
-    print(format_markdown(rows))
-    if any(row["overlap_%"] < 75.0 for row in rows):
-        print("note: curves with quality overlap below 75 % compare only part of their range", file=sys.stderr)
-    if args.csv:
-        write_csv(rows, args.csv)
-        print(f"wrote {args.csv}", file=sys.stderr)
     if args.plot:
         plot_curves([anchor, *tests], args.plot, metric=args.metric)
         print(f"wrote {args.plot}", file=sys.stderr)
+    if args.csv:
+        write_csv(rows, args.csv)
+        print(f"wrote {args.csv}", file=sys.stderr)
+    failed = [row for row in rows if not computed(row)]
+    if len(failed) == len(rows):
+        raise UserError(failed[0]["note"] if len(rows) == 1 else
+                        "no BD value could be computed: " + "; ".join(row["note"] for row in failed))
+    print(format_markdown(rows))
+    if failed and args.strict:
+        raise UserError(f"{len(failed)} of {len(rows)} pairs could not be computed (--strict)")
     return 0
 
 

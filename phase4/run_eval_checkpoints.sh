@@ -2,7 +2,7 @@
 # Phase 4: real-bitstream evaluation of trained or official checkpoints (one R-D point each) on a test set,
 # and BD-rates against published curves of the same set.
 #   CHECKPOINTS="q1.pth q2.pth ..." MODEL=hpcm-base TEST_DATA=/data/kodak DATASET=kodak ./phase4/run_eval_checkpoints.sh
-# DATASET (kodak, clic2020-professional, clic2020-mobile, tecnick) picks the published curves; ANCHOR the
+# DATASET (kodak, clic2020-professional, clic2020-professional-valid, clic2020-mobile, tecnick) picks the published curves; ANCHOR the
 # anchor among them (default VTM where published, else the paper curve of the model).
 set -euo pipefail
 source "$(dirname "$0")/../scripts/env.sh"
@@ -12,7 +12,7 @@ read -r -a checkpoints <<< "$CHECKPOINTS"
 name="${NAME:-$MODEL}"
 result="$OUT/phase4/eval/${name}_${DATASET:-custom}.json"
 "$PY" -m common.eval --model "$MODEL" --checkpoint "${checkpoints[@]}" --dataset "$TEST_DATA" \
-  --output "$result" --name "$name" "$@"
+  --output "$result" --name "$name" ${DATASET:+--test_set "$DATASET"} "$@"
 if [ -n "${DATASET:-}" ]; then
   published="baselines/published/$DATASET"
   [ -d "$published" ] || { echo "error: no published curves for DATASET=$DATASET (see baselines/published/)" >&2; exit 2; }

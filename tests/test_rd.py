@@ -147,7 +147,8 @@ def test_load_errors(tmp_path):
 
 
 def test_baselines_loader():
-    assert published_datasets() == ["clic2020-mobile", "clic2020-professional", "kodak", "tecnick"]
+    assert published_datasets() == ["clic2020-mobile", "clic2020-professional", "clic2020-professional-valid",
+                                    "kodak", "tecnick"]
     assert "vtm" in published_names("clic2020-professional")
     curve = published_curve("clic2020-mobile", "compressai-bmshj2018-factorized_mse_cuda.json")
     assert curve.bpp[0] == pytest.approx(0.1146, abs=5e-5) and curve.values("psnr-rgb")[0] == \

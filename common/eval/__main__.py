@@ -14,7 +14,8 @@ from common import replace
 from common.cli import OneLineErrorParser, bool_flag, run_main
 from common.data.images import list_images
 from common.errors import UserError
-from common.eval.evaluate import PAD_MODES, DecodeMismatchWarning, describe, evaluate, write_results
+from common.eval.evaluate import (PAD_MODES, DecodeMismatchWarning, codec_description, describe,
+                                  describe_test_set, evaluate, write_results)
 from common.models import available_models, build
 from common.models.restore import load_model
 
@@ -42,6 +43,9 @@ def build_parser() -> OneLineErrorParser:
                         help="which published weights --pretrained loads (default: mse)")
     parser.add_argument("--dataset", required=True, help="folder of images (searched recursively)")
     parser.add_argument("--output", required=True, help="JSON file to write; the per-image CSV goes beside it")
+    parser.add_argument("--test_set", help="test set recorded in the JSON: a folder of baselines/published "
+                                           "(kodak, clic2020-professional-valid, ...) to be compared with its "
+                                           "curves by common.rd, or any name (default: the folder's name)")
     parser.add_argument("--name", help="curve name in the JSON (default: model name, plus -metric for --pretrained)")
     parser.add_argument("--entropy-estimation", "--entropy_estimation", dest="entropy_estimation",
                         action="store_true", help="likelihood-based bpp from the eval forward instead of coding "
@@ -132,7 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"enc {agg['encoding_time']:.3f} s, dec {agg['decoding_time']:.3f} s", file=sys.stderr)
 
     name = args.name or (f"{args.model}-{args.metric}" if args.pretrained else args.model)
-    json_path, csv_path = write_results(args.output, name, description, labels, aggregates, rows_per_point)
+    json_path, csv_path = write_results(args.output, name, description, labels, aggregates, rows_per_point,
+                                        test_set=describe_test_set(args.dataset, len(images), args.test_set),
+                                        codec=codec_description(args.model))
     print(f"wrote {json_path} and {csv_path}", file=sys.stderr)
     return 0
 

@@ -139,17 +139,44 @@ def payload_bytes(strings) -> int:
 
 
 def aggregate(rows: Sequence[dict]) -> dict:
-    """Arithmetic means over images (CompressAI), MS-SSIM dB of the mean, worst decode/forward mismatch."""
+    """Arithmetic means over images (CompressAI), MS-SSIM dB of the mean, worst decode/forward mismatch.
+
+    Keys of ``MEAN_KEYS`` that the rows lack (a classic codec has no likelihood bpp) are left out.
+    """
     result = {}
     for key in MEAN_KEYS:
-        result[key] = sum(row[key] for row in rows) / len(rows)
+        if key in rows[0]:
+            result[key] = sum(row[key] for row in rows) / len(rows)
     result["ms-ssim-db-rgb"] = ms_ssim_to_db(result["ms-ssim-rgb"])
-    diffs = [row["forward_max_abs_diff"] for row in rows]
-    # NaN in entropy-estimation mode, where nothing is decoded.
-    result["forward_max_abs_diff"] = math.nan if any(math.isnan(d) for d in diffs) else max(diffs)
+    if "forward_max_abs_diff" in rows[0]:
+        diffs = [row["forward_max_abs_diff"] for row in rows]
+        # NaN in entropy-estimation mode, where nothing is decoded.
+        result["forward_max_abs_diff"] = math.nan if any(math.isnan(d) for d in diffs) else max(diffs)
     result["num_images"] = len(rows)
     result["num_images_fewer_ms_ssim_scales"] = sum(row["ms_ssim_scales"] < 5 for row in rows)
     return result
+
+
+def describe_test_set(dataset: str | os.PathLike, num_images: int, name: str | None = None) -> dict:
+    """What a curve was measured on: ``{"name", "split", "num_images"}``.
+
+    ``name`` may be a folder of ``baselines/published`` (``kodak``, ``clic2020-professional-valid``, ...):
+    the record then equals that of the published curves, so ``common.rd`` compares the two, and an image
+    count that differs from theirs is an error. The embedded sample photos are named as such; any other
+    folder is named after itself unless ``name`` says otherwise.
+    """
+    from baselines import published_datasets, published_test_set
+    from common.data.samples import samples_root
+
+    if name in published_datasets():
+        info = dict(published_test_set(name))
+        if info.get("num_images") not in (None, num_images):
+            raise UserError(f"--test_set {name} has {info['num_images']} images, but {dataset} holds {num_images}")
+        return {**info, "num_images": num_images}
+    folder = Path(dataset).resolve()
+    if name is None and folder == (samples_root() / "test").resolve():
+        return {"name": "lic-toolkit-samples", "split": "test", "num_images": num_images}
+    return {"name": name or folder.name, "split": None, "num_images": num_images}
 
 
 def evaluate(model: nn.Module, image_paths: Sequence[str | os.PathLike], *, pad_multiple: int | None = None,
@@ -194,6 +221,13 @@ def evaluate(model: nn.Module, image_paths: Sequence[str | os.PathLike], *, pad_
     return rows, aggregate(rows)
 
 
+def codec_description(model_name: str) -> str:
+    """What produced a learned codec's bitstreams: the model and the entropy coder, with versions."""
+    import compressai
+
+    return f"{model_name} (lic-toolkit), rANS coder of compressai {compressai.__version__}, torch {torch.__version__}"
+
+
 def describe(entropy_estimation: bool, pad_mode: str, pad_multiple: int, default_multiple: int,
              fewer_ms_ssim_scales: int = 0) -> str:
     """CompressAI-style description, naming any departure from the published protocol."""
@@ -210,15 +244,26 @@ def describe(entropy_estimation: bool, pad_mode: str, pad_multiple: int, default
     return text
 
 
-def compressai_json(name: str, description: str, aggregates: Sequence[dict], labels: Sequence[str]) -> dict:
-    """CompressAI-format results: one list entry per evaluated point (checkpoint or quality)."""
+def compressai_json(name: str, description: str, aggregates: Sequence[dict], labels: Sequence[str],
+                    test_set: dict | None = None, codec: str | None = None) -> dict:
+    """CompressAI-format results: one list entry per evaluated point (checkpoint or quality).
+
+    ``test_set`` (see :func:`describe_test_set`) and ``codec`` (what produced the bitstreams, with versions) are
+    recorded beside CompressAI's keys; ``common.rd`` refuses to compare curves of different test sets.
+    """
     keys = list(aggregates[0])
     results = {key: [agg[key] for agg in aggregates] for key in keys}
-    return {"name": name, "description": description, "points": list(labels), "results": results}
+    document = {"name": name, "description": description}
+    if test_set is not None:
+        document["test_set"] = test_set
+    if codec is not None:
+        document["codec"] = codec
+    return {**document, "points": list(labels), "results": results}
 
 
 def write_results(output: str | os.PathLike, name: str, description: str, labels: Sequence[str],
-                  aggregates: Sequence[dict], rows_per_point: Sequence[Sequence[dict]]) -> tuple[Path, Path]:
+                  aggregates: Sequence[dict], rows_per_point: Sequence[Sequence[dict]],
+                  test_set: dict | None = None, codec: str | None = None) -> tuple[Path, Path]:
     """Write the CompressAI-format JSON to ``output`` and the per-image CSV beside it (same stem).
 
     The CSV has one row per (point, image); the ``point`` column names the checkpoint or quality.
@@ -226,7 +271,7 @@ def write_results(output: str | os.PathLike, name: str, description: str, labels
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    document = compressai_json(name, description, aggregates, labels)
+    document = compressai_json(name, description, aggregates, labels, test_set, codec)
     output.write_text(json.dumps(document, indent=2) + "\n")
     csv_path = output.with_suffix(".csv")
     fields = ["point", *rows_per_point[0][0]]
