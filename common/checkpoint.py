@@ -21,12 +21,21 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
     A crash while writing leaves the previous file intact.
     """
+    _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (same guarantee as :func:`atomic_save`)."""
+    _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _atomic_write(path: str | os.PathLike, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         # mkstemp creates the file private (0600); give it the permissions a plain open() would.

@@ -39,6 +39,7 @@ __all__ = ["ImageFileDataset", "add_arguments", "build_datasets", "find_images",
 
 DEFAULT_VAL_RATIO = 0.02
 DEFAULT_PATCH_SIZE = 256
+DEFAULT_CACHE_MB = 512.0
 
 
 class _PatchSizeAction(argparse.Action):
@@ -69,9 +70,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--patch_size", "--patch-size", type=int, nargs="+", action=_PatchSizeAction,
                         default=DEFAULT_PATCH_SIZE, metavar="N",
                         help="square crop size (the seeds' COCO recipes use 224)")
+    parser.add_argument("--val_patch_size", type=int, default=None, metavar="N",
+                        help="side of the centre crops validated on (default: --patch_size); larger crops judge "
+                             "a model trained on small patches more like whole-image evaluation")
     parser.add_argument("--num_workers", "--num-workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="DataLoader worker processes")
     bool_flag(parser, "--strict", False, "stop at the first unreadable image instead of skipping it")
+    parser.add_argument("--cache_images_mb", type=float, default=DEFAULT_CACHE_MB, metavar="MB",
+                        help="keep decoded training and validation images in memory up to this size, per "
+                             "process (DataLoader workers each have their own); 0 decodes every time")
 
 
 def _existing_dir(path: str | os.PathLike, flag: str) -> Path:
@@ -133,6 +140,9 @@ def build_datasets(args: argparse.Namespace, seed: int = 0,
         raise UserError(f"--max_images must be >= 1, got {max_images}")
     if patch_size < 1:
         raise UserError(f"--patch_size must be >= 1, got {patch_size}")
+    val_patch_size = patch_size if args.val_patch_size is None else args.val_patch_size
+    if val_patch_size < 1:
+        raise UserError(f"--val_patch_size must be >= 1, got {val_patch_size}")
 
     train_root, own_val_root, source = _training_source(args)
     pool = hash_subset(list_images(train_root), train_root, max_images)
@@ -161,10 +171,13 @@ def build_datasets(args: argparse.Namespace, seed: int = 0,
     val_files = readable_images(val_files, val_root, args.strict)
     if args.coco_dir and args.use_prepared:
         _check_prepared_size(train_files, patch_size)
+    cache_mb = args.cache_images_mb
+    if cache_mb < 0:
+        raise UserError(f"--cache_images_mb must be >= 0, got {cache_mb:g}")
     train_set = ImageFileDataset(train_files, patch_size, train=True, seed=seed, strict=args.strict,
-                                 root=train_root)
-    val_set = ImageFileDataset(val_files, patch_size, train=False, seed=seed, strict=args.strict,
-                               root=val_root)
+                                 root=train_root, cache_mb=cache_mb)
+    val_set = ImageFileDataset(val_files, val_patch_size, train=False, seed=seed, strict=args.strict,
+                               root=val_root, cache_mb=cache_mb)
     if report:
         print(f"data: training on {source}: {train_set.describe()}")
         print(f"data: validating on {val_set.describe()}")

@@ -17,6 +17,10 @@ QUALITIES = tuple(range(1, 9))
 # Channel counts of the tiny variant: the same layers and code paths at a fraction of the cost, for tests and
 # CPU smoke runs. It has no published weights.
 TINY_CHANNELS = (16, 24)
+# The small variant: half of quality 1's channels (N=128, M=192) and about a quarter of its MACs. It is the size
+# at which a model trains to convergence on a 2-core CPU within the budget of the demo and the studies
+# (PHASES_OVERVIEW.md); `make pretrain` trains its base model.
+SMALL_CHANNELS = (64, 96)
 
 
 def channels(quality: int) -> tuple[int, int]:
@@ -74,9 +78,15 @@ def build_bmshj2018_factorized(quality: int = 1, pretrained: bool = False, check
     return _annotate(model)
 
 
-@register_model(f"{ARCH}-tiny")
-def build_bmshj2018_factorized_tiny(checkpoint: str | None = None, trust_checkpoint: bool = False) -> FactorizedPrior:
-    """bmshj2018-factorized with N=16, M=24 (``TINY_CHANNELS``); same layer structure, about 1 % of the MACs."""
-    if checkpoint:
-        return build_bmshj2018_factorized(checkpoint=checkpoint, trust_checkpoint=trust_checkpoint)
-    return _annotate(FactorizedPrior(*TINY_CHANNELS))
+def _register_size(suffix: str, sizes: tuple[int, int], summary: str) -> None:
+    def build(checkpoint: str | None = None, trust_checkpoint: bool = False) -> FactorizedPrior:
+        if checkpoint:
+            return build_bmshj2018_factorized(checkpoint=checkpoint, trust_checkpoint=trust_checkpoint)
+        return _annotate(FactorizedPrior(*sizes))
+
+    build.__doc__ = f"bmshj2018-factorized with N={sizes[0]}, M={sizes[1]}: {summary}"
+    register_model(f"{ARCH}-{suffix}")(build)
+
+
+_register_size("tiny", TINY_CHANNELS, "the same layer structure at about 1 % of quality 1's MACs (tests)")
+_register_size("small", SMALL_CHANNELS, "about a quarter of quality 1's MACs (the CPU studies)")

@@ -6,6 +6,7 @@ HPCM. What a recipe changes is configuration, never a copy of this loop.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import time
@@ -24,10 +25,10 @@ from balanced_rd import balanced_step
 from balanced_rd import cli as balanced_cli
 from balanced_rd.plots import plot_task_weights
 from common import data, losses, qat, replace
-from common.checkpoint import atomic_save, load_file
+from common.checkpoint import atomic_save, atomic_write_text, load_file
 from common.errors import UserError
 from common.models.restore import is_training_checkpoint, load_model
-from common.train import distributed, precision
+from common.train import convergence, distributed, precision
 from common.train.logging import MetricsLog, WandbRun
 from common.train.recon import ReconWriter
 from common.train.sampler import ResumableSampler
@@ -178,6 +179,9 @@ class Trainer:
                                  # quantisation noise) untouched when a new epoch iterator starts.
                                  generator=torch.Generator().manual_seed(args.seed))
         self.total_steps = self._total_steps()
+        self.convergence_start = convergence.window_start(self.total_steps)
+        self.convergence: convergence.Convergence | None = None
+        self._validated_at: int | None = None
         self.total_epochs = math.ceil(self.total_steps / self.sampler.batches_per_epoch)
 
         trainable = (replace.set_trainable(self.model, self.replace_config) if self.replace_config
@@ -240,9 +244,9 @@ class Trainer:
 
     def _check_sizes(self) -> None:
         multiple = getattr(self.model, "forward_multiple", 1)
-        if self.args.patch_size % multiple:
-            raise UserError(f"--patch_size {self.args.patch_size} must be a multiple of {multiple} for "
-                            f"{self.args.model}")
+        for flag, size in (("--patch_size", self.args.patch_size), ("--val_patch_size", self.val_set.patch_size)):
+            if size % multiple:
+                raise UserError(f"{flag} {size} must be a multiple of {multiple} for {self.args.model}")
         if len(self.train_set) < self.args.batch_size * self.dist.world_size:
             raise UserError(f"the training set has {len(self.train_set)} images, fewer than one batch "
                             f"(--batch_size {self.args.batch_size} x {self.dist.world_size} processes)")
@@ -472,7 +476,13 @@ class Trainer:
             self._record_validation(val)
         return val
 
+    def _validate_at_window_start(self) -> None:
+        """Validate where the last 20 % of the run begins, so that convergence can be judged at the end."""
+        if self.progress.step == self.convergence_start and self._validated_at != self.progress.step:
+            self._record_validation(self.validate())
+
     def _record_validation(self, val: dict[str, float]) -> None:
+        self._validated_at = self.progress.step
         row = {"step": self.progress.step, "epoch": self.progress.epoch, **{f"val_{k}": v for k, v in val.items()}}
         better_msssim = val["ms_ssim"] > self.progress.best_msssim
         better_loss = val["loss"] < self.progress.best_loss
@@ -517,22 +527,28 @@ class Trainer:
                 bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
                 if args.save_every_steps and progress.step % args.save_every_steps == 0:
                     self.save(self.names["last"])
+                if progress.batch_in_epoch < self.sampler.batches_per_epoch:
+                    self._validate_at_window_start()  # else after the epoch's own validation below
                 if progress.step >= self.total_steps:
                     break
             if progress.batch_in_epoch >= self.sampler.batches_per_epoch:
                 progress.epoch += 1
                 progress.batch_in_epoch = 0
                 val = self._end_of_epoch(progress.epoch)
+                self._validate_at_window_start()
             else:
                 val = None
         bar.close()
-        if val is None:  # stopped inside an epoch
+        if self._validated_at != progress.step:  # the last step is always validated
             val = self.validate()
             self._record_validation(val)
         self._finish()
         if self.main:
             tqdm.write(f"trained {progress.step} steps in {time.perf_counter() - started:.1f} s; "
                        f"checkpoints in {self.save_dir}")
+            self.convergence = convergence.assess(self.val_log.rows(), self.total_steps)
+            atomic_write_text(self.save_dir / "convergence.json", json.dumps(self.convergence.to_dict(), indent=2))
+            tqdm.write(self.convergence.summary())
         return val
 
     def _finish(self) -> None:

@@ -34,12 +34,17 @@ class MetricsLog:
     def _truncate_after(self, step: int) -> None:
         if not self.jsonl_path.exists():
             return
-        rows = [json.loads(line) for line in self.jsonl_path.read_text().splitlines() if line.strip()]
-        rows = [row for row in rows if row.get("step", 0) <= step]
+        rows = [row for row in self.rows() if row.get("step", 0) <= step]
         self.jsonl_path.unlink()
         self.csv_path.unlink(missing_ok=True)
         for row in rows:
             self.write(row)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row written so far (this run and, after a resume, the rows it kept)."""
+        if not self.jsonl_path.exists():
+            return []
+        return [json.loads(line) for line in self.jsonl_path.read_text().splitlines() if line.strip()]
 
     def write(self, row: dict[str, Any]) -> None:
         row = {key: _plain(value) for key, value in row.items()}
