@@ -6,23 +6,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_WORKERS ?= 2
-# The demo: bmshj2018-factorized (quality 1 size) at 3 λ with Adam on the embedded sample photos. A shared
-# warm start followed by a short fine-tune per λ converges within a CPU budget (a from-scratch run per λ
-# is limited by training time, not λ, and gives a non-monotone curve).
-DEMO_FLAGS ?= --out_dir runs/demo --name demo-bmshj2018-factorized-adam --lambdas 0.0009,0.0035,0.013 \
-	--warm_start_steps 400 --warm_start_lr 1e-3 --steps 160 --lr 5e-4 --lr_warmup_steps 20 --sched cosine --batch_size 8 \
-	--patch_size 96 --num_workers 0 --recon_every 0 --val_every 1000
-# The same data variables as the phase scripts (scripts/env.sh), for the demo.
-DATA_FLAGS = $(if $(DATA),--train_dataset $(DATA)) $(if $(TEST_DATA),--test_dataset $(TEST_DATA)) \
-	$(if $(COCO),--coco_dir $(COCO))
+DEMO_DIR ?= runs/demo
+# Study bundles that `make phase4` renders (folders with a summary.json written by baselines.compare).
+STUDIES ?= $(patsubst %/summary.json,%,$(wildcard results/*/summary.json))
 
-.PHONY: setup test demo bench clean-venv help phase1-standard phase1-balanced phase1-hparam \
+.PHONY: setup test demo pretrain study-scratch study-finetune study-hierarchical phase4 bench clean-venv help \
+	phase1-standard phase1-balanced phase1-hparam \
 	phase2-adaptive phase2-finetune phase2-optuna phase2-npu-relu phase2-npu-gdnish phase2-npu-qat \
 	phase2-npu-distill phase2-npu-export phase3-hierarchical phase3-ablation phase4-bdrate phase4-eval
 
 help:
-	@echo "make demo   - train 3 lambda points on the embedded samples, evaluate with real bitstreams, plot"
+	@echo "make demo   - Adam vs Balanced R-D at 4 lambdas from the shipped base model, real bitstreams, JPEG/WebP anchors"
 	@echo "make test   - run the test suite"
+	@echo "make pretrain - train the demo's base model (about 1.5 h on 2 cores)"
+	@echo "make study-scratch study-finetune study-hierarchical - the committed studies (results/)"
+	@echo "make phase4 - tables, figures and an HTML page for every study in results/ (into reports/)"
 	@echo "make bench  - print the benchmarks' side-by-side ratios"
 	@echo "make setup  - create .venv with the pinned dependencies (done by the targets above)"
 
@@ -68,8 +66,24 @@ phase4-bdrate: setup
 phase4-eval: setup
 	phase4/run_eval_checkpoints.sh
 
+# The demo is phase 4's comparison with its defaults (phase4/run_bdrate.sh): DATA, TEST_DATA, COCO and the
+# other variables of scripts/env.sh apply to it too.
 demo: setup
-	$(PY) -m baselines.sweep $(DEMO_FLAGS) $(DATA_FLAGS)
+	CMP_DIR=$(DEMO_DIR) TITLE="make demo: Adam vs Balanced R-D" phase4/run_bdrate.sh
+
+# One thread, as the shipped base model was made (thread count changes the float summation order).
+pretrain: setup
+	OMP_NUM_THREADS=1 $(PY) -m baselines.pretrain
+
+study-scratch: setup
+	phase4/study_scratch.sh
+study-finetune: setup
+	phase4/study_finetune.sh
+study-hierarchical: setup
+	phase3/study_hierarchical.sh
+
+phase4: setup
+	$(if $(STUDIES),$(PY) -m common.report $(STUDIES) --out_dir reports,@echo "no study in results/ (run make study-scratch first)" >&2; exit 2)
 
 bench: setup
 	$(PY) -m benchmarks.train_throughput

@@ -29,6 +29,7 @@ from common.rd import ms_ssim_to_db
 
 # Pillow format name and the feature whose version names the codec library.
 CODECS = {"jpeg": ("JPEG", "libjpeg_turbo"), "webp": ("WEBP", "webp")}
+DISPLAY_NAMES = {"jpeg": "JPEG", "webp": "WebP"}
 # Wide enough to reach from well below to well above what a small learned codec covers on photos.
 DEFAULT_QUALITIES = (2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 95)
 
@@ -56,6 +57,10 @@ def codec_version(codec: str) -> str:
     library = CODECS[codec][1]
     version = features.version(library) if features.check(library) else None
     return f"Pillow {PIL.__version__}, {library.replace('_', '-')} {version or 'unknown version'}"
+
+
+def describe_codec(codec: str) -> str:
+    return f"{DISPLAY_NAMES[codec]} through {codec_version(codec)}, Pillow's default settings"
 
 
 def encode(image: Image.Image, codec: str, quality: int) -> bytes:
@@ -107,8 +112,7 @@ def write_codec_curves(dataset: Path, out_dir: Path, codecs: Sequence[str] = tup
     written = []
     for codec in codecs:
         labels, aggregates, rows = evaluate_codec(codec, qualities, image_paths, dataset)
-        description = f"{CODECS[codec][0]} through {codec_version(codec)}, Pillow's default settings"
-        json_path, _ = write_results(out_dir / f"{codec}.json", CODECS[codec][0], description, labels,
+        json_path, _ = write_results(out_dir / f"{codec}.json", DISPLAY_NAMES[codec], describe_codec(codec), labels,
                                      aggregates, rows, test_set=info, codec=codec_version(codec))
         written.append(json_path)
     return written

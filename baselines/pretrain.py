@@ -28,7 +28,7 @@ RECIPE = ("--model", "bmshj2018-factorized-small", "--lambda", "0.0048", "--step
           "--sched", "cosine", "--val_every", "1000", "--recon_every", "0", "--num_workers", "0",
           "--progress", "false")
 # Kept from the training checkpoint: what rebuilds and describes the model, not what resumes its training.
-_KEPT = ("format", "model", "replace", "qat", "state_dict", "step", "epoch", "args")
+_KEPT = ("format", "model", "replace", "qat", "state_dict", "ema_state_dict", "step", "epoch", "args")
 
 
 def slim(checkpoint: dict) -> dict:

@@ -266,21 +266,29 @@ def bd_row(anchor: RDCurve, test: RDCurve, metric: str = "psnr", methods: Sequen
         rate_a, dist_a, rate_t, dist_t = anchor.bpp, anchor.values(key), test.bpp, test.values(key)
         sorted_monotone(rate_a, dist_a, f"anchor {anchor.name}")
         sorted_monotone(rate_t, dist_t, f"test {test.name}")
-        row["quality_overlap_%"] = 100.0 * quality_overlap(dist_a, dist_t)
-        row["rate_overlap_%"] = 100.0 * rate_overlap(rate_a, rate_t)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            for method in methods:
-                row[f"bd_rate_{method}_%"] = bd_rate(rate_a, dist_a, rate_t, dist_t, method=method)
-                row[f"bd_{metric}_{method}_dB"] = bd_psnr(rate_a, dist_a, rate_t, dist_t, method=method)
     except UserError as exc:
         row["note"] = str(exc)
         return row
+    row["quality_overlap_%"] = 100.0 * quality_overlap(dist_a, dist_t)
+    row["rate_overlap_%"] = 100.0 * rate_overlap(rate_a, rate_t)
+    notes = []
+    # BD-rate integrates over the common quality range, BD-PSNR over the common rate range: either can exist
+    # without the other.
+    for column, function, label in (("bd_rate_{}_%", bd_rate, "BD-rate"), (f"bd_{metric}_{{}}_dB", bd_psnr,
+                                                                          f"BD-{metric.upper()}")):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                for method in methods:
+                    row[column.format(method)] = function(rate_a, dist_a, rate_t, dist_t, method=method)
+        except UserError as exc:
+            notes.append(f"no {label}: {exc}")
     short = [f"{axis} overlap {row[f'{axis}_overlap_%']:.0f} %" for axis in ("quality", "rate")
              if row[f"{axis}_overlap_%"] < MIN_OVERLAP_PERCENT]
-    if short:
-        row["note"] = (f"{' and '.join(short)} (< {MIN_OVERLAP_PERCENT:.0f} %): the value describes only the "
-                       "overlapping part of the curves")
+    if short and not notes:
+        notes.append(f"{' and '.join(short)} (< {MIN_OVERLAP_PERCENT:.0f} %): the value describes only the "
+                     "overlapping part of the curves")
+    row["note"] = "; ".join(notes)
     return row
 
 

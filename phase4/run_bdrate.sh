@@ -1,26 +1,23 @@
 #!/usr/bin/env bash
-# Phase 4: λ sweeps with standard Adam (the baseline) and with Balanced R-D, same model, data and schedule,
-# both starting from one shared Adam warm start; each point evaluated with real bitstreams on TEST_DATA
-# (default: the embedded test photos); then the BD-rate of Balanced against Adam and an R-D figure.
+# Phase 4: standard Adam against Balanced R-D over a λ ladder (python -m baselines.compare): the same model,
+# data, schedule and starting model for both; every point evaluated with real bitstreams on TEST_DATA (default:
+# the embedded test photos) beside JPEG and WebP measured on the same images; BD-rate and BD-PSNR of
+# Balanced against Adam and of both against JPEG, with the overlap of each pair and a convergence verdict
+# per run; an R-D figure, reconstructions at matched bpp and a study bundle for `python -m common.report`.
 #
-# The defaults are the demo's schedule on the embedded samples (bmshj2018-factorized, λ 0.0009/0.0035/0.013,
-# a 400-step warm start, then 160 steps per λ). Balanced R-D weights the logs of the task losses, so λ moves
-# its operating point only while λ·255²·MSE is of order 1: trained from scratch for a few hundred steps
-# (PSNR near 10 dB) every λ lands on the same low-rate point, and the warm start is what avoids that.
+# The defaults are the demo (`make demo`): bmshj2018-factorized-small, each λ of 0.0018/0.0035/0.0067/0.013
+# fine-tuned from the shipped base model (baselines/pretrained/, made by `make pretrain`) for STEPS steps,
+# two runs at a time. START= (empty) trains from scratch; SEEDS=0,1,2 repeats the comparison per seed.
 set -euo pipefail
-[ -n "${MODEL:-}" ] || { MODEL=bmshj2018-factorized; PATCH="${PATCH:-96}"; }
-LR="${LR:-5e-4}" STEPS="${STEPS:-160}"
+default_model=bmshj2018-factorized-small
+MODEL="${MODEL:-$default_model}" LR="${LR:-5e-4}" STEPS="${STEPS:-800}" PATCH="${PATCH:-64}" VAL_EVERY="${VAL_EVERY:-40}"
 source "$(dirname "$0")/../scripts/env.sh"
-lambdas="${LAMBDAS:-0.0009,0.0035,0.013}"
-warm_steps="${WARM_STEPS:-400}"
-out="$OUT/phase4"
-schedule=(--lr_warmup_steps "${LR_WARMUP_STEPS:-20}" --sched "${SCHED:-cosine}" --recon_every 0)
-adam_start=(--warm_start_steps "$warm_steps" --warm_start_lr "${WARM_LR:-1e-3}")
-balanced_start=()
-[ "$warm_steps" -gt 0 ] && balanced_start=(--start_checkpoint "$out/adam/warm_start/last.pt")
-"$PY" -m baselines.sweep --lambdas "$lambdas" --out_dir "$out/adam" --name adam "${adam_start[@]}" \
-  "${RUN_FLAGS[@]}" "${schedule[@]}" --optimizer adam "$@"
-"$PY" -m baselines.sweep --lambdas "$lambdas" --out_dir "$out/balanced" --name balanced "${balanced_start[@]}" \
-  "${RUN_FLAGS[@]}" "${schedule[@]}" --use_balanced --gamma "${GAMMA:-0.003}" --w_lr "${W_LR:-0.025}" "$@"
-"$PY" -m common.rd --anchor "$out/adam/adam.json" --test "$out/balanced/balanced.json" --method "${METHOD:-pchip}" \
-  --plot "$out/rd_adam_vs_balanced.png" --csv "$out/bdrate_balanced_vs_adam.csv"
+if [ "$MODEL" = "$default_model" ]; then START="${START-baselines/pretrained/$default_model.pt}"; else START="${START:-}"; fi
+start=()
+[ -n "$START" ] && start=(--start_checkpoint "$START")
+"$PY" -m baselines.compare --out_dir "${CMP_DIR:-$OUT/phase4/bdrate}" --lambdas "${LAMBDAS:-0.0018,0.0035,0.0067,0.013}" \
+  --seeds "${SEEDS:-0}" --jobs "${JOBS:-2}" --title "${TITLE:-Adam vs Balanced R-D, $MODEL}" \
+  --arm "adam=--optimizer adam" \
+  --arm "balanced=--optimizer balanced --gamma ${GAMMA:-0.003} --w_lr ${W_LR:-0.025}" \
+  "${start[@]}" "${RUN_FLAGS[@]}" --val_patch_size "${VAL_PATCH:-256}" --lr_warmup_steps "${LR_WARMUP_STEPS:-20}" \
+  --sched "${SCHED:-cosine}" --recon_every 0 --num_workers "${NUM_WORKERS:-0}" "$@"

@@ -1,61 +1,143 @@
-"""Phase 4 on tiny images: Adam and Balanced λ sweeps with real bitstreams, BD-rate, checkpoint evaluation."""
+"""Phase 4 on tiny images: the Adam-vs-Balanced comparison end to end, its report, and checkpoint evaluation.
+
+The comparison must produce BD values (a test fails when it does not), and every number in its tables is
+recomputed here from the curve files it wrote, with the ``bjontegaard`` package directly.
+"""
 from __future__ import annotations
 
+import csv
 import json
+import shutil
+import subprocess
+import sys
 
+import bjontegaard
+import numpy as np
 import pytest
+from PIL import Image
 
-from baselines import sweep
-from common.checkpoint import load_file
+from baselines import compare
 from common.errors import UserError
 from tests.helpers import run_script, write_image_dirs
 
-ARGS = ("--num_workers", "0", "--progress", "false")
+# As the demo: a shared base model, fine-tuned per λ. With λ four orders of magnitude apart the tiny model's
+# rate and quality both follow λ after a few steps for either optimizer, so both curves are monotone and the
+# BD values exist.
+VARIABLES = {"MODEL": "bmshj2018-factorized-tiny", "PATCH": "32", "VAL_PATCH": "32", "BATCH": "2", "STEPS": "10",
+             "LR": "3e-3", "LR_WARMUP_STEPS": "0", "LAMBDAS": "0.0001,1", "JOBS": "2", "VAL_EVERY": "2",
+             "TITLE": "tiny comparison"}
+BASE_FLAGS = ("--model", "bmshj2018-factorized-tiny", "--patch_size", "32", "--batch_size", "2", "--lr", "5e-3",
+              "--steps", "150", "--lambda", "0.01", "--recon_every", "0", "--val_every", "1000", "--num_workers", "0",
+              "--progress", "false")
 
 
 @pytest.fixture(scope="module")
-def sweeps(tmp_path_factory):
+def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("phase4")
     train, test = write_image_dirs(root, size=64, n_train=4, n_test=2)
-    variables = {"DATA": str(train), "TEST_DATA": str(test), "OUT": str(root / "runs"),
-                 "MODEL": "bmshj2018-factorized-tiny", "PATCH": "32", "BATCH": "2", "STEPS": "6", "WARM_STEPS": "6",
-                 "LR": "3e-3", "LR_WARMUP_STEPS": "0", "LAMBDAS": "0.0005,0.5"}
-    return root, variables, run_script("phase4/run_bdrate.sh", variables, *ARGS)
+    base = subprocess.run([sys.executable, "-m", "common.train", *BASE_FLAGS, "--train_dataset", str(train),
+                           "--test_dataset", str(test), "--save_dir", str(root / "base")],
+                          capture_output=True, text=True, timeout=600, cwd=compare.REPO)
+    assert base.returncode == 0, base.stderr[-2000:]
+    variables = {**VARIABLES, "DATA": str(train), "TEST_DATA": str(test), "OUT": str(root / "runs"),
+                 "CMP_DIR": str(root / "cmp"), "START": str(root / "base" / "last.pt")}
+    result = run_script("phase4/run_bdrate.sh", variables, "--progress", "false")
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    return root / "cmp", variables, result
 
 
-def test_sweeps_write_real_bitstream_curves(sweeps):
-    root, _, result = sweeps
-    for name in ("adam", "balanced"):
-        curve = json.loads((root / f"runs/phase4/{name}/{name}.json").read_text())
-        assert curve["points"] == ["lambda=0.0005", "lambda=0.5"]
-        bpp = curve["results"]["bpp"]
-        assert len(bpp) == 2 and all(b > 0 for b in bpp)
-        assert (root / f"runs/phase4/{name}/{name}.csv").is_file()
-    # The comparison either succeeded or refused a non-monotone curve with one line naming it.
-    if result.returncode == 0:
-        assert (root / "runs/phase4/bdrate_balanced_vs_adam.csv").is_file()
-        assert (root / "runs/phase4/rd_adam_vs_balanced.png").stat().st_size > 0
-    else:
-        assert "not monotone" in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
+def _curve(path):
+    data = json.loads(path.read_text())["results"]
+    return np.array(data["bpp"]), np.array(data["psnr-rgb"])
 
 
-def test_both_sweeps_start_from_one_warm_start(sweeps):
-    root, _, _ = sweeps
-    warm = root / "runs/phase4/adam/warm_start/last.pt"
-    assert warm.is_file() and not (root / "runs/phase4/balanced/warm_start").exists()
-    for name in ("adam", "balanced"):
-        for lam in ("0.0005", "0.5"):
-            assert load_file(root / f"runs/phase4/{name}/lambda_{lam}/last.pt")["args"]["checkpoint"] == str(warm)
+def test_balanced_vs_adam_is_computed_from_the_curve_files(study):
+    folder, _, result = study
+    summary = json.loads((folder / "summary.json").read_text())
+    rows = {row["pair"]: row for row in summary["bd_per_seed"]}
+    pair = rows["balanced vs adam"]
+    assert pair["note"] == "" or "overlap" in pair["note"], pair["note"]
+    rate_a, psnr_a = _curve(folder / "curves/adam_seed0.json")
+    rate_b, psnr_b = _curve(folder / "curves/balanced_seed0.json")
+    expected = bjontegaard.bd_rate(rate_a, psnr_a, rate_b, psnr_b, method="pchip", require_matching_points=False,
+                                   min_overlap=0)
+    assert pair["bd_rate_pchip_%"] == pytest.approx(expected, rel=1e-12)
+    assert pair["bd_psnr_pchip_dB"] == pytest.approx(
+        bjontegaard.bd_psnr(rate_a, psnr_a, rate_b, psnr_b, method="pchip", require_matching_points=False,
+                            min_overlap=0), rel=1e-12)
+    with open(folder / "bd.csv", newline="") as handle:
+        from_csv = {row["pair"]: row for row in csv.DictReader(handle)}
+    assert float(from_csv["balanced vs adam"]["bd_rate_pchip_%"]) == pytest.approx(expected, rel=1e-12)
+    assert "balanced vs adam" in result.stdout and f"{expected:+.2f}" in result.stdout
 
 
-def test_sweep_refuses_two_starting_models():
-    with pytest.raises(UserError, match="--start_checkpoint and --warm_start_steps"):
-        sweep.main(["--start_checkpoint", "warm.pt", "--warm_start_steps", "5"])
+def test_points_are_the_evaluated_curves_with_their_convergence_verdicts(study):
+    folder, _, _ = study
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["lambdas"] == [0.0001, 1.0] and summary["arms"]["adam"] == "--optimizer adam"
+    assert summary["test_set"] == {"name": "test", "split": None, "num_images": 2}
+    for arm in ("adam", "balanced"):
+        curve = json.loads((folder / f"curves/{arm}_seed0.json").read_text())
+        assert curve["points"] == ["lambda=0.0001", "lambda=1"] and curve["test_set"] == summary["test_set"]
+        points = [p for p in summary["points"] if p["arm"] == arm]
+        assert [p["bpp"] for p in points] == curve["results"]["bpp"]
+        for point in points:
+            run = folder / arm / "seed0" / f"lambda_{point['lambda']:g}"
+            assert point["convergence"] == json.loads((run / "convergence.json").read_text())
+    assert {a for a in summary["anchors"]} == {"JPEG", "WebP"}
+    assert [c["check"] for c in summary["checks"]][:2] == ["adam: monotone", "adam: λ moves the rate"]
+    for name in ("rd.png", "points.csv", "recon/original.png", "recon/adam.png", "recon/jpeg.png",
+                 "task_weights/balanced_seed0_lambda_1.csv"):
+        assert (folder / name).is_file(), name
+    assert not (folder / "task_weights" / "adam_seed0_lambda_1.csv").exists()
 
 
-def test_eval_checkpoints(sweeps, tmp_path):
-    root, variables, _ = sweeps
-    checkpoints = " ".join(str(root / f"runs/phase4/adam/lambda_{lam}/last.pt") for lam in ("0.0005", "0.5"))
+def test_rerun_skips_finished_runs_and_reproduces_the_numbers(study, tmp_path):
+    folder, variables, _ = study
+    bundle = tmp_path / "bundle"
+    result = run_script("phase4/run_bdrate.sh", variables, "--progress", "false", "--bundle_dir", str(bundle))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("finished run found, skipped") == 4 and "training 0 runs" in result.stdout
+    first, second = (json.loads((f / "summary.json").read_text()) for f in (folder, bundle))
+    assert first["bd_per_seed"] == second["bd_per_seed"] and first["points"] == second["points"]
+
+
+def test_report_tables_figures_and_page(study, tmp_path):
+    folder, _, _ = study
+    proc = subprocess.run([sys.executable, "-m", "common.report", str(folder), "--out_dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=compare.REPO)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / folder.name
+    summary = json.loads((folder / "summary.json").read_text())
+    expected = next(e for e in summary["bd_summary"] if e["pair"] == "balanced vs adam")["bd_rate_pchip_%_mean"]
+    with open(out / "bd.csv", newline="") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["pair"] == "balanced vs adam")
+    assert row["BD-rate (%)"] == f"{expected:+.2f}"
+    assert f"{expected:+.2f}" in (out / "bd.md").read_text() and f"{expected:+.2f}" in (out / "bd.tex").read_text()
+    for name in ("rd_psnr.png", "rd_psnr.pdf", "rd_ms-ssim.pdf", "task_weights_balanced.png", "points.tex"):
+        assert (out / name).stat().st_size > 0, name
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3 + 5 and "http" not in page.replace("http-equiv", "")
+    _screenshot_shows_the_curves(out / "index.html", tmp_path / "shot.png")
+
+
+def _screenshot_shows_the_curves(page, shot):
+    """Render the page in headless Chromium and look for the first two matplotlib colours (the two arms)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium package)")
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1200,1400", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    for name, colour in (("adam (tab:blue)", (31, 119, 180)), ("balanced (tab:orange)", (255, 127, 14))):
+        close = (np.abs(pixels - np.array(colour)).sum(axis=-1) < 40).sum()
+        assert close > 100, f"the screenshot shows no curve of {name}"
+
+
+def test_eval_checkpoints(study, tmp_path):
+    folder, variables, _ = study
+    checkpoints = " ".join(str(folder / f"adam/seed0/lambda_{lam}/last.pt") for lam in ("0.0001", "1"))
     result = run_script("phase4/run_eval_checkpoints.sh", {**variables, "CHECKPOINTS": checkpoints,
                                                            "OUT": str(tmp_path), "NAME": "tiny"})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -66,3 +148,21 @@ def test_eval_checkpoints(sweeps, tmp_path):
 def test_eval_checkpoints_needs_checkpoints(tmp_path):
     result = run_script("phase4/run_eval_checkpoints.sh", {"OUT": str(tmp_path)})
     assert result.returncode == 2 and result.stderr.strip() == "error: set CHECKPOINTS to one or more checkpoint files"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--arm", "adam", "--arm", "b=--optimizer balanced"], "--arm must look like"),
+    (["--arm", "a=--optimizer adam"], "at least two --arm"),
+    (["--arm", "a=--optimizer adam", "--arm", "b=--optimizer balanced", "--lambda", "0.1"], "set per run"),
+    (["--arm", "a=--optimizer adam", "--arm", "b=--optimizer balanced", "--start_from", "nowhere"],
+     "starting model not found: nowhere/seed0/lambda_0.01/last.pt"),
+    (["--arm", "a=--optimizer adam", "--arm", "b=--optimizer balanced --gamma x"], "invalid float value"),
+    (["--arm", "a=--optimizer adam", "--arm", "b=--optimizer balanced", "--train_dataset", "nowhere"],
+     "--train_dataset folder not found"),
+])
+def test_comparison_mistakes_are_one_line_before_any_training(argv, message, tmp_path, capsys):
+    full = ["--out_dir", str(tmp_path / "x"), "--lambdas", "0.01", *argv]
+    with pytest.raises((UserError, SystemExit)) as caught:
+        compare.main(full)
+    text = str(caught.value) if caught.type is UserError else capsys.readouterr().err
+    assert message in text and not (tmp_path / "x").exists()

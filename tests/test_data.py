@@ -14,7 +14,7 @@ import common.data as data
 from common.data import datasets
 from common.data.images import load_rgb
 from common.errors import UserError
-from tests.helpers import parsed_flags
+from tests.helpers import parsed_flags, smooth_image
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -368,3 +368,26 @@ def test_patch_size_flag_accepts_the_seeds_two_values():
     args = parser.parse_args(["-tr_d", "a", "-te_d", "b", "--use_prepared", "--num-workers", "0", "--strict", "true"])
     assert (args.train_dataset, args.test_dataset, args.use_prepared, args.num_workers, args.strict) == \
         ("a", "b", True, 0, True)
+
+
+def test_decoded_images_are_cached_within_the_budget(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    files = []
+    for index in range(3):
+        files.append(tmp_path / f"{index}.png")
+        Image.fromarray(smooth_image(rng, 40)).save(files[-1])
+    plain = datasets.ImageFileDataset(files, 16, train=True, seed=5)
+    one_image = 40 * 40 * 3
+    cached = datasets.ImageFileDataset(files, 16, train=True, seed=5, cache_mb=2.5 * one_image / 2**20)
+    decoded = []
+    real_load = datasets.load_rgb
+    monkeypatch.setattr(datasets, "load_rgb", lambda path: decoded.append(path) or real_load(path))
+    for epoch in range(3):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for index in range(3):
+            assert torch.equal(plain[index], cached[index])
+    # plain decodes 9 times; the cache holds two images (2.5 images of room), so the third is decoded every time
+    assert len(decoded) == 9 + 2 + 3
+    with pytest.raises(UserError, match="cache size must be >= 0"):
+        datasets.ImageFileDataset(files, 16, train=True, cache_mb=-1)

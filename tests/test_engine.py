@@ -41,10 +41,11 @@ class CrashAfter(Trainer):
         return super().train_step(x)
 
 
-def test_resume_is_bit_exact(image_dirs, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--ema_decay", "0.9")], ids=["plain", "ema"])
+def test_resume_is_bit_exact(image_dirs, tmp_path, extra):
     # 3 batches per epoch: the crashed run dies inside epoch 0 and resumes there, then crosses an epoch end
     # (validation, cosine step, best checkpoints) before finishing.
-    flags = ("--steps", "5", "--sched", "cosine", "--save_every_steps", "1")
+    flags = ("--steps", "5", "--sched", "cosine", "--save_every_steps", "1", *extra)
     straight = Trainer(train_args(image_dirs, tmp_path / "a", *flags)).fit()
     with pytest.raises(KeyboardInterrupt):
         CrashAfter(train_args(image_dirs, tmp_path / "b", *flags)).fit()
@@ -52,8 +53,9 @@ def test_resume_is_bit_exact(image_dirs, tmp_path):
     a = load_file(tmp_path / "a" / "last.pt")
     b = load_file(tmp_path / "b" / "last.pt")
     assert a["progress"] == b["progress"]
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), key
+    for weights in ("state_dict", "ema_state_dict") if extra else ("state_dict",):
+        for key, value in a[weights].items():
+            assert torch.equal(value, b[weights][key]), (weights, key)
     assert straight == resumed
     assert (tmp_path / "a" / "train_log.csv").read_text() == (tmp_path / "b" / "train_log.csv").read_text()
 
@@ -160,3 +162,35 @@ def test_worker_errors_reach_the_user_as_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and "broken.png" in lines[0]
+
+
+def test_weight_average_is_the_runs_model(image_dirs, tmp_path):
+    from common.models.restore import load_model
+
+    decay = 0.5
+    trainer = Trainer(train_args(image_dirs, tmp_path, "--steps", "3", "--ema_decay", str(decay), "--lr", "1e-2"))
+    snapshots = []
+    original = trainer.train_step
+
+    def recording_step(x):
+        row = original(x)
+        snapshots.append({name: p.detach().clone() for name, p in trainer.model.named_parameters()})
+        return row
+
+    trainer.train_step = recording_step
+    val = trainer.fit()
+    # By hand: the first step copies, then w_ema = d * w_ema + (1 - d) * w.
+    expected = dict(snapshots[0])
+    for snapshot in snapshots[1:]:
+        expected = {name: decay * expected[name] + (1 - decay) * snapshot[name] for name in expected}
+    ckpt = load_file(tmp_path / "last.pt")
+    for name, value in expected.items():
+        torch.testing.assert_close(ckpt["ema_state_dict"][name], value, rtol=0, atol=1e-7)  # float32 lerp vs a*x+b*y
+        torch.testing.assert_close(ckpt["state_dict"][name], snapshots[-1][name], rtol=0, atol=0)
+    assert ckpt["ema_updates"] == 3
+    averaged, raw = load_model(checkpoint=str(tmp_path / "last.pt")), load_model(checkpoint=str(tmp_path / "last.pt"),
+                                                                                 raw=True)
+    assert torch.equal(averaged.g_a[0].weight, ckpt["ema_state_dict"]["g_a.0.weight"])
+    assert torch.equal(raw.g_a[0].weight, ckpt["state_dict"]["g_a.0.weight"])
+    # Validation judges the average and reports the raw weights beside it.
+    assert val["psnr"] == trainer._validate(trainer.ema.module)["psnr"] and "raw_psnr" in val

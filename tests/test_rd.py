@@ -1,6 +1,7 @@
 """common.rd against the spec's reference BD numbers and a hand-written VCEG-M33 formula; baselines loader."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -175,3 +176,55 @@ def test_cli(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "not monotone" in proc.stderr
+
+
+def _curve_file(path, name, bpp, psnr, test_set=None):
+    document = {"name": name, "results": {"bpp": bpp, "psnr-rgb": psnr}}
+    if test_set is not None:
+        document["test_set"] = test_set
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def test_rate_overlap_is_measured_on_log_rate():
+    # [0.1, 0.4] and [0.2, 0.8]: log10 ranges overlap over log10(2) of a union of log10(8).
+    assert rd.rate_overlap([0.1, 0.4], [0.2, 0.8]) == pytest.approx(math.log10(2) / math.log10(8))
+    assert rd.quality_overlap([30, 34], [32, 36]) == pytest.approx(2 / 6)
+
+
+def test_cli_refuses_curves_of_different_test_sets():
+    published = REPO / "baselines" / "published"
+    cmd = [sys.executable, "-m", "common.rd", "--anchor", str(published / "clic2020-professional" / "vtm.json"),
+           "--test", str(published / "clic2020-professional-valid" / "paper-hpcm-base_mse.json")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "different test sets" in proc.stderr and "(valid), 41 images" in proc.stderr
+
+
+def test_unknown_fields_do_not_block_a_comparison(tmp_path):
+    kodak_vtm = kodak("vtm")
+    ours = rd.load_curve(_curve_file(tmp_path / "o.json", "ours", [0.2, 0.5, 1.0], [28.0, 31.0, 34.0],
+                                     {"name": "kodak", "split": None, "num_images": 24}))
+    assert rd.test_set_mismatch(kodak_vtm, ours) is None
+    other = rd.load_curve(_curve_file(tmp_path / "p.json", "other", [0.2, 0.5, 1.0], [28.0, 31.0, 34.0],
+                                      {"name": "kodak", "num_images": 23}))
+    assert "different test sets" in rd.test_set_mismatch(kodak_vtm, other)
+    assert rd.test_set_mismatch(kodak_vtm, rd.load_curve(_curve_file(tmp_path / "q.json", "q", [1, 2], [3, 4]))) is None
+
+
+def test_cli_shows_what_it_can(tmp_path):
+    anchor = _curve_file(tmp_path / "a.json", "anchor", [0.2, 0.4, 0.8], [28.0, 30.0, 32.0])
+    good = _curve_file(tmp_path / "g.json", "good", [0.18, 0.36, 0.72], [28.0, 30.0, 32.0])
+    flat = _curve_file(tmp_path / "f.json", "flat", [0.3, 0.6], [29.0, 29.0])
+    cmd = [sys.executable, "-m", "common.rd", "--anchor", anchor, "--test", good, flat,
+           "--plot", str(tmp_path / "rd.png"), "--csv", str(tmp_path / "t.csv")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    good_row, flat_row = [line for line in proc.stdout.splitlines() if line.startswith(("| anchor | good", "| anchor | flat"))]
+    assert "-10.0000" in good_row  # the same qualities at 0.9x the rate, exactly
+    assert "flat is not monotone" in flat_row and "| – |" in flat_row
+    assert (tmp_path / "rd.png").stat().st_size > 10_000
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert rows[0]["note"] == "" and rows[1]["bd_rate_pchip_%"] == "nan"
+    strict = subprocess.run(cmd + ["--strict"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert strict.returncode == 2 and "1 of 2 pairs could not be computed" in strict.stderr

@@ -17,10 +17,11 @@ QUALITIES = tuple(range(1, 9))
 # Channel counts of the tiny variant: the same layers and code paths at a fraction of the cost, for tests and
 # CPU smoke runs. It has no published weights.
 TINY_CHANNELS = (16, 24)
-# The small variant: half of quality 1's channels (N=128, M=192) and about a quarter of its MACs. It is the size
-# at which a model trains to convergence on a 2-core CPU within the budget of the demo and the studies
-# (PHASES_OVERVIEW.md); `make pretrain` trains its base model.
+# CPU study sizes (PHASES_OVERVIEW.md): "small", half of quality 1's channels (N=128, M=192) and a quarter of its
+# MACs, is the demo's model (`make pretrain` trains its base); "mini", a quarter of the channels, trains from
+# scratch to convergence within the budget of the from-scratch study.
 SMALL_CHANNELS = (64, 96)
+MINI_CHANNELS = (32, 48)
 
 
 def channels(quality: int) -> tuple[int, int]:
@@ -89,4 +90,5 @@ def _register_size(suffix: str, sizes: tuple[int, int], summary: str) -> None:
 
 
 _register_size("tiny", TINY_CHANNELS, "the same layer structure at about 1 % of quality 1's MACs (tests)")
-_register_size("small", SMALL_CHANNELS, "about a quarter of quality 1's MACs (the CPU studies)")
+_register_size("small", SMALL_CHANNELS, "about a quarter of quality 1's MACs (the demo)")
+_register_size("mini", MINI_CHANNELS, "about 1/16 of quality 1's MACs (the from-scratch study)")

@@ -2,7 +2,8 @@
 
 Our training checkpoints (``format == "lic-toolkit/1"``) record the model name and kwargs, the replace
 config and the QAT config next to the weights, so the exact architecture is rebuilt before the weights
-load (strictly). A raw state dict of a replaced model (e.g. from the seeds' own scripts) needs the replace
+load (strictly). A run trained with ``--ema_decay`` delivers its weight average: ``ema_state_dict`` is
+loaded when present (``raw=True`` loads the raw weights instead). A raw state dict of a replaced model (e.g. from the seeds' own scripts) needs the replace
 config from the caller (``replace=``, i.e. the ``--replace_parts``/``--act`` flags).
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _infer_quality(name: str, state_dict: dict, quality: int) -> int:
 
 
 def load_model(name: str | None = None, *, quality: int = 1, pretrained: bool = False, checkpoint: str | None = None,
-               trust: bool = False, replace: dict | None = None) -> nn.Module:
+               trust: bool = False, replace: dict | None = None, raw: bool = False) -> nn.Module:
     """Return the model (in eval mode) described by the arguments.
 
     - ``checkpoint`` is one of our training checkpoints: name, kwargs, replace and QAT configs come from it
@@ -64,7 +65,7 @@ def load_model(name: str | None = None, *, quality: int = 1, pretrained: bool = 
         raise UserError("give either pretrained weights or a checkpoint, not both")
     obj = load_file(checkpoint, trust=trust)
     if is_training_checkpoint(obj):
-        return _from_training_checkpoint(obj, name, replace, checkpoint)
+        return _from_training_checkpoint(obj, name, replace, checkpoint, raw)
     name = name or DEFAULT_MODEL
     if replace is None:
         try:
@@ -88,11 +89,11 @@ def load_model(name: str | None = None, *, quality: int = 1, pretrained: bool = 
     return model.eval()
 
 
-def _from_training_checkpoint(obj: dict, name: str | None, replace: dict | None, path) -> nn.Module:
+def _from_training_checkpoint(obj: dict, name: str | None, replace: dict | None, path, raw: bool = False) -> nn.Module:
     try:
         recorded_name = obj["model"]["name"]
         kwargs = {k: v for k, v in obj["model"].get("kwargs", {}).items() if k not in _SOURCE_KWARGS}
-        state_dict = obj["state_dict"]
+        state_dict = obj["state_dict"] if raw or obj.get("ema_state_dict") is None else obj["ema_state_dict"]
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path} is a {CHECKPOINT_FORMAT} checkpoint without model name/kwargs/state_dict") from exc
     if name is not None and name != recorded_name:

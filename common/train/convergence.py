@@ -1,10 +1,11 @@
 """Did a run converge? The criterion every training run reports when it ends.
 
-A run has converged when, over the last 20 % of its steps, its validation PSNR moved by less than
-0.1 dB and its validation bpp by less than 1 % (max − min over every validation in that window,
-relative to the final bpp). The engine validates at the step where the window starts and at the end,
-so there are always at least two validations to compare. A run without a rate term (reconstruction
-losses) is judged on PSNR alone.
+A run has converged when, over the last 20 % of its steps, its validation PSNR changed by less than
+0.1 dB and its validation bpp by less than 1 % (relative to the final bpp): the values at the step where
+the window starts and at the last step are compared, and the engine validates at both. Validations in
+between are reported as the window's spread (max − min), which also holds the evaluation noise of
+rounded latents on a small validation set. A run without a rate term (reconstruction losses) is judged
+on PSNR alone.
 
 An R-D point of a run that has not converged says as much about the training budget as about the
 optimizer or λ, so sweeps and studies carry this verdict beside each point.
@@ -36,21 +37,24 @@ class Convergence:
     validations: int
     psnr_first: float | None = None
     psnr_last: float | None = None
+    psnr_change_db: float | None = None
     psnr_spread_db: float | None = None
     bpp_first: float | None = None
     bpp_last: float | None = None
+    bpp_change_relative: float | None = None
     bpp_spread_relative: float | None = None
 
     def summary(self) -> str:
         """One line for the console, e.g. ``converged: PSNR 27.41 → 27.44 dB (spread 0.03 < 0.1) ...``."""
         window = f"steps {self.window_start}–{self.total_steps}, {self.validations} validations"
-        if self.psnr_spread_db is None:
+        if self.psnr_change_db is None:
             return f"convergence: not assessed ({window}; the last 20 % of the run needs two validations)"
-        parts = [f"PSNR {self.psnr_first:.3f} → {self.psnr_last:.3f} dB (spread {self.psnr_spread_db:.3f} dB, "
-                 f"limit {PSNR_TOLERANCE_DB})"]
-        if self.bpp_spread_relative is not None:
-            parts.append(f"bpp {self.bpp_first:.4f} → {self.bpp_last:.4f} (spread "
-                         f"{100 * self.bpp_spread_relative:.2f} %, limit {100 * BPP_TOLERANCE:.0f} %)")
+        parts = [f"PSNR {self.psnr_first:.3f} → {self.psnr_last:.3f} dB (change {self.psnr_change_db:+.3f} dB, "
+                 f"limit {PSNR_TOLERANCE_DB}; spread {self.psnr_spread_db:.3f})"]
+        if self.bpp_change_relative is not None:
+            parts.append(f"bpp {self.bpp_first:.4f} → {self.bpp_last:.4f} (change "
+                         f"{100 * self.bpp_change_relative:+.2f} %, limit {100 * BPP_TOLERANCE:.0f} %; spread "
+                         f"{100 * self.bpp_spread_relative:.2f} %)")
         verdict = "converged" if self.converged else "NOT converged (train longer or decay the learning rate)"
         return f"convergence over the last 20 % ({window}): {verdict}: {'; '.join(parts)}"
 
@@ -68,13 +72,16 @@ def assess(val_rows: Sequence[dict], total_steps: int) -> Convergence:
         return verdict
     psnr = [float(row["val_psnr"]) for row in rows]
     verdict.psnr_first, verdict.psnr_last = psnr[0], psnr[-1]
+    verdict.psnr_change_db = psnr[-1] - psnr[0]
     verdict.psnr_spread_db = max(psnr) - min(psnr)
-    converged = verdict.psnr_spread_db < PSNR_TOLERANCE_DB
+    converged = abs(verdict.psnr_change_db) < PSNR_TOLERANCE_DB
     bpp_key = next((key for key in _BPP_KEYS if key in rows[0]), None)
     if bpp_key is not None:
         bpp = [float(row[bpp_key]) for row in rows]
         verdict.bpp_first, verdict.bpp_last = bpp[0], bpp[-1]
-        verdict.bpp_spread_relative = (max(bpp) - min(bpp)) / bpp[-1] if bpp[-1] > 0 else math.inf
-        converged = converged and verdict.bpp_spread_relative < BPP_TOLERANCE
+        scale = bpp[-1] if bpp[-1] > 0 else math.nan
+        verdict.bpp_change_relative = (bpp[-1] - bpp[0]) / scale
+        verdict.bpp_spread_relative = (max(bpp) - min(bpp)) / scale
+        converged = converged and abs(verdict.bpp_change_relative) < BPP_TOLERANCE
     verdict.converged = converged
     return verdict

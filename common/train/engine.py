@@ -29,6 +29,7 @@ from common.checkpoint import atomic_save, atomic_write_text, load_file
 from common.errors import UserError
 from common.models.restore import is_training_checkpoint, load_model
 from common.train import convergence, distributed, precision
+from common.train.ema import WeightEMA
 from common.train.logging import MetricsLog, WandbRun
 from common.train.recon import ReconWriter
 from common.train.sampler import ResumableSampler
@@ -202,6 +203,7 @@ class Trainer:
         if self.use_amp:
             precision.apply_local_fp32(self.model, args.local_fp32, args.local_fp32_custom, self.device.type)
         self.ddp_model = distributed.wrap_ddp(self.model, self.dist, self.device)
+        self.ema = WeightEMA(self.model, args.ema_decay) if args.ema_decay else None
         seed_everything(args.seed + self.dist.rank)  # independent quantisation noise per rank
 
         self.progress = Progress()
@@ -342,6 +344,8 @@ class Trainer:
             "replace": self.replace_config,
             "qat": self.qat_config,
             "state_dict": self.model.state_dict(),
+            "ema_state_dict": self.ema.synced(self.model).state_dict() if self.ema else None,
+            "ema_updates": self.ema.updates if self.ema else 0,
             "optimizer": self.optimizer.state_dict(),
             "aux_optimizer": self.aux_optimizer.state_dict() if self.aux_optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
@@ -369,6 +373,10 @@ class Trainer:
         if self.gamma_schedule and ckpt.get("gamma_schedule"):
             self.gamma_schedule.load_state_dict(ckpt["gamma_schedule"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            if ckpt.get("ema_state_dict") is None:
+                raise UserError("the checkpoint has no weight average to continue; resume without --ema_decay")
+            self.ema.load(ckpt["ema_state_dict"], ckpt["ema_updates"])
         if self.dist.enabled:
             # Each rank draws its own quantisation noise; re-derive it from the resumed step.
             seed_everything(self.args.seed + self.dist.rank + 7919 * ckpt["progress"]["step"])
@@ -434,6 +442,8 @@ class Trainer:
             aux_loss.backward()
             self.aux_optimizer.step()
             row["aux_loss"] = float(aux_loss.detach())
+        if self.ema is not None:  # after the aux step: the average includes the entropy bottleneck's quantiles
+            self.ema.update(self.model)
         if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
             self.scheduler.step()
         if hasattr(self.optimizer, "task_weight_dict"):
@@ -441,14 +451,27 @@ class Trainer:
         return row
 
     # ------------------------------------------------------------------ validation
-    @torch.no_grad()
+    def evaluated_model(self) -> nn.Module:
+        """The model that validation, reconstructions and the convergence verdict judge: the average if on."""
+        return self.ema.synced(self.model) if self.ema is not None else self.model
+
     def validate(self) -> dict[str, float]:
-        self.model.eval()
+        """Mean validation metrics of the evaluated model; with an average, the raw weights' too (``raw_*``)."""
+        val = self._validate(self.evaluated_model())
+        if self.ema is not None:
+            raw = self._validate(self.model)
+            val.update({f"raw_{name}": raw[name] for name in ("loss", "psnr") if name in raw})
+        return val
+
+    @torch.no_grad()
+    def _validate(self, model: nn.Module) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
         sums: dict[str, float] = {}
         count = 0
         for index in range(len(self.val_set)):
             x = self.val_set[index].unsqueeze(0).to(self.device)
-            out = self.model(x)
+            out = model(x)
             out["x_hat"] = out["x_hat"].clamp(0, 1)
             terms = self.criterion(out, x)
             metrics = {name: float(v) for name, v in terms.items() if torch.is_tensor(v) and v.ndim == 0}
@@ -457,7 +480,7 @@ class Trainer:
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0.0) + value
             count += 1
-        self.model.train()
+        model.train(was_training)
         return {name: total / count for name, total in sums.items()}
 
     def _end_of_epoch(self, epoch_done: int) -> dict[str, float] | None:
@@ -471,7 +494,7 @@ class Trainer:
         if self.gamma_schedule is not None:
             self.gamma_schedule.step(val_loss=val["loss"] if val is not None else None)
         if self.recon is not None and epoch_done % self.args.recon_every == 0:
-            self.recon.write(self.model, f"e{epoch_done - 1:03d}")  # seed 001: tag = 0-based epoch index
+            self.recon.write(self.evaluated_model(), f"e{epoch_done - 1:03d}")  # seed 001: tag = 0-based epoch index
         if val is not None:
             self._record_validation(val)
         return val
@@ -506,7 +529,7 @@ class Trainer:
         args, progress = self.args, self.progress
         if self.recon is not None and progress.step == 0:
             self.recon.write_origin()
-            self.recon.write(self.model, "pre_e000")
+            self.recon.write(self.evaluated_model(), "pre_e000")
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=progress.step, desc="train", unit="step",
                    disable=not (self.main and args.progress), dynamic_ncols=True)
@@ -556,9 +579,13 @@ class Trainer:
         if self.qat_controller is not None:
             qat.finalize(self.model)
         ckpt = self.checkpoint()
-        self.model.update(force=True, **({"update_quantiles": True} if not self.args.eb_aux and self.quantiles
-                                         else {}))
+        options = {"update_quantiles": True} if not self.args.eb_aux and self.quantiles else {}
+        self.model.update(force=True, **options)
         ckpt["state_dict"] = self.model.state_dict()
+        if self.ema is not None:
+            average = self.ema.synced(self.model)
+            average.update(force=True, **options)
+            ckpt["ema_state_dict"] = average.state_dict()
         self.save(self.names["last"], ckpt)
         if hasattr(self.optimizer, "task_weights") and self.main:
             plot_task_weights(self.save_dir / "train_log.csv", self.save_dir / "task_weights.png")

@@ -41,6 +41,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--onecycle_pct_start", type=float, default=0.1)
     run.add_argument("--lr_warmup_steps", type=int, default=0, help="linear warm-up (not with onecycle)")
     run.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping; <= 0 disables")
+    run.add_argument("--ema_decay", type=float, default=0.0,
+                     help="keep an exponential moving average of the weights with this decay (e.g. 0.999, as the "
+                          "Balanced R-D reference) and make it the run's model; 0 = off")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 

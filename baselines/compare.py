@@ -1,0 +1,378 @@
+"""Compare optimizers the way the field does: λ sweeps per optimizer, real bitstreams, BD-rates, anchors.
+
+``python -m baselines.compare --out_dir runs/cmp --lambdas 0.0018,0.0035,0.0067,0.013 \\
+    --arm adam="--optimizer adam" --arm balanced="--optimizer balanced --gamma 0.003 --w_lr 0.025" \\
+    [--seeds 0,1,2] [--start_checkpoint BASE.pt | --start_from SWEEP_DIR] [--jobs 2] [train flags ...]``
+
+Every *arm* is one optimizer setting; all arms share every other training flag, the λ ladder, the seeds
+and the starting model, so their curves differ only by the optimizer. For each arm, seed and λ a run
+of ``python -m common.train`` is made (in a process of its own; ``--jobs 2`` runs two at a time with one
+thread each), then every final model is evaluated with real bitstreams on the evaluation images
+(CompressAI's protocol, ``common.eval``), JPEG and WebP are measured on the same images
+(``baselines.classic``), and one table is printed: the R-D points, whether each run converged
+(``common.train.convergence``), the BD-rate and BD-PSNR of every arm against the first arm and against
+JPEG (per seed, then mean ± standard deviation over seeds), and the overlap of each pair.
+
+Starting models: from scratch (default), one shared checkpoint (``--start_checkpoint``, e.g. the
+pretrained base model of ``make pretrain``), or per λ and seed the final model of another sweep
+(``--start_from DIR``: ``DIR/seed<k>/lambda_<λ>/last.pt``), which is how the fine-tuning study continues
+the converged Adam models.
+
+Everything lands in ``--out_dir``: run folders ``<arm>/seed<k>/lambda_<λ>/``, and the study bundle that
+``python -m common.report`` turns into tables, figures and an HTML page: ``summary.json`` (settings,
+command, git commit, wall time, every point, every BD pair), ``curves/*.json`` (CompressAI format),
+``points.csv``, ``bd.csv``, ``rd.png``, ``task_weights/*.csv`` and ``recon/*.png`` (the same crop of one
+test photo from each arm and each anchor at matched bpp). The sweep is resumable: finished runs are
+skipped, interrupted ones continue from their ``last.pt``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from baselines.classic import CODECS, DEFAULT_QUALITIES, DISPLAY_NAMES, codec_version, describe_codec, evaluate_codec
+from common.checkpoint import atomic_write_text, load_file
+from common.cli import OneLineErrorParser, parse_with_train_flags, run_main
+from common.data.images import list_images
+from common.errors import UserError
+from common.eval.evaluate import codec_description, describe, describe_test_set, evaluate, write_results
+from common.rd import RDCurve, bd_row, computed, curve_from_json, plot_curves, sorted_monotone
+
+REPO = Path(__file__).resolve().parent.parent
+# Flags the comparison sets for each run itself.
+_RESERVED = ("--lambda", "--save_dir", "--resume", "--seed", "--checkpoint", "--optimizer", "--use_balanced")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One optimizer setting: a name and the training flags that select it."""
+
+    name: str
+    flags: tuple[str, ...]
+
+
+def parse_arm(text: str) -> Arm:
+    name, sep, flags = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise UserError(f"--arm must look like NAME=\"--optimizer adam ...\" (NAME of letters, digits, - and _), "
+                        f"got {text!r}")
+    return Arm(name, tuple(shlex.split(flags)))
+
+
+def parse_lambdas(text: str) -> list[float]:
+    try:
+        values = sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError as exc:
+        raise UserError(f"--lambdas must be comma-separated numbers, got {text!r}") from exc
+    if not values or any(not v > 0 for v in values):
+        raise UserError(f"--lambdas needs positive values, got {text!r}")
+    return values
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise UserError(f"--seeds must be comma-separated integers, got {text!r}") from exc
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds needs distinct integers, got {text!r}")
+    return seeds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog="python -m baselines.compare", add_help=False,
+                                description="λ sweeps per optimizer, real-bitstream evaluation, BD-rates against "
+                                            "the first arm and against JPEG/WebP measured on the same images.")
+    parser.add_argument("--out_dir", required=True, help="run folders and the study bundle")
+    parser.add_argument("--arm", action="append", required=True, metavar='NAME="FLAGS"',
+                        help="an optimizer setting; give two or more, the first is the reference")
+    parser.add_argument("--lambdas", required=True, help="comma-separated λ values")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default: 0)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--start_checkpoint", help="every run starts from these weights (e.g. the base model)")
+    start.add_argument("--start_from", metavar="DIR",
+                       help="each run starts from DIR/seed<k>/lambda_<λ>/last.pt (another sweep's final models)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="trainings at a time; each gets cores/jobs threads (default: 1)")
+    parser.add_argument("--eval_dataset", help="images of the real-bitstream evaluation (default: "
+                                               "--test_dataset, else the embedded test photos)")
+    parser.add_argument("--test_set", help="test-set name recorded in the curves (see common.eval --test_set)")
+    parser.add_argument("--anchors", default="jpeg,webp", help="classic codecs measured on the same images "
+                                                                "('' for none)")
+    parser.add_argument("--bundle_dir", help="where the study bundle goes (default: --out_dir), e.g. results/NAME "
+                                             "to keep it apart from the run folders")
+    parser.add_argument("--title", default="", help="title of the figure and the report")
+    parser.add_argument("--recon_image", default=None,
+                        help="file name of the evaluation image whose crop is shown at matched bpp "
+                             "(default: the first)")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------ training
+def run_dir(out_dir: Path, arm: str, seed: int, lmbda: float) -> Path:
+    return out_dir / arm / f"seed{seed}" / f"lambda_{lmbda:g}"
+
+
+def finished(folder: Path) -> bool:
+    """A run is finished when it wrote its convergence verdict, which the engine does after its last step."""
+    return (folder / "convergence.json").is_file() and (folder / "last.pt").is_file()
+
+
+def train_command(train_argv: Sequence[str], arm: Arm, seed: int, lmbda: float, folder: Path,
+                  start: Path | None) -> list[str]:
+    argv = [sys.executable, "-m", "common.train", *train_argv, *arm.flags, "--seed", str(seed),
+            "--lambda", repr(lmbda), "--save_dir", str(folder), "--progress", "false"]
+    if (folder / "last.pt").is_file():
+        return [*argv, "--resume"]
+    return [*argv, "--checkpoint", str(start)] if start is not None else argv
+
+
+def _train(command: list[str], folder: Path, threads: int) -> str:
+    """Run one training; returns its convergence line. Its console output goes to ``folder/train.out``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    with open(folder / "train.out", "a") as log:
+        code = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    lines = (folder / "train.out").read_text(errors="replace").splitlines()
+    if code != 0:
+        last = next((line for line in reversed(lines) if line.strip()), f"exit status {code}")
+        raise UserError(f"training in {folder} failed: {last.strip()} (full output: {folder / 'train.out'})")
+    return next((line for line in reversed(lines) if line.startswith("convergence")), "convergence: no verdict")
+
+
+def train_all(jobs: list[tuple[list[str], Path]], parallel: int) -> None:
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    started = time.perf_counter()
+
+    def one(job: tuple[list[str], Path]) -> str:
+        return _train(job[0], job[1], threads)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        for (command, folder), verdict in zip(jobs, pool.map(one, jobs)):
+            print(f"[{time.perf_counter() - started:7.1f} s] {folder}: {verdict.split(': ', 1)[-1]}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+@dataclass
+class Point:
+    """One evaluated model: its arm, seed and λ, its aggregate metrics and its convergence verdict."""
+
+    arm: str
+    seed: int
+    lmbda: float
+    metrics: dict
+    convergence: dict
+
+
+def evaluate_runs(out_dir: Path, arms: Sequence[Arm], seeds: Sequence[int], lambdas: Sequence[float],
+                  images: list[Path], root: Path, test_set: dict,
+                  curves_dir: Path) -> tuple[list[Point], dict[tuple[str, int], Path]]:
+    """Real-bitstream evaluation of every final model; one CompressAI-format curve per arm and seed."""
+    from common.models.restore import load_model
+
+    points, curves = [], {}
+    for arm in arms:
+        for seed in seeds:
+            aggregates, rows_per_point = [], []
+            for lmbda in lambdas:
+                folder = run_dir(out_dir, arm.name, seed, lmbda)
+                model = load_model(checkpoint=str(folder / "last.pt"))
+                rows, aggregate = evaluate(model, images, root=root)
+                aggregates.append(aggregate)
+                rows_per_point.append(rows)
+                verdict = json.loads((folder / "convergence.json").read_text())
+                points.append(Point(arm.name, seed, lmbda, aggregate, verdict))
+            name = arm.name if len(seeds) == 1 else f"{arm.name} (seed {seed})"
+            path, _ = write_results(curves_dir / f"{arm.name}_seed{seed}.json", name,
+                                    describe(False, "zero", model.eval_pad_multiple, model.eval_pad_multiple),
+                                    [f"lambda={lmbda:g}" for lmbda in lambdas], aggregates, rows_per_point,
+                                    test_set=test_set, codec=codec_description(_model_name(folder)))
+            curves[(arm.name, seed)] = path
+    return points, curves
+
+
+def _model_name(folder: Path) -> str:
+    return load_file(folder / "last.pt")["model"]["name"]
+
+
+def trimmed(curve: RDCurve, low: float, high: float, key: str = "psnr-rgb") -> RDCurve:
+    """The points of a dense anchor ladder that span [low, high] in quality: one beyond each end, all between.
+
+    The overlap measures of BD values are fractions of the union of both ranges, so an anchor that runs far
+    beyond the compared curve would be judged a poor overlap for no reason. At least two points are kept.
+    """
+    order = np.argsort(curve.values(key))
+    values = np.asarray(curve.values(key))[order]
+    first = max(0, int(np.searchsorted(values, low, side="right")) - 1)
+    last = min(len(values), int(np.searchsorted(values, high, side="left")) + 1)
+    first, last = min(first, len(values) - 2), max(last, first + 2, 2)
+    keep = order[first:last]
+    metrics = {k: [v[i] for i in keep] for k, v in curve.metrics.items()}
+    return RDCurve(curve.name, [curve.bpp[i] for i in keep], metrics, curve.description, curve.source, curve.test_set)
+
+
+def anchor_curves(codecs: Sequence[str], images: list[Path], root: Path, test_set: dict, curves_dir: Path,
+                  low: float, high: float) -> list[RDCurve]:
+    """JPEG/WebP on the evaluation images over a dense ladder, written in full, trimmed to [low, high] dB."""
+    anchors = []
+    for codec in codecs:
+        labels, aggregates, rows = evaluate_codec(codec, DEFAULT_QUALITIES, images, root)
+        path, _ = write_results(curves_dir / f"{codec}.json", DISPLAY_NAMES[codec], describe_codec(codec),
+                                labels, aggregates, rows, test_set=test_set, codec=codec_version(codec))
+        anchors.append(trimmed(_load(path), low, high))
+    return anchors
+
+
+def _load(path: Path) -> RDCurve:
+    return curve_from_json(json.loads(path.read_text()), source=str(path))
+
+
+# ------------------------------------------------------------------------------------------ BD pairs
+def bd_pairs(reference: str, arm_names: Sequence[str], seeds: Sequence[int], curves: dict[tuple[str, int], RDCurve],
+             anchors: Sequence[RDCurve]) -> list[dict]:
+    """Per seed: each other arm against the reference arm, and every arm against each anchor.
+
+    With several seeds the reference arm's seeds are also compared with its first seed: that BD-rate is
+    what seed noise alone produces, the yardstick for the differences between arms.
+    """
+    rows = []
+    for seed in seeds:
+        for name in arm_names:
+            if name != reference:
+                rows.append({"pair": f"{name} vs {reference}", "seed": seed,
+                             **bd_row(curves[(reference, seed)], curves[(name, seed)])})
+            for anchor in anchors:
+                rows.append({"pair": f"{name} vs {anchor.name}", "seed": seed, **bd_row(anchor, curves[(name, seed)])})
+        if seed != seeds[0]:
+            rows.append({"pair": f"{reference} seed {seed} vs seed {seeds[0]} (seed noise)", "seed": seed,
+                         **bd_row(curves[(reference, seeds[0])], curves[(reference, seed)])})
+    return rows
+
+
+def summarize_pairs(rows: Sequence[dict]) -> list[dict]:
+    """Mean and sample standard deviation over seeds of each pair's BD-rate and BD-PSNR (computed rows only)."""
+    summary = []
+    for pair in dict.fromkeys(row["pair"] for row in rows):
+        group = [row for row in rows if row["pair"] == pair]
+        good = [row for row in group if computed(row)]
+        entry = {"pair": pair, "seeds": len(group), "computed": len(good)}
+        for key in ("bd_rate_pchip_%", "bd_psnr_pchip_dB", "quality_overlap_%", "rate_overlap_%"):
+            values = [row[key] for row in good if not math.isnan(row[key])]
+            entry[f"{key}_mean"] = float(np.mean(values)) if values else math.nan
+            entry[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+        entry["note"] = "; ".join(dict.fromkeys(row["note"] for row in group if row["note"]))
+        summary.append(entry)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ main
+def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
+    parsed = parse_with_train_flags(build_parser(), argv)
+    if parsed is None:
+        return 0
+    args, train_argv = parsed
+    reserved = [flag for flag in train_argv if flag.split("=")[0] in _RESERVED]
+    if reserved:
+        raise UserError(f"{', '.join(reserved)} are set per run by the comparison; use --lambdas, --seeds, "
+                        "--arm and --start_checkpoint/--start_from")
+    arms = [parse_arm(text) for text in args.arm]
+    if len(arms) < 2 or len({arm.name for arm in arms}) != len(arms):
+        raise UserError("give at least two --arm settings with different names")
+    lambdas, seeds = parse_lambdas(args.lambdas), parse_seeds(args.seeds)
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    codecs = [c.strip() for c in args.anchors.split(",") if c.strip()]
+    if any(c not in CODECS for c in codecs):
+        raise UserError(f"--anchors must name some of: {', '.join(CODECS)} (got {args.anchors!r})")
+    _check_train_flags(train_argv, arms)
+    out_dir = Path(args.out_dir)
+    images, root = _eval_images(args, train_argv)
+
+    jobs = []
+    for seed in seeds:
+        for lmbda in lambdas:
+            start = _start(args, seed, lmbda)
+            for arm in arms:
+                folder = run_dir(out_dir, arm.name, seed, lmbda)
+                if finished(folder):
+                    print(f"{folder}: finished run found, skipped")
+                    continue
+                jobs.append((train_command(train_argv, arm, seed, lmbda, folder, start), folder))
+    print(f"training {len(jobs)} runs ({len(arms)} arms x {len(seeds)} seeds x {len(lambdas)} λ, "
+          f"{args.jobs} at a time)", flush=True)
+    train_all(jobs, args.jobs)
+
+    from baselines.study import write_bundle
+
+    bundle = Path(args.bundle_dir or out_dir)
+    test_set = describe_test_set(root, len(images), args.test_set)
+    points, curve_paths = evaluate_runs(out_dir, arms, seeds, lambdas, images, root, test_set, bundle / "curves")
+    curves = {key: _load(path) for key, path in curve_paths.items()}
+    psnr = [p.metrics["psnr-rgb"] for p in points]
+    anchors = anchor_curves(codecs, images, root, test_set, bundle / "curves", min(psnr), max(psnr))
+    pairs = bd_pairs(arms[0].name, [a.name for a in arms], seeds, curves, anchors)
+    write_bundle(bundle, run_root=out_dir, args=args, argv=list(sys.argv[1:] if argv is None else argv), arms=arms,
+                 lambdas=lambdas, seeds=seeds, points=points, curves=curves, anchors=anchors, pairs=pairs,
+                 summary=summarize_pairs(pairs), images=images, root=root, test_set=test_set,
+                 wall_time=time.perf_counter() - started)
+    return 0
+
+
+def _check_train_flags(train_argv: list[str], arms: Sequence[Arm]) -> None:
+    """Parse each arm's full training command line and find its data now, so a mistake fails before hours of
+    training rather than inside the first run."""
+    from common.data import build_datasets
+    from common.train.options import build_parser as train_parser
+
+    for arm in arms:
+        reserved = [flag for flag in arm.flags if flag.split("=")[0] in _RESERVED and flag != "--optimizer"]
+        if reserved:
+            raise UserError(f"--arm {arm.name}: {', '.join(reserved)} are set per run by the comparison")
+        parsed = train_parser().parse_args([*train_argv, *arm.flags])
+    build_datasets(parsed, report=False)
+
+
+def _eval_images(args, train_argv: list[str]) -> tuple[list[Path], Path]:
+    from common.train.options import build_parser as train_parser
+
+    test_dataset = train_parser().parse_args(train_argv).test_dataset
+    if args.eval_dataset or test_dataset:
+        root = Path(args.eval_dataset or test_dataset)
+    else:
+        from common.data.samples import sample_dirs
+
+        root = sample_dirs()[1]
+    return list_images(root), root
+
+
+def _start(args, seed: int, lmbda: float) -> Path | None:
+    if args.start_checkpoint:
+        path = Path(args.start_checkpoint)
+    elif args.start_from:
+        path = Path(args.start_from) / f"seed{seed}" / f"lambda_{lmbda:g}" / "last.pt"
+    else:
+        return None
+    if not path.is_file():
+        hint = " (run the sweep it comes from first)" if args.start_from else ""
+        raise UserError(f"starting model not found: {path}{hint}")
+    return path
+
+
+if __name__ == "__main__":
+    run_main(main)

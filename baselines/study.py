@@ -1,0 +1,355 @@
+"""The study bundle that ``baselines.compare`` writes, and the table it prints.
+
+A bundle is a folder of small files that holds everything a reader needs to check a comparison without
+its checkpoints: ``summary.json`` (how it was made, every R-D point with its convergence verdict, every
+BD pair per seed and summarised over seeds, the checks of the demo's targets), ``points.csv``, ``bd.csv``,
+``curves/*.json`` (CompressAI format), ``rd.png``, ``task_weights/*.csv`` and ``recon/*.png``.
+``python -m common.report`` renders it; :func:`load_summary` reads it back.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+from PIL import Image
+
+from common.checkpoint import atomic_write_text
+from common.rd import RDCurve, plot_curves, sorted_monotone
+
+if TYPE_CHECKING:
+    from baselines.compare import Arm, Point
+
+SUMMARY = "summary.json"
+# The demo's targets (issue "Results a researcher can trust"): λ must move the rate at least this much.
+MIN_RATE_SPREAD = 3.0
+MIN_OVERLAP = 75.0
+TASK_WEIGHT_ROWS = 200  # task-weight trajectories are subsampled to at most this many rows per run
+RECON_CROP = 192
+
+
+def git_commit() -> str:
+    from baselines.compare import REPO
+
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = result.stdout.strip() or "unknown"
+    return f"{commit} (with uncommitted changes)" if dirty else commit
+
+
+def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: Sequence["Arm"], lambdas: Sequence[float],
+                 seeds: Sequence[int], points: Sequence["Point"], curves: dict[tuple[str, int], RDCurve],
+                 anchors: Sequence[RDCurve], pairs: list[dict], summary: list[dict], images: list[Path],
+                 root: Path, test_set: dict, wall_time: float) -> None:
+    """Write every file of the bundle and print the table; see the module docstring."""
+    reference = arms[0].name
+    checks = target_checks(arms, seeds, lambdas, points, curves, summary, reference)
+    document = {
+        "title": args.title,
+        "command": "python -m baselines.compare " + " ".join(_quote(a) for a in argv),
+        "git_commit": git_commit(),
+        "wall_time_s": round(wall_time, 1),
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, Python {sys.version.split()[0]}",
+        "reference_arm": reference,
+        "arms": {arm.name: " ".join(arm.flags) for arm in arms},
+        "lambdas": list(lambdas),
+        "seeds": list(seeds),
+        "test_set": test_set,
+        "eval_images": [str(p.relative_to(root)) for p in images],
+        "start": {"checkpoint": args.start_checkpoint, "from": args.start_from},
+        "points": [{"arm": p.arm, "seed": p.seed, "lambda": p.lmbda,
+                    **{k: p.metrics[k] for k in ("bpp", "bpp_estimated", "psnr-rgb", "ms-ssim-rgb")},
+                    "converged": p.convergence["converged"], "convergence": p.convergence} for p in points],
+        "anchors": {a.name: {"bpp": a.bpp, "psnr-rgb": a.values("psnr-rgb"),
+                             "ms-ssim-rgb": a.values("ms-ssim-rgb"), "quality": a.metrics.get("quality")}
+                    for a in anchors},
+        "bd_per_seed": pairs,
+        "bd_summary": summary,
+        "checks": checks,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / SUMMARY, json.dumps(_finite(document), indent=2) + "\n")
+    _write_csv(out_dir / "points.csv", [_point_row(p) for p in points])
+    _write_csv(out_dir / "bd.csv", pairs)
+    figure = plot_curves(_mean_curves(arms, seeds, curves), out_dir / "rd.png", anchors=anchors,
+                         title=args.title or f"{' vs '.join(a.name for a in arms)} on {test_set['name']}")
+    copy_task_weights(out_dir, run_root, arms, seeds, lambdas)
+    recon = write_reconstructions(out_dir, run_root, arms, seeds[0], lambdas, images, root, anchors,
+                                  args.recon_image)
+    print_report(document, out_dir, figure, recon)
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def _finite(value):
+    """JSON has no NaN: NaN becomes null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _point_row(point: "Point") -> dict:
+    conv = point.convergence
+    return {"arm": point.arm, "seed": point.seed, "lambda": point.lmbda, "bpp": point.metrics["bpp"],
+            "bpp_estimated": point.metrics["bpp_estimated"], "psnr-rgb": point.metrics["psnr-rgb"],
+            "ms-ssim-rgb": point.metrics["ms-ssim-rgb"], "converged": conv["converged"],
+            "val_psnr_change_db": conv["psnr_change_db"], "val_bpp_change": conv["bpp_change_relative"]}
+
+
+def _write_csv(path: Path, rows: Sequence[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _mean_curves(arms, seeds, curves: dict[tuple[str, int], RDCurve]) -> list[RDCurve]:
+    """One curve per arm: the seed itself, or the mean over seeds of each λ point's bpp and metrics."""
+    result = []
+    for arm in arms:
+        members = [curves[(arm.name, seed)] for seed in seeds]
+        if len(members) == 1:
+            result.append(RDCurve(arm.name, members[0].bpp, members[0].metrics))
+            continue
+        keys = [k for k in ("psnr-rgb", "ms-ssim-rgb") if k in members[0].metrics]
+        result.append(RDCurve(f"{arm.name} (mean of {len(seeds)} seeds)",
+                              list(np.mean([c.bpp for c in members], axis=0)),
+                              {k: list(np.mean([c.metrics[k] for c in members], axis=0)) for k in keys}))
+    return result
+
+
+# ------------------------------------------------------------------------------------------ targets
+def target_checks(arms, seeds, lambdas, points, curves, summary, reference) -> list[dict]:
+    """The demo's targets, each with whether it holds and the numbers behind it."""
+    checks = []
+    for arm in arms:
+        for seed in seeds:
+            curve = curves[(arm.name, seed)]
+            try:
+                sorted_monotone(curve.bpp, curve.values("psnr-rgb"), curve.name)
+                checks.append({"check": f"{curve.name}: monotone", "ok": True, "detail": "PSNR rises with bpp"})
+            except Exception as exc:  # noqa: BLE001 - the reason is the detail
+                checks.append({"check": f"{curve.name}: monotone", "ok": False, "detail": str(exc)})
+            spread = max(curve.bpp) / min(curve.bpp)
+            checks.append({"check": f"{curve.name}: λ moves the rate", "ok": spread >= MIN_RATE_SPREAD,
+                           "detail": f"highest / lowest bpp = {spread:.2f} (target >= {MIN_RATE_SPREAD:g})"})
+    unconverged = [p for p in points if not p.convergence["converged"]]
+    checks.append({"check": "every run converged", "ok": not unconverged,
+                   "detail": f"{len(points) - len(unconverged)} of {len(points)} runs"
+                             + (": not " + ", ".join(f"{p.arm}/seed{p.seed}/λ={p.lmbda:g}" for p in unconverged)
+                                if unconverged else "")})
+    for entry in summary:
+        if not entry["computed"]:
+            checks.append({"check": f"{entry['pair']}: BD computed", "ok": False, "detail": entry["note"]})
+            continue
+        low = [axis for axis in ("quality", "rate") if not entry[f"{axis}_overlap_%_mean"] >= MIN_OVERLAP]
+        checks.append({"check": f"{entry['pair']}: overlap >= {MIN_OVERLAP:g} % in both axes", "ok": not low,
+                       "detail": _overlap_detail(entry)})
+        if entry["pair"].endswith("vs JPEG"):
+            value = entry["bd_rate_pchip_%_mean"]
+            checks.append({"check": f"{entry['pair']}: better than JPEG", "ok": value < 0,
+                           "detail": f"BD-rate {value:+.2f} %"})
+    return checks
+
+
+def _overlap_detail(entry: dict) -> str:
+    text = (f"quality {entry['quality_overlap_%_mean']:.0f} %, rate {entry['rate_overlap_%_mean']:.0f} %")
+    if entry["pair"].endswith(("vs JPEG", "vs WebP")) and not entry["rate_overlap_%_mean"] >= MIN_OVERLAP:
+        text += ("; a codec that needs far fewer bits than the anchor for the same PSNR cannot overlap it in both "
+                 "axes: the anchor's ladder is matched to the quality range, so BD-rate (integrated over quality) "
+                 "covers the curves and BD-PSNR only their common rates")
+    return text
+
+
+# ------------------------------------------------------------------------------------------ side files
+def copy_task_weights(out_dir: Path, run_root: Path, arms, seeds, lambdas) -> None:
+    """Subsampled task-weight trajectories of every run that logged them (Balanced and BalancedQP)."""
+    from baselines.compare import run_dir
+
+    target = out_dir / "task_weights"
+    for arm in arms:
+        for seed in seeds:
+            for lmbda in lambdas:
+                log = run_dir(run_root, arm.name, seed, lmbda) / "train_log.csv"
+                with log.open(newline="") as handle:
+                    rows = list(csv.DictReader(handle))
+                columns = ["step"] + [c for c in (rows[0] if rows else {}) if c.startswith(("weight_", "coef_"))]
+                if len(columns) == 1:
+                    continue
+                keep = rows[::max(1, math.ceil(len(rows) / TASK_WEIGHT_ROWS))]
+                if keep[-1] is not rows[-1]:
+                    keep.append(rows[-1])
+                target.mkdir(parents=True, exist_ok=True)
+                with (target / f"{arm.name}_seed{seed}_lambda_{lmbda:g}.csv").open("w", newline="") as handle:
+                    writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+                    writer.writeheader()
+                    writer.writerows(keep)
+
+
+def write_reconstructions(out_dir: Path, run_root: Path, arms, seed: int, lambdas, images: list[Path], root: Path,
+                          anchors: Sequence[RDCurve], recon_image: str | None) -> dict:
+    """The centre crop of one evaluation image from each arm and anchor, at the bpp closest to a target.
+
+    The target is the reference arm's bpp on that image at the middle λ; every other arm uses its λ whose
+    bpp on the image is closest, every anchor its quality that is closest. Returns the manifest also
+    written to ``recon/recon.json``.
+    """
+    import torch
+
+    from baselines.classic import encode
+    from baselines.compare import run_dir
+    from common.data.images import load_rgb, to_tensor
+    from common.eval.evaluate import centred_padding, crop, pad
+    from common.models.restore import load_model
+
+    names = [str(p.relative_to(root)) for p in images]
+    if recon_image is not None and recon_image not in names:
+        from common.errors import UserError
+
+        raise UserError(f"--recon_image {recon_image} is not one of the evaluation images ({', '.join(names)})")
+    name = recon_image or names[0]
+    image = load_rgb(root / name)
+    x = to_tensor(image).unsqueeze(0)
+    height, width = x.shape[-2:]
+    box = _centre_box(height, width)
+    folder = out_dir / "recon"
+    folder.mkdir(parents=True, exist_ok=True)
+    _save_crop(x, box, folder / "original.png")
+    manifest = {"image": name, "crop": box, "entries": [{"label": "original", "file": "original.png", "bpp": None}]}
+
+    def learned(arm_name: str, lmbda: float):
+        model = load_model(checkpoint=str(run_dir(run_root, arm_name, seed, lmbda) / "last.pt"))
+        model.update(force=True)
+        padding = centred_padding(height, width, model.eval_pad_multiple)
+        with torch.no_grad():
+            encoded = model.compress(pad(x, padding))
+            decoded = model.decompress(encoded["strings"], encoded["shape"])["x_hat"].clamp(0, 1)
+        from common.eval.evaluate import payload_bytes
+
+        return crop(decoded, padding), payload_bytes(encoded["strings"]) * 8 / (height * width)
+
+    reference = [learned(arms[0].name, lmbda) for lmbda in lambdas]
+    target = reference[len(lambdas) // 2][1]
+    manifest["target_bpp"] = target
+    for arm_index, arm in enumerate(arms):
+        candidates = reference if arm_index == 0 else [learned(arm.name, lmbda) for lmbda in lambdas]
+        index = int(np.argmin([abs(bpp - target) for _, bpp in candidates]))
+        x_hat, bpp = candidates[index]
+        file = f"{arm.name}.png"
+        _save_crop(x_hat, box, folder / file)
+        manifest["entries"].append({"label": f"{arm.name} (λ={lambdas[index]:g})", "file": file, "bpp": bpp})
+    for anchor in anchors:
+        codec = anchor.name.lower()
+        qualities = anchor.metrics.get("quality") or []
+        best = None
+        for quality in qualities:
+            payload = encode(image, codec, int(quality))
+            bpp = len(payload) * 8 / (height * width)
+            if best is None or abs(bpp - target) < abs(best[1] - target):
+                best = (payload, bpp, int(quality))
+        if best is None:
+            continue
+        import io
+
+        with Image.open(io.BytesIO(best[0])) as decoded:
+            x_hat = to_tensor(decoded.convert("RGB")).unsqueeze(0)
+        file = f"{codec}.png"
+        _save_crop(x_hat, box, folder / file)
+        manifest["entries"].append({"label": f"{anchor.name} (quality {best[2]})", "file": file, "bpp": best[1]})
+    atomic_write_text(folder / "recon.json", json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _centre_box(height: int, width: int) -> list[int]:
+    side = min(RECON_CROP, height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return [top, left, side, side]
+
+
+def _save_crop(x, box: Sequence[int], path: Path) -> None:
+    top, left, h, w = box
+    array = (x[0, :, top:top + h, left:left + w].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(array).save(path)
+
+
+# ------------------------------------------------------------------------------------------ console
+def print_report(document: dict, out_dir: Path, figure: Path, recon: dict) -> None:
+    seeds = document["seeds"]
+    print(f"\n{document['title'] or 'comparison'}: {len(document['arms'])} arms x {len(seeds)} seed(s) x "
+          f"{len(document['lambdas'])} λ on {document['test_set']['name']} "
+          f"({document['test_set']['num_images']} images), real bitstreams")
+    print(f"\n{'arm':<14}{'λ':>8}{'bpp':>9}{'PSNR dB':>10}{'MS-SSIM':>9}  converged")
+    for arm in document["arms"]:
+        for lmbda in document["lambdas"]:
+            rows = [p for p in document["points"] if p["arm"] == arm and p["lambda"] == lmbda]
+            print(f"{arm:<14}{lmbda:>8g}{_mean_std([r['bpp'] for r in rows], 4):>9}"
+                  f"{_mean_std([r['psnr-rgb'] for r in rows], 2):>10}{_mean_std([r['ms-ssim-rgb'] for r in rows], 4):>9}"
+                  f"  {sum(r['converged'] for r in rows)}/{len(rows)}")
+    for name, anchor in document["anchors"].items():
+        for quality, bpp, value, msssim in zip(anchor["quality"] or [None] * len(anchor["bpp"]), anchor["bpp"],
+                                               anchor["psnr-rgb"], anchor["ms-ssim-rgb"]):
+            print(f"{name:<14}{'q' + str(int(quality)) if quality else '':>8}{bpp:>9.4f}{value:>10.2f}{msssim:>9.4f}")
+    print(f"\n{'pair':<40}{'BD-rate %':>18}{'BD-PSNR dB':>18}{'overlap q/r %':>15}  note")
+    for entry in document["bd_summary"]:
+        print(f"{entry['pair']:<40}{_pm(entry, 'bd_rate_pchip_%', 2):>18}{_pm(entry, 'bd_psnr_pchip_dB', 3):>18}"
+              f"{_overlap(entry):>15}  {entry['note']}")
+    print("\nchecks:")
+    for check in document["checks"]:
+        print(f"  [{'ok' if check['ok'] else 'NO'}] {check['check']}: {check['detail']}")
+    print(f"\nsummary: {out_dir / SUMMARY}\nR-D points: {out_dir / 'points.csv'} and {out_dir / 'curves'}/"
+          f"\nBD pairs: {out_dir / 'bd.csv'}\nfigure: {figure}\nreconstructions at matched bpp "
+          f"({recon['image']}, target {recon['target_bpp']:.3f} bpp): {out_dir / 'recon'}/\n"
+          f"wall time: {document['wall_time_s']:.0f} s")
+
+
+def _mean_std(values: Sequence[float], digits: int) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f}±{np.std(values, ddof=1):.{digits}f}"
+
+
+def _pm(entry: dict, key: str, digits: int) -> str:
+    mean, std = entry[f"{key}_mean"], entry[f"{key}_std"]
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:+.{digits}f}"
+    return f"{mean:+.{digits}f} ± {std:.{digits}f}"
+
+
+def _overlap(entry: dict) -> str:
+    q, r = entry["quality_overlap_%_mean"], entry["rate_overlap_%_mean"]
+    if q is None or (isinstance(q, float) and math.isnan(q)):
+        return "–"
+    return f"{q:.0f}/{r:.0f}"
+
+
+def load_summary(folder: str | Path) -> dict:
+    """Read a bundle's ``summary.json``; a missing or broken file is a one-line error."""
+    from common.errors import UserError
+
+    path = Path(folder) / SUMMARY
+    if not path.is_file():
+        raise UserError(f"{path} not found: pass the --out_dir of a python -m baselines.compare run")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc})") from exc
