@@ -28,7 +28,6 @@ skipped, interrupted ones continue from their ``last.pt``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -44,12 +43,12 @@ from typing import Sequence
 import numpy as np
 
 from baselines.classic import CODECS, DEFAULT_QUALITIES, DISPLAY_NAMES, codec_version, describe_codec, evaluate_codec
-from common.checkpoint import atomic_write_text, load_file
+from common.checkpoint import load_file
 from common.cli import OneLineErrorParser, parse_with_train_flags, run_main
 from common.data.images import list_images
 from common.errors import UserError
 from common.eval.evaluate import codec_description, describe, describe_test_set, evaluate, write_results
-from common.rd import RDCurve, bd_row, computed, curve_from_json, plot_curves, sorted_monotone
+from common.rd import RDCurve, bd_row, computed, curve_from_json
 
 REPO = Path(__file__).resolve().parent.parent
 # Flags the comparison sets for each run itself.

@@ -460,7 +460,7 @@ class Trainer:
         val = self._validate(self.evaluated_model())
         if self.ema is not None:
             raw = self._validate(self.model)
-            val.update({f"raw_{name}": raw[name] for name in ("loss", "psnr") if name in raw})
+            val.update({f"raw_{name}": raw[name] for name in ("loss", "psnr", "bpp_loss") if name in raw})
         return val
 
     @torch.no_grad()
