@@ -7,7 +7,8 @@ fine-tuned from it. The recipe (``RECIPE``) trains bmshj2018-factorized-small wi
 sample photos at the geometric middle of the demo's ladder, with a cosine learning-rate decay, for about
 an hour on 2 cores. The result is written as a slim checkpoint (weights, the model's name and the
 training flags; no optimizer state) and a JSON file beside it with the command, the git commit, the time
-taken, the final validation metrics and the convergence verdict.
+taken (by this invocation; ``resumed_from_step`` says where an interrupted run continued), the final
+validation metrics and the convergence verdict.
 """
 from __future__ import annotations
 
@@ -51,8 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args, overrides = parsed
     train_argv = [*RECIPE, *overrides, "--save_dir", args.save_dir]
+    resumed_from = None
     if (Path(args.save_dir) / "last.pt").is_file():
         train_argv.append("--resume")
+        resumed_from = load_file(Path(args.save_dir) / "last.pt")["progress"]["step"]
     started = time.perf_counter()
     trainer = Trainer(build_parser().parse_args(train_argv))
     final = trainer.fit()
@@ -60,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_save(slim(load_file(Path(args.save_dir) / "last.pt")), out)
     provenance = {"command": "python -m baselines.pretrain " + " ".join(sys.argv[1:] if argv is None else argv),
                   "training_flags": train_argv, "git_commit": git_commit(),
-                  "wall_time_s": round(time.perf_counter() - started, 1),
+                  "wall_time_s": round(time.perf_counter() - started, 1), "resumed_from_step": resumed_from,
                   "torch_threads": torch.get_num_threads(), "final_validation": final,
                   "convergence": trainer.convergence.to_dict()}
     atomic_write_text(out.with_suffix(".json"), json.dumps(provenance, indent=2) + "\n")
