@@ -15,5 +15,5 @@ PY="${PY:-.venv/bin/python}"
   --title "Study 1: from scratch (Solution 1), bmshj2018-factorized-mini, sample photos" \
   --lambdas "${LAMBDAS:-0.0018,0.0035,0.0067,0.013}" --seeds "${SEEDS:-0,1,2}" --jobs "${JOBS:-2}" \
   --arm "adam=--optimizer adam" --arm "balanced=--optimizer balanced --gamma 0.003 --w_lr 0.025" \
-  --model bmshj2018-factorized-mini --steps "${STEPS:-9000}" --batch_size 4 --patch_size 64 --val_patch_size 384 \
+  --model bmshj2018-factorized-mini --steps "${STEPS:-8500}" --batch_size 4 --patch_size 64 --val_patch_size 384 \
   --lr 2e-3 --sched cosine --ema_decay 0.99 --eb_aux_lr 1e-2 --val_every 200 --recon_every 0 --num_workers 0 "$@"
