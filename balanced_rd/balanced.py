@@ -12,7 +12,8 @@ Notation: losses l_i, offsets m_i (``min_losses``), D_i = l_i - m_i + 1e-8, logi
   plus coupled L2 decay towards xi0 = 0, i.e. uniform weights, or towards ``prior_weights``). A task whose
   log loss fell less than average gains weight.
 
-Loss arithmetic (D, log, c, delta) is done in FP32 with autocast off. Under ``torch.distributed`` the
+Loss arithmetic (D, log, c, delta) is done with autocast off in the wider of FP32 and the losses' dtype (FP64
+losses keep FP64 arithmetic; the logits and their Adam state stay FP32). Under ``torch.distributed`` the
 detached loss vectors are averaged over ranks in both calls, so every rank holds the same logits; the
 backpropagated form sum_i a_i l_i(local) then makes DDP's gradient averaging give exactly the gradient of
 the FAMO loss of the global batch. The logits and their Adam live outside ``param_groups``, so learning-rate
@@ -38,7 +39,7 @@ from torch import Tensor
 
 from balanced_rd.cautious import CautiousAdam
 from balanced_rd.distributed import all_reduce_mean
-from balanced_rd.tasks import (LOG_EPS, check_above_min, check_n_tasks, per_task_vector, shifted_log,
+from balanced_rd.tasks import (LOG_EPS, arithmetic_dtype, check_above_min, check_n_tasks, per_task_vector, shifted_log,
                                stack_losses, task_log_record, task_names_or_default)
 from common.errors import UserError
 
@@ -148,14 +149,15 @@ class Balanced(CautiousAdam):
         """The FAMO scalar to backpropagate; remembers the (rank-averaged) losses for the logit update."""
         losses = stack_losses(task_losses, self.n_tasks)
         with torch.autocast(device_type=losses.device.type, enabled=False):
-            local = losses.float()
+            local = losses.to(arithmetic_dtype(losses))
             values = all_reduce_mean(local.detach())
-            check_above_min(values, self._famo_on(values.device), self.task_names)
-            z = torch.softmax(self.logits, dim=0)
-            inverse = z / (values - self.min_losses + LOG_EPS)
+            min_losses = self._famo_on(values.device).to(values.dtype)
+            check_above_min(values, min_losses, self.task_names)
+            z = torch.softmax(self.logits.to(values.dtype), dim=0)
+            inverse = z / (values - min_losses + LOG_EPS)
             normaliser = inverse.sum()
             coefficients = inverse / normaliser
-            famo_value = (z * shifted_log(values, self.min_losses)).sum() / normaliser
+            famo_value = (z * shifted_log(values, min_losses)).sum() / normaliser
             # Value: the FAMO scalar of the global batch. Gradient: sum_i a_i grad(l_i) of the local losses,
             # which is the FAMO gradient (c detached) and stays exact under DDP gradient averaging.
             loss = famo_value + (coefficients * (local - local.detach())).sum()
@@ -190,10 +192,14 @@ class Balanced(CautiousAdam):
         if new_task_losses is None:
             raise UserError("update_task_weights needs the new task losses (or skip=True)")
         with torch.autocast(device_type=previous.device.type, enabled=False):
-            new = all_reduce_mean(stack_losses(new_task_losses, self.n_tasks).detach().float())
+            new = stack_losses(new_task_losses, self.n_tasks).detach()
+            new = all_reduce_mean(new.to(arithmetic_dtype(new)))
             if reference_losses is not None:
-                previous = all_reduce_mean(stack_losses(reference_losses, self.n_tasks).detach().float())
-            min_losses = self._famo_on(new.device)
+                previous = stack_losses(reference_losses, self.n_tasks).detach()
+                previous = all_reduce_mean(previous.to(arithmetic_dtype(previous)))
+            dtype = torch.promote_types(previous.dtype, new.dtype)
+            previous, new = previous.to(dtype), new.to(dtype)
+            min_losses = self._famo_on(new.device).to(dtype)
             check_above_min(previous, min_losses, self.task_names)
             check_above_min(new, min_losses, self.task_names)
             delta = shifted_log(previous, min_losses) - shifted_log(new, min_losses)
@@ -204,8 +210,12 @@ class Balanced(CautiousAdam):
         return True
 
     def _step_logits(self, delta: Tensor) -> None:
-        """Adam step on the logits with gradient J_softmax^T delta + gamma * (logits - prior)."""
-        grad = logit_gradient(self.logits, delta, self._gamma, self.logit_prior)
+        """Adam step on the logits with gradient J_softmax^T delta + gamma * (logits - prior).
+
+        The gradient is formed in delta's precision and stored in the logits' FP32 Adam state.
+        """
+        grad = logit_gradient(self.logits.to(delta.dtype), delta, self._gamma, self.logit_prior.to(delta.dtype))
+        grad = grad.to(self.logits.dtype)
         beta1, beta2 = _LOGIT_BETAS
         self._logit_step += 1
         self._logit_exp_avg.lerp_(grad, 1 - beta1)

@@ -14,7 +14,7 @@ import torch
 from balanced_rd.balanced import Balanced
 from balanced_rd.gamma import GAMMA_STRATEGIES, GammaSchedule, make_gamma_schedule
 from balanced_rd.qp import BalancedQP
-from common.cli import bool_flag
+from common.cli import bool_flag, number
 from common.errors import UserError
 
 
@@ -30,40 +30,40 @@ def _optional_float(value: str) -> float | None:
 def add_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """Add the Balanced R-D flags to ``group`` (a parser or one of its argument groups)."""
     bool_flag(group, "--use_balanced", False, "train with balanced_rd.Balanced (same as --optimizer balanced)")
-    group.add_argument("--gamma", type=float, nargs="+", default=[0.003],
+    group.add_argument("--gamma", type=number(float, minimum=0), nargs="+", default=[0.003],
                        help="logit decay gamma: one value, or one per task (default: 0.003)")
-    group.add_argument("--w_lr", type=float, default=0.025, help="learning rate of the task-weight logits "
+    group.add_argument("--w_lr", type=number(float, above=0), default=0.025, help="learning rate of the task-weight logits "
                        "(default: 0.025)")
-    group.add_argument("--min_losses", type=float, nargs="+", default=[-1.0],
+    group.add_argument("--min_losses", type=number(float), nargs="+", default=[-1.0],
                        help="offsets m in log(loss - m): one value or one per task (default: -1)")
-    group.add_argument("--prior_weights", type=float, nargs="+", default=None,
+    group.add_argument("--prior_weights", type=number(float, above=0), nargs="+", default=None,
                        help="balanced: task weights to start from and decay towards, one per task "
                             "(default: uniform)")
     bool_flag(group, "--cautious", True, "sign-mask the model update (Cautious Adam); false = plain Adam")
     group.add_argument("--max_mask_scale", type=_optional_float, default=10.0,
                        help="cap on the cautious rescaling 1/mean(mask); 'none' = uncapped (default: 10)")
-    group.add_argument("--qp_eps", type=float, default=1e-6,
+    group.add_argument("--qp_eps", type=number(float, minimum=0), default=1e-6,
                        help="balanced_qp: relative ridge on the gradient Gram matrix (default: 1e-6)")
     bool_flag(group, "--adaptive_gamma", False,
               "schedule gamma per epoch (strategy --gamma_strategy, cosine when not given)")
     group.add_argument("--gamma_strategy", choices=GAMMA_STRATEGIES, default=None,
                        help="per-epoch gamma schedule (default: constant, or cosine with --adaptive_gamma)")
-    group.add_argument("--gamma_final_ratio", type=float, default=0.2,
+    group.add_argument("--gamma_final_ratio", type=number(float, minimum=0), default=0.2,
                        help="final gamma / initial gamma of linear, cosine, adaptive; floor of step "
                             "(default: 0.2)")
-    group.add_argument("--gamma_warmup_epochs", type=int, default=0,
+    group.add_argument("--gamma_warmup_epochs", type=number(int, minimum=0), default=0,
                        help="epochs at the initial gamma before linear/cosine/adaptive start (default: 0)")
-    group.add_argument("--gamma_milestones", type=int, nargs="+", default=[1000, 2000, 2500],
+    group.add_argument("--gamma_milestones", type=number(int, minimum=0), nargs="+", default=[1000, 2000, 2500],
                        help="epochs where the step schedule multiplies gamma by --gamma_step_factor "
                             "(default: 1000 2000 2500)")
-    group.add_argument("--gamma_step_factor", type=float, default=0.5, help="step schedule factor (default: 0.5)")
-    group.add_argument("--gamma_min", type=float, default=None,
+    group.add_argument("--gamma_step_factor", type=number(float, above=0), default=0.5, help="step schedule factor (default: 0.5)")
+    group.add_argument("--gamma_min", type=number(float, minimum=0), default=None,
                        help="absolute gamma floor of step/hpcm (default: final ratio * gamma; hpcm 0.0005)")
-    group.add_argument("--gamma_cv_window", type=int, default=50,
+    group.add_argument("--gamma_cv_window", type=number(int, minimum=2), default=50,
                        help="adaptive: number of recent validation losses in the CV (default: 50)")
-    group.add_argument("--weight_update_every", type=int, default=1,
+    group.add_argument("--weight_update_every", type=number(int, minimum=1), default=1,
                        help="cheaper delta: update the task weights every k-th step only (default: 1 = exact)")
-    group.add_argument("--delta_subset", type=int, default=0,
+    group.add_argument("--delta_subset", type=number(int, minimum=0), default=0,
                        help="cheaper delta: re-evaluate only the first N samples of the batch (default: 0 = "
                             "whole batch)")
     bool_flag(group, "--share_noise", False,

@@ -67,8 +67,13 @@ def check_above_min(values: Tensor, min_losses: Tensor, names: Sequence[str]) ->
             f"(the LIC default is -1) or check that loss")
 
 
+def arithmetic_dtype(losses: Tensor) -> torch.dtype:
+    """The precision of the task-weight arithmetic: the wider of FP32 and the losses' own dtype."""
+    return torch.promote_types(losses.dtype, torch.float32)
+
+
 def shifted_log(values: Tensor, min_losses: Tensor) -> Tensor:
-    """log(loss - min_loss + eps), elementwise, in the dtype of ``values`` (FP32 in practice)."""
+    """log(loss - min_loss + eps), elementwise, in the dtype of ``values`` (FP32 or FP64)."""
     return (values - min_losses + LOG_EPS).log()
 
 

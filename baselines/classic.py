@@ -23,6 +23,7 @@ from PIL import Image, features
 
 from common.data.images import list_images, load_rgb, to_tensor
 from common.errors import UserError
+from common.paths import output_dir
 from common.eval.evaluate import aggregate, describe_test_set, write_results
 from common.losses import ms_ssim, ms_ssim_scales, psnr_8bit, quantize_8bit
 from common.rd import ms_ssim_to_db
@@ -132,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test_set", help="name recorded as the test set (default: the folder's name)")
     args = parser.parse_args(argv)
     dataset = Path(args.dataset)
+    output_dir(args.out_dir, "--out_dir")
     codecs, qualities = parse_codecs(args.codecs), parse_qualities(args.qualities)
     info = describe_test_set(dataset, len(list_images(dataset)), args.test_set)
     for path in write_codec_curves(dataset, Path(args.out_dir), codecs, qualities, info):
@@ -139,7 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``lic-classic`` command (installed by ``make setup``): ``main`` with one-line errors."""
     from common.cli import run_main
 
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

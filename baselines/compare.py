@@ -44,9 +44,10 @@ import numpy as np
 
 from baselines.classic import CODECS, DEFAULT_QUALITIES, DISPLAY_NAMES, codec_version, describe_codec, evaluate_codec
 from common.checkpoint import load_file
-from common.cli import OneLineErrorParser, parse_with_train_flags, run_main
+from common.cli import OneLineErrorParser, number, parse_with_train_flags, run_main
 from common.data.images import list_images
 from common.errors import UserError
+from common.paths import output_dir
 from common.eval.evaluate import codec_description, describe, describe_test_set, evaluate, write_results
 from common.rd import RDCurve, bd_row, computed, curve_from_json
 
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--start_checkpoint", help="every run starts from these weights (e.g. the base model)")
     start.add_argument("--start_from", metavar="DIR",
                        help="each run starts from DIR/seed<k>/lambda_<λ>/last.pt (another sweep's final models)")
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=number(int, minimum=1), default=1,
                         help="trainings at a time; each gets cores/jobs threads (default: 1)")
     parser.add_argument("--eval_dataset", help="images of the real-bitstream evaluation (default: "
                                                "--test_dataset, else the embedded test photos)")
@@ -137,6 +138,8 @@ def train_command(train_argv: Sequence[str], arm: Arm, seed: int, lmbda: float, 
             "--lambda", repr(lmbda), "--save_dir", str(folder), "--progress", "false"]
     if (folder / "last.pt").is_file():
         return [*argv, "--resume"]
+    # No checkpoint yet: whatever a run that died before its first checkpoint left there is replaced.
+    argv.append("--overwrite")
     return [*argv, "--checkpoint", str(start)] if start is not None else argv
 
 
@@ -300,13 +303,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(c not in CODECS for c in codecs):
         raise UserError(f"--anchors must name some of: {', '.join(CODECS)} (got {args.anchors!r})")
     _check_train_flags(train_argv, arms)
-    out_dir = Path(args.out_dir)
     images, root = _eval_images(args, train_argv)
+    starts = {(seed, lmbda): _start(args, seed, lmbda) for seed in seeds for lmbda in lambdas}
+    out_dir = output_dir(args.out_dir, "--out_dir")
+    output_dir(args.bundle_dir or out_dir, "--bundle_dir")
 
     jobs = []
     for seed in seeds:
         for lmbda in lambdas:
-            start = _start(args, seed, lmbda)
+            start = starts[(seed, lmbda)]
             for arm in arms:
                 folder = run_dir(out_dir, arm.name, seed, lmbda)
                 if finished(folder):
@@ -373,5 +378,10 @@ def _start(args, seed: int, lmbda: float) -> Path | None:
     return path
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``lic-compare`` command (installed by ``make setup``): ``main`` with one-line errors."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

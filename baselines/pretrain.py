@@ -20,23 +20,15 @@ from typing import Sequence
 
 import torch
 
-from common.checkpoint import atomic_save, atomic_write_text, load_file
+from common.checkpoint import atomic_save, atomic_write_text, load_file, model_only
 from common.cli import OneLineErrorParser, parse_with_train_flags, run_main
+from common.paths import output_file
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "pretrained" / "bmshj2018-factorized-small.pt"
 RECIPE = ("--model", "bmshj2018-factorized-small", "--lambda", "0.0048", "--steps", "36000",
           "--batch_size", "8", "--patch_size", "64", "--val_patch_size", "256", "--lr", "1e-3",
           "--sched", "cosine", "--val_every", "1000", "--recon_every", "0", "--num_workers", "0",
           "--progress", "false")
-# Kept from the training checkpoint: what rebuilds and describes the model, not what resumes its training.
-_KEPT = ("format", "model", "replace", "qat", "state_dict", "ema_state_dict", "step", "epoch", "args")
-
-
-def slim(checkpoint: dict) -> dict:
-    """The parts of a training checkpoint that a model needs (about a third of the file)."""
-    return {key: checkpoint[key] for key in _KEPT if key in checkpoint}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from baselines.study import git_commit
     from common.train.engine import Trainer
@@ -51,16 +43,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if parsed is None:
         return 0
     args, overrides = parsed
+    output_file(args.out, "--out")
     train_argv = [*RECIPE, *overrides, "--save_dir", args.save_dir]
     resumed_from = None
     if (Path(args.save_dir) / "last.pt").is_file():
         train_argv.append("--resume")
         resumed_from = load_file(Path(args.save_dir) / "last.pt")["progress"]["step"]
+    else:
+        train_argv.append("--overwrite")
     started = time.perf_counter()
     trainer = Trainer(build_parser().parse_args(train_argv))
     final = trainer.fit()
     out = Path(args.out)
-    atomic_save(slim(load_file(Path(args.save_dir) / "last.pt")), out)
+    atomic_save(model_only(load_file(Path(args.save_dir) / "last.pt")), out)
     provenance = {"command": "python -m baselines.pretrain " + " ".join(sys.argv[1:] if argv is None else argv),
                   "training_flags": train_argv, "git_commit": git_commit(),
                   "wall_time_s": round(time.perf_counter() - started, 1), "resumed_from_step": resumed_from,
@@ -71,5 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``lic-pretrain`` command (installed by ``make setup``): ``main`` with one-line errors."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -22,7 +22,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from common.checkpoint import load_file
-from common.cli import OneLineErrorParser, parse_with_train_flags, run_main
+from common.cli import OneLineErrorParser, number, parse_with_train_flags, run_main
 from common.data.images import list_images
 from common.errors import UserError
 from common.eval.evaluate import describe, evaluate, write_results
@@ -46,9 +46,9 @@ def sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lambdas", default="0.0035,0.013,0.0483", help="comma-separated λ values")
     parser.add_argument("--out_dir", default="runs/sweep")
     parser.add_argument("--name", default=None, help="curve name (default: model and optimizer)")
-    parser.add_argument("--warm_start_steps", type=int, default=0,
+    parser.add_argument("--warm_start_steps", type=number(int, minimum=0), default=0,
                         help="train a shared start model at the middle λ for this many steps first")
-    parser.add_argument("--warm_start_lr", type=float, default=None, help="learning rate of the warm start")
+    parser.add_argument("--warm_start_lr", type=number(float, above=0), default=None, help="learning rate of the warm start")
     parser.add_argument("--start_checkpoint", default=None,
                         help="start every λ run from this checkpoint instead, e.g. another sweep's "
                              "warm_start/last.pt, so that two optimizers' curves share one starting model")
@@ -59,11 +59,12 @@ def sweep_parser() -> argparse.ArgumentParser:
 
 
 def finished(run_dir: Path, total_steps: int | None) -> bool:
+    """Whether the run's checkpoint says it ended (and, with ``--steps``, after at least that many steps)."""
     path = run_dir / "last.pt"
     if not path.is_file():
         return False
     ckpt = load_file(path)
-    return total_steps is None or ckpt["progress"]["step"] >= total_steps
+    return bool(ckpt.get("finished")) and (total_steps is None or ckpt["progress"]["step"] >= total_steps)
 
 
 def train_one(train_argv: list[str], save_dir: Path, lmbda: float, extra: list[str]) -> None:
@@ -71,8 +72,8 @@ def train_one(train_argv: list[str], save_dir: Path, lmbda: float, extra: list[s
     from common.train.options import build_parser
 
     argv = [*train_argv, "--lambda", repr(lmbda), "--save_dir", str(save_dir), *extra]
-    if (save_dir / "last.pt").is_file():
-        argv.append("--resume")
+    # Resume what has a checkpoint; replace what a run that died before its first checkpoint left.
+    argv.append("--resume" if (save_dir / "last.pt").is_file() else "--overwrite")
     Trainer(build_parser().parse_args(argv)).fit()
 
 
@@ -155,5 +156,10 @@ def report_monotonicity(curve: RDCurve) -> None:
         print(f"warning: {exc}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``lic-sweep`` command (installed by ``make setup``): ``main`` with one-line errors."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

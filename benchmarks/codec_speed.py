@@ -13,19 +13,15 @@ Sizes are WIDTHxHEIGHT (768x512 is a landscape Kodak image); both must be multip
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from common.cli import OneLineErrorParser, run_main  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from common.eval import payload_bytes  # noqa: E402
-from common.models import build  # noqa: E402
-from benchmarks.timing import median_time, photo  # noqa: E402
+from common.cli import OneLineErrorParser, run_main
+from common.errors import UserError
+from common.eval import payload_bytes
+from common.models import build
+from benchmarks.timing import median_time, photo
 
 
 def parse_size(text: str) -> tuple[int, int]:

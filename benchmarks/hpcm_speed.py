@@ -15,19 +15,15 @@ Without ``--devices`` the CPU and, when available, CUDA are timed. Exit code 1 i
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from common.cli import OneLineErrorParser, run_main  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from common.eval import payload_bytes  # noqa: E402
-from common.models import build  # noqa: E402
-from common.models.hpcm.weights import fill_parity_weights  # noqa: E402
-from benchmarks.timing import median_time, parse_size, photo  # noqa: E402
+from common.cli import OneLineErrorParser, run_main
+from common.errors import UserError
+from common.eval import payload_bytes
+from common.models import build
+from common.models.hpcm.weights import fill_parity_weights
+from benchmarks.timing import median_time, parse_size, photo
 
 MODELS = ("hpcm-base", "hpcm-large", "hpcm-tiny")
 

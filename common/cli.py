@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -40,10 +42,46 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors are a single line on stderr (exit code 2)."""
+    """ArgumentParser whose usage errors are a single line on stderr (exit code 2).
+
+    Negative numbers in any notation (``--lr -1e-3``) are read as values, so that their flag can say what is
+    wrong with them; argparse's default takes ``-1e-3`` for an unknown option.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)  # every option shows its default
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.I)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def number(kind: type = float, *, minimum: float | None = None, above: float | None = None,
+           maximum: float | None = None, below: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type``: a finite ``int`` or ``float`` within the given bounds.
+
+    A value that is not a number, is NaN or infinite, or lies outside the bounds is rejected by argparse with a
+    one-line message naming the flag and the allowed range.
+    """
+    bounds = [f">= {minimum:g}" if minimum is not None else "", f"> {above:g}" if above is not None else "",
+              f"<= {maximum:g}" if maximum is not None else "", f"< {below:g}" if below is not None else ""]
+    wanted = f"{'an integer' if kind is int else 'a finite number'}{' ' if any(bounds) else ''}" + \
+        " and ".join(b for b in bounds if b)
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+        if not math.isfinite(value) or (minimum is not None and value < minimum) or \
+                (above is not None and value <= above) or (maximum is not None and value > maximum) or \
+                (below is not None and value >= below):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
 
 
 def parse_with_train_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
@@ -77,6 +115,11 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
         code = main(argv)
     except UserError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # a file system problem no check foresaw: still one line, naming the path
+        from common.paths import describe_os_error
+
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

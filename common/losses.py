@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
 from torch import Tensor, nn
 
-from common.cli import bool_flag
+from common.cli import bool_flag, number
 from common.errors import UserError
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -281,10 +281,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--loss_type", choices=LOSS_TYPES, default="mse",
                         help="mse: lambda*255^2*MSE + bpp; recon: a*L1 + (1-a)(1-MS-SSIM); "
                              "rd: recon + lambda_bpp*bpp")
-    parser.add_argument("--lambda", dest="lmbda", type=float, default=0.0130,
+    parser.add_argument("--lambda", dest="lmbda", type=number(float, minimum=0), default=0.0130,
                         help="rate-distortion trade-off of --loss_type mse")
-    parser.add_argument("--alpha_l1", type=float, default=0.4, help="L1 weight a of the recon loss")
-    parser.add_argument("--lambda_bpp", type=float, default=0.01, help="bpp weight of --loss_type rd")
+    parser.add_argument("--alpha_l1", type=number(float, minimum=0, maximum=1), default=0.4, help="L1 weight a of the recon loss")
+    parser.add_argument("--lambda_bpp", type=number(float, minimum=0), default=0.01, help="bpp weight of --loss_type rd")
     bool_flag(parser, "--hierarchical_tasks", False,
               "balance 5 tasks (distortion + the rates of z and the 3 HPCM y scales) instead of 2")
 

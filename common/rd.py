@@ -378,6 +378,7 @@ def _fit_axes(axes, curves: Sequence[RDCurve], key: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from common.cli import OneLineErrorParser
+    from common.paths import output_file
 
     parser = OneLineErrorParser(prog="python -m common.rd",
                                 description="BD-rate / BD-PSNR of R-D curves against an anchor, with a plot.")
@@ -392,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 2 when any pair cannot be computed (default: only when none can)")
     args = parser.parse_args(argv)
+    for flag, value in (("--plot", args.plot), ("--csv", args.csv)):
+        if value:
+            output_file(value, flag)
 
     anchor = load_curve(args.anchor)
     tests = [load_curve(p) for p in args.test]
@@ -413,7 +417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``lic-rd`` command (installed by ``make setup``): ``main`` with one-line errors."""
     from common.cli import run_main
 
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import UserError
+from common.paths import output_dir
 from common.rd import (METRICS, RDCurve, bd_table, format_markdown, load_curve, test_set_mismatch)
 
 # One style for every figure: the arms in matplotlib's default cycle, solid with markers; anchors dashed.
@@ -303,16 +304,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.curves:
         if not args.anchor:
             raise UserError("--curves needs --anchor")
+        output_dir(args.out_dir, "--out_dir")
         for path in render_curves(args.curves, args.anchor, args.out_dir, args.title):
             print(f"wrote {path}")
         return 0
+    output_dir(args.out_dir, "--out_dir")
     for study in args.studies:
         page = render_study(study, Path(args.out_dir) / Path(study).resolve().name)
         print(f"wrote {page.parent}/ (open {page} in a browser)")
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``lic-report`` command (installed by ``make setup``): ``main`` with one-line errors."""
     from common.cli import run_main
 
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

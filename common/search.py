@@ -18,7 +18,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from common.cli import OneLineErrorParser, parse_with_train_flags, run_main
+from common.cli import OneLineErrorParser, number, parse_with_train_flags, run_main
+from common.paths import output_dir
 from common.errors import UserError
 
 KINDS = ("log", "float", "int", "choice")
@@ -59,7 +60,7 @@ def search_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="python -m common.search", add_help=False,
                                 description="optuna search over common.train runs")
     parser.add_argument("--space", action="append", default=[], help="name=kind:args (repeatable)")
-    parser.add_argument("--trials", type=int, default=None, help="number of trials (grid: the whole grid)")
+    parser.add_argument("--trials", type=number(int, minimum=1), default=None, help="number of trials (grid: the whole grid)")
     parser.add_argument("--sampler", choices=("tpe", "grid"), default="tpe")
     parser.add_argument("--out_dir", default="runs/search")
     parser.add_argument("--study_name", default="search")
@@ -70,7 +71,7 @@ def search_parser() -> argparse.ArgumentParser:
 def run_study(args: argparse.Namespace, train_argv: list[str]):
     import optuna
 
-    from common.train.engine import Trainer
+    from common.train.engine import Trainer, TrainingDiverged
     from common.train.options import build_parser
 
     spaces = [parse_space(text) for text in args.space]
@@ -82,8 +83,7 @@ def run_study(args: argparse.Namespace, train_argv: list[str]):
         raise UserError(f"searched flags and --save_dir are set by the search; remove {clashes or ['--save_dir']}")
     build_parser().parse_args(train_argv + [f"--{n}=1" if k != "choice" else f"--{n}={v[0]}"
                                             for n, k, v in spaces])  # validates the flags up front
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(args.out_dir, "--out_dir")
     if args.sampler == "grid":
         if any(kind != "choice" for _, kind, _ in spaces):
             raise UserError("--sampler grid needs choice spaces only (name=choice:a,b,c)")
@@ -105,7 +105,13 @@ def run_study(args: argparse.Namespace, train_argv: list[str]):
         run_dir = out_dir / f"trial_{trial.number:03d}"
         trial.set_user_attr("run_dir", str(run_dir))
         print(f"trial {trial.number}: {' '.join(values)}")
-        val = Trainer(build_parser().parse_args([*train_argv, *values, "--save_dir", str(run_dir)])).fit()
+        try:
+            val = Trainer(build_parser().parse_args([*train_argv, *values, "--save_dir", str(run_dir),
+                                                     "--overwrite"])).fit()
+        except TrainingDiverged as exc:
+            # One diverging setting is a result of the search, not the end of it.
+            print(f"trial {trial.number} pruned: {exc}")
+            raise optuna.TrialPruned(str(exc)) from exc
         for key in ("psnr", "ms_ssim", "bpp_loss"):
             if key in val:
                 trial.set_user_attr(key, val[key])
@@ -127,10 +133,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = Path(args.out_dir) / "trials.csv"
     table.to_csv(path, index=False)
     print(table.to_string(index=False))
+    import optuna
+
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        raise UserError(f"no trial completed (see {path}); every setting diverged or failed")
     best = study.best_trial
     print(f"best trial {best.number}: loss {best.value:.4f} with {best.params}\ntable: {path}")
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``lic-search`` command (installed by ``make setup``): ``main`` with one-line errors."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -14,5 +14,5 @@ five=(--optimizer balanced --hierarchical_tasks true --gamma 0.003 0.003 0.008 0
   --lambdas "${LAMBDAS:-0.0018,0.0035,0.0067,0.013}" --seeds "${SEEDS:-0}" --jobs "${JOBS:-2}" \
   --arm "adam=--optimizer adam" --arm "balanced2=--optimizer balanced --gamma 0.003 --w_lr 0.025" \
   --arm "balanced5=${five[*]}" --arm "balanced5_prior=${five[*]} --prior_weights 0.5 0.125 0.125 0.125 0.125" \
-  --model hpcm-tiny --steps "${STEPS:-3600}" --batch_size 4 --patch_size 64 --val_patch_size 384 \
-  --lr 1e-3 --sched cosine --ema_decay 0.99 --val_every 90 --recon_every 0 --num_workers 0 "$@"
+  --model hpcm-tiny --steps "${STEPS:-4000}" --batch_size 4 --patch_size 64 --val_patch_size 256 \
+  --lr 1e-3 --sched cosine --ema_decay 0.99 --val_every 200 --recon_every 0 --num_workers 0 "$@"

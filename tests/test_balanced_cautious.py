@@ -47,7 +47,9 @@ def test_c2_reduces_to_adam_when_all_coordinates_agree():
     grads = random_grads(20, positive=True)
     ours, _, _ = run(CautiousAdam, START, grads)
     reference, _, _ = run(torch.optim.Adam, START, grads)
-    torch.testing.assert_close(ours, reference, atol=1e-7, rtol=0)
+    # Parameters of size <= 1 (float32 spacing 1.2e-7 there); the two implementations may round each of the 20
+    # updates differently by one unit, so they may drift apart by up to 20 units. A real difference is lr-sized.
+    torch.testing.assert_close(ours, reference, atol=20 * 1.2e-7, rtol=0)
 
 
 def test_c2_non_cautious_is_exactly_adam_and_adamw():

@@ -513,3 +513,25 @@ def test_prior_weights_start_point_decay_target_and_round_trip():
     torch.testing.assert_close(restored.logit_prior, xi0)
     with pytest.raises(UserError, match="prior_weights"):
         make_opt(2, prior_weights=[1.0, 0.0])
+
+
+def test_float64_losses_keep_float64_task_weight_arithmetic():
+    # Losses that differ in the 10th digit: float32 rounds the difference away (its epsilon is 1.2e-7), so a
+    # float32 FAMO sees no progress and leaves the logits where they are; float64 losses must be used as they are.
+    opt = make_opt(2, min_losses=-1.0, gamma=0.0)
+    before = torch.tensor([2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    loss = opt.weighted_loss(before)
+    assert loss.dtype == torch.float64
+    # a_i = (z_i / D_i) / sum_j (z_j / D_j) with z uniform and D = l + 1 + 1e-8, by hand in float64.
+    inverse = [0.5 / (2.0 + 1.0 + 1e-8), 0.5 / (3.0 + 1.0 + 1e-8)]
+    torch.testing.assert_close(opt.loss_coefficients, torch.tensor(inverse, dtype=torch.float64) / sum(inverse),
+                               rtol=1e-15, atol=0)
+    opt.step()
+    after = torch.tensor([2.0 * (1 - 1e-9), 3.0], dtype=torch.float64)
+    assert opt.update_task_weights(after)
+    delta = [math.log(3.0 + 1e-8) - math.log(2.0 * (1 - 1e-9) + 1.0 + 1e-8), 0.0]
+    gradient = 0.5 * (delta[0] - (delta[0] + delta[1]) / 2)  # z0 * (delta0 - <z, delta>), = -gradient for task 1
+    step = W_LR * gradient / (abs(gradient) + 1e-8)  # Adam's first step with eps 1e-8, against the gradient
+    assert step > 1e-4  # the faster task 0 loses weight
+    torch.testing.assert_close(opt.logits, torch.tensor([-step, step]), rtol=1e-5, atol=0)
+    assert opt.logits.dtype == torch.float32

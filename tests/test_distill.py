@@ -36,7 +36,7 @@ def test_distill_then_finetune(teacher):
     root, train, test = teacher
     distill_dir, ft_dir = root / "distill", root / "ft"
     trainer = Trainer(flags(train, test, distill_dir, "--distill", "--checkpoint", str(root / "teacher/last.pt"),
-                            "--steps", "16", "--lr", "2e-3"))
+                            "--steps", "16", "--lr", "2e-3", "--val_every", "1"))
     # Only the replaced decoder convolutions learn; the teacher is frozen.
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("g_s.") for n in trainable)

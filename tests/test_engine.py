@@ -74,7 +74,7 @@ def test_restarting_from_weights_is_not_a_resume(image_dirs, tmp_path):
     Trainer(train_args(image_dirs, tmp_path / "a", "--steps", "4")).fit()
     Trainer(train_args(image_dirs, tmp_path / "b", "--steps", "2")).fit()
     Trainer(train_args(image_dirs, tmp_path / "b", "--steps", "4", "--checkpoint",
-                       str(tmp_path / "b" / "last.pt"))).fit()
+                       str(tmp_path / "b" / "last.pt"), "--overwrite")).fit()
     a = load_file(tmp_path / "a" / "last.pt")["state_dict"]
     b = load_file(tmp_path / "b" / "last.pt")["state_dict"]
     assert not torch.equal(a["g_a.0.weight"], b["g_a.0.weight"])
@@ -82,7 +82,7 @@ def test_restarting_from_weights_is_not_a_resume(image_dirs, tmp_path):
 
 def test_run_outputs(image_dirs, tmp_path):
     run = tmp_path / "run"
-    val = Trainer(train_args(image_dirs, run, "--epochs", "2")).fit()
+    val = Trainer(train_args(image_dirs, run, "--epochs", "2", "--val_every", "1")).fit()
     for name in ("last.pt", "best_msssim.pt", "best_loss.pt", "train_log.csv", "train_log.jsonl",
                  "val_log.csv"):
         assert (run / name).is_file(), name
@@ -194,3 +194,21 @@ def test_weight_average_is_the_runs_model(image_dirs, tmp_path):
     assert torch.equal(raw.g_a[0].weight, ckpt["state_dict"]["g_a.0.weight"])
     # Validation judges the average and reports the raw weights beside it.
     assert val["psnr"] == trainer._validate(trainer.ema.module)["psnr"] and "raw_psnr" in val
+
+
+def test_validation_follows_epochs_but_not_more_often_than_every_500_steps(image_dirs, tmp_path):
+    # 6 images at batch 2: 3 steps an epoch, so by default every 167th epoch (501 steps) validates.
+    trainer = Trainer(train_args(image_dirs, tmp_path, "--steps", "1"))
+    assert trainer.val_every == 167 and trainer.recon_every == 167
+    assert Trainer(train_args(image_dirs, tmp_path / "b", "--steps", "1", "--val_every", "2",
+                              "--recon_every", "0")).recon_every == 0
+
+
+def test_best_checkpoints_hold_the_model_only_and_share_one_file(image_dirs, tmp_path):
+    Trainer(train_args(image_dirs, tmp_path, "--steps", "3")).fit()
+    best_msssim, best_loss = tmp_path / "best_msssim.pt", tmp_path / "best_loss.pt"
+    assert best_msssim.stat().st_ino == best_loss.stat().st_ino  # one validation improved both: one file
+    best = load_file(best_msssim)
+    assert "optimizer" not in best and "rng" not in best and best["state_dict"].keys() == \
+        load_file(tmp_path / "last.pt")["state_dict"].keys()
+    assert best_msssim.stat().st_size < 0.6 * (tmp_path / "last.pt").stat().st_size

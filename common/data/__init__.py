@@ -26,14 +26,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from common.cli import bool_flag
+from common.cli import bool_flag, number
 from common.data.datasets import (ImageFileDataset, find_images, hash_split, hash_subset, is_validation,
                                   readable_images, recon_subset, split_key, warn)
-from common.data.images import list_images, load_rgb, load_rgb_tensor, to_tensor
+from common.data.images import (DEFAULT_MAX_IMAGE_PIXELS, list_images, load_rgb, load_rgb_tensor,
+                                set_max_image_pixels, to_tensor)
 from common.data.samples import sample_dirs
 from common.errors import UserError
 
-__all__ = ["ImageFileDataset", "add_arguments", "build_datasets", "find_images", "hash_split", "hash_subset",
+__all__ = ["ImageFileDataset", "add_arguments", "add_pixel_limit_argument", "build_datasets", "find_images", "hash_split", "hash_subset",
            "is_validation", "list_images", "load_rgb", "load_rgb_tensor", "recon_subset", "sample_dirs",
            "split_key", "to_tensor"]
 
@@ -62,23 +63,30 @@ def add_arguments(parser) -> None:
                         help="COCO 2017 root with train2017/ (+ val2017/), or coco_prepare's output "
                              "with --use_prepared true")
     bool_flag(parser, "--use_prepared", False, "--coco_dir holds coco_prepare crops (train/, val/)")
-    parser.add_argument("--val_ratio", type=float, default=None, metavar="R",
+    parser.add_argument("--val_ratio", type=number(float, minimum=0, below=1), default=None, metavar="R",
                         help="validate on a deterministic hash split (fraction R) of the training images "
                              f"(if not given: the source's validation folder, else {DEFAULT_VAL_RATIO})")
-    parser.add_argument("--max_images", type=int, default=None, metavar="N",
+    parser.add_argument("--max_images", type=number(int, minimum=1), default=None, metavar="N",
                         help="use at most N training-source images (a fixed pseudo-random subset)")
-    parser.add_argument("--patch_size", "--patch-size", type=int, nargs="+", action=_PatchSizeAction,
+    parser.add_argument("--patch_size", "--patch-size", type=number(int, minimum=1), nargs="+", action=_PatchSizeAction,
                         default=DEFAULT_PATCH_SIZE, metavar="N",
                         help="square crop size (the seeds' COCO recipes use 224)")
-    parser.add_argument("--val_patch_size", type=int, default=None, metavar="N",
+    parser.add_argument("--val_patch_size", type=number(int, minimum=1), default=None, metavar="N",
                         help="side of the centre crops validated on (default: --patch_size); larger crops judge "
                              "a model trained on small patches more like whole-image evaluation")
-    parser.add_argument("--num_workers", "--num-workers", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--num_workers", "--num-workers", type=number(int, minimum=0), default=min(4, os.cpu_count() or 1),
                         help="DataLoader worker processes")
     bool_flag(parser, "--strict", False, "stop at the first unreadable image instead of skipping it")
-    parser.add_argument("--cache_images_mb", type=float, default=DEFAULT_CACHE_MB, metavar="MB",
+    add_pixel_limit_argument(parser)
+    parser.add_argument("--cache_images_mb", type=number(float, minimum=0), default=DEFAULT_CACHE_MB, metavar="MB",
                         help="keep decoded training and validation images in memory up to this size, per "
                              "process (DataLoader workers each have their own); 0 decodes every time")
+
+
+def add_pixel_limit_argument(parser) -> None:
+    parser.add_argument("--max_image_pixels", type=number(int, minimum=1), default=None, metavar="N",
+                        help=f"refuse images of more pixels, as possible decompression bombs (default: Pillow's "
+                             f"{DEFAULT_MAX_IMAGE_PIXELS}); training skips them with a warning")
 
 
 def _existing_dir(path: str | os.PathLike, flag: str) -> Path:
@@ -133,6 +141,7 @@ def build_datasets(args: argparse.Namespace, seed: int = 0,
 
     ``report`` prints where the data comes from; DDP ranks other than 0 pass False to avoid N copies.
     """
+    set_max_image_pixels(args.max_image_pixels)
     val_ratio, max_images, patch_size = args.val_ratio, args.max_images, args.patch_size
     if val_ratio is not None and not 0.0 <= val_ratio < 1.0:
         raise UserError(f"--val_ratio must be in [0, 1), got {val_ratio}")

@@ -32,9 +32,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from common.cli import OneLineErrorParser, bool_flag, run_main
+from common.cli import OneLineErrorParser, bool_flag, number, run_main
 from common.data.datasets import MAX_NAMED_SKIPS, hash_subset, is_validation, reflect_pad_to, split_key
-from common.data.images import list_images, load_rgb
+from common.data import add_pixel_limit_argument
+from common.data.images import list_images, load_rgb, set_max_image_pixels
+from common.paths import output_dir
 from common.errors import UserError
 
 MANIFEST = "prepare.json"
@@ -50,14 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--coco_dir", required=True, help="COCO 2017 root holding train2017/ (and val2017/)")
     parser.add_argument("--out_dir", required=True, help="output root (train/, val/, prepare.json)")
     bool_flag(parser, "--include_val", False, "also crop val2017/ into OUT_DIR/val/")
-    parser.add_argument("--val_ratio", type=float, default=0.0,
+    parser.add_argument("--val_ratio", type=number(float, minimum=0, below=1), default=0.0,
                         help="fraction of train2017 sent to OUT_DIR/val/ by the deterministic hash split "
                              "(default: %(default)s)")
-    parser.add_argument("--max_images", type=int, default=None, metavar="N",
+    parser.add_argument("--max_images", type=number(int, minimum=1), default=None, metavar="N",
                         help="use at most N train2017 images, a fixed pseudo-random subset (default: all)")
-    parser.add_argument("--size", type=int, default=224, help="crop side in pixels (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: %(default)s, the CPU count)")
+    parser.add_argument("--size", type=number(int, minimum=1), default=224, help="crop side in pixels (default: %(default)s)")
+    parser.add_argument("--workers", type=number(int, minimum=1), default=os.cpu_count() or 1, help="parallel processes (default: %(default)s, the CPU count)")
     bool_flag(parser, "--strict", False, "stop at the first unreadable image instead of skipping it")
+    add_pixel_limit_argument(parser)
     return parser
 
 
@@ -151,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not coco_dir.is_dir():
         raise UserError(f"--coco_dir folder not found: {coco_dir}")
 
+    output_dir(out_dir, "--out_dir")
+    set_max_image_pixels(args.max_image_pixels)
     pairs = plan(coco_dir, out_dir, args.include_val, args.val_ratio, args.max_images)
     check_manifest(out_dir, {"size": args.size, "crop": "center", "val_ratio": args.val_ratio})
     remove_stale_temporaries(out_dir)
@@ -187,5 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``lic-coco-prepare`` command (installed by ``make setup``): ``main`` with one-line errors."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -38,7 +39,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from common.data.images import list_images, load_rgb
+from common.data.images import list_images, load_rgb, too_large_message
 from common.errors import UserError
 
 MAX_NAMED_SKIPS = 20  # beyond this many unreadable files, only the count is printed
@@ -63,8 +64,16 @@ def readable_images(files: Sequence[Path], root: str | os.PathLike, strict: bool
     readable, skipped = [], []
     for path in files:
         try:
-            with Image.open(path):
-                pass
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path):
+                    pass
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            if strict:
+                raise UserError(too_large_message(path, exc)) from exc
+            skipped.append(path)
+            if len(skipped) <= MAX_NAMED_SKIPS:
+                warn(f"skipping {too_large_message(path, exc)}")
         except (OSError, ValueError, SyntaxError) as exc:
             if strict:
                 raise UserError(f"unreadable image {path} ({exc}); remove it or drop --strict") from exc

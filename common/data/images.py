@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ from PIL import Image, UnidentifiedImageError
 
 from common.errors import UserError
 
+# Pillow's own default (about 89 megapixels, a 9459 px square): larger files are refused as possible bombs.
+DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -45,12 +48,27 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def set_max_image_pixels(limit: int | None) -> None:
+    """Raise (or restore) Pillow's decompression-bomb limit: images above it are refused, not decoded."""
+    Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS if limit is None else int(limit)
+
+
+def too_large_message(path, exc: Exception) -> str:
+    return (f"image {path} is larger than the pixel limit of {Image.MAX_IMAGE_PIXELS} pixels ({exc}); "
+            "if you trust it, pass --max_image_pixels N")
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open ``path`` as an 8-bit RGB PIL image; unreadable files raise :class:`UserError` naming the file."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb8(image)
+        with warnings.catch_warnings():
+            # Pillow warns between the limit and twice the limit and raises beyond: refuse both alike.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return to_rgb8(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UserError(too_large_message(path, exc)) from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from exc
 

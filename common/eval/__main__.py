@@ -5,15 +5,18 @@ Writes CompressAI-format JSON (one list entry per checkpoint / quality) and a pe
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 import warnings
 from typing import Sequence
 
 import torch
 
 from common import replace
-from common.cli import OneLineErrorParser, bool_flag, run_main
-from common.data.images import list_images
+from common.cli import OneLineErrorParser, bool_flag, number, run_main
+from common.data import add_pixel_limit_argument
+from common.data.images import list_images, set_max_image_pixels
 from common.errors import UserError
+from common.paths import output_file
 from common.eval.evaluate import (PAD_MODES, DecodeMismatchWarning, codec_description, describe,
                                   describe_test_set, evaluate, write_results)
 from common.models import available_models, build
@@ -52,10 +55,11 @@ def build_parser() -> OneLineErrorParser:
                                                   "(pads too, unlike compressai's)")
     parser.add_argument("--pad_mode", choices=PAD_MODES, default="zero",
                         help="padding to the eval multiple (default: zero, as the published protocols)")
-    parser.add_argument("--pad_multiple", type=int,
+    parser.add_argument("--pad_multiple", type=number(int, minimum=1),
                         help="pad to this multiple instead of the model's eval multiple (recorded in the JSON)")
+    add_pixel_limit_argument(parser)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--threads", type=int,
+    parser.add_argument("--threads", type=number(int, minimum=1),
                         help="torch CPU threads (compressai's eval_model uses 1; default: torch's choice)")
     parser.add_argument("--no-update", "--no_update", dest="update", action="store_false",
                         help="keep the CDF tables stored in the checkpoint (default: rebuild them with "
@@ -111,6 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.pad_multiple is not None and args.pad_multiple < 1:
         raise UserError(f"--pad_multiple must be a positive integer, got {args.pad_multiple}")
+    if Path(args.output).suffix.lower() != ".json":
+        raise UserError(f"--output must name a .json file (the per-image CSV is written beside it), got {args.output}")
+    output_file(args.output, "--output")
+    output_file(Path(args.output).with_suffix(".csv"), "--output's CSV")
+    set_max_image_pixels(args.max_image_pixels)
     images = list_images(args.dataset)
     qualities = _qualities(args.quality, args.pretrained)
     replace_config = replace.config_from_args(args)
@@ -143,5 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``lic-eval`` command (installed by ``make setup``): ``main`` with one-line errors."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

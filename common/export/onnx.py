@@ -37,11 +37,16 @@ import torch
 from torch import Tensor, nn
 
 from common import replace
-from common.cli import OneLineErrorParser, bool_flag, run_main
+from common.cli import OneLineErrorParser, bool_flag, number, run_main
 from common.errors import UserError
+from common.paths import output_file
 
 PARTS = ("full", "encoder", "decoder")
 DEFAULT_ATOL = 1e-3
+# The opsets the TorchScript exporter writes (torch is pinned in requirements.lock, so these private constants are
+# stable); torch.onnx.export raises a multi-line error for any other.
+from torch.onnx._constants import ONNX_MIN_OPSET  # noqa: E402
+from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as ONNX_MAX_OPSET  # noqa: E402
 DOWNSAMPLING = 16  # g_a reduces H and W by 16 in bmshj2018
 # Operators an INT8 NPU runs natively (seed 003 §7); anything else counts as NPU-unfriendly.
 NPU_FRIENDLY_OPS = frozenset({"Conv", "Relu", "Clip", "HardSigmoid", "HardSwish", "Mul", "Add", "Resize",
@@ -225,15 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", required=True, help="training checkpoint (last.pt, ...) or raw/zoo state dict")
     parser.add_argument("--part", required=True, choices=PARTS, help="graph to export")
     parser.add_argument("--out", required=True, help="output .onnx file")
-    parser.add_argument("--input_size", type=int, default=256,
+    parser.add_argument("--input_size", type=number(int, minimum=16), default=256,
                         help="image side used for export and the parity check (multiple of 16; the decoder "
                              "gets input_size/16 latents) (default: %(default)s)")
     parser.add_argument("--dynamic", action="store_true", help="symbolic batch/height/width axes")
-    parser.add_argument("--opset", type=int, default=13, help="ONNX opset (default: %(default)s)")
-    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+    parser.add_argument("--opset", type=number(int, minimum=ONNX_MIN_OPSET, maximum=ONNX_MAX_OPSET), default=13,
+                        help=f"ONNX opset, {ONNX_MIN_OPSET}-{ONNX_MAX_OPSET} (default: %(default)s)")
+    parser.add_argument("--atol", type=number(float, above=0), default=DEFAULT_ATOL,
                         help="parity tolerance relative to max(1, max|output|) (default: %(default)s)")
     parser.add_argument("--model", default=None, help="model name for raw state dicts (default: bmshj2018-factorized)")
-    parser.add_argument("--quality", type=int, default=1, help="quality for raw state dicts when it cannot be "
+    parser.add_argument("--quality", type=number(int, minimum=1), default=1, help="quality for raw state dicts when it cannot be "
                                                                 "inferred (default: %(default)s)")
     bool_flag(parser, "--trust_checkpoint", False, "allow pickled objects in --ckpt (only for files you trust)")
     replace.add_arguments(parser, trainable_scopes=False)
@@ -244,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from common.models.restore import load_model
 
     args = build_parser().parse_args(argv)
+    output_file(args.out, "--out")
     model = load_model(args.model, quality=args.quality, checkpoint=args.ckpt, trust=args.trust_checkpoint,
                        replace=replace.config_from_args(args))
     report = export_onnx(model, args.part, args.out, args.input_size, args.dynamic, args.opset, args.atol)
@@ -251,5 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if report.ok else 1
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``lic-export-onnx`` command (installed by ``make setup``): ``main`` with one-line errors."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

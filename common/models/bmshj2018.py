@@ -31,6 +31,11 @@ def channels(quality: int) -> tuple[int, int]:
     return n, m
 
 
+def quality_of(n: int, m: int) -> int | None:
+    """The zoo quality whose (N, M) are these channel counts (the smallest, as 1-3 and 4-5 share theirs)."""
+    return next((q for q in QUALITIES if cfgs[ARCH][q] == (n, m)), None)
+
+
 def check_quality(quality: int) -> None:
     if quality not in QUALITIES:
         raise UserError(f"--quality must be an integer from 1 to 8 for {ARCH}, got {quality}")

@@ -42,9 +42,9 @@ def _infer_quality(name: str, state_dict: dict, quality: int) -> int:
     """For bmshj2018-factorized, the smallest quality whose (N, M) matches the state dict's conv sizes."""
     if name != DEFAULT_MODEL or "g_a.0.weight" not in state_dict or "g_a.6.weight" not in state_dict:
         return quality
-    from common.models.bmshj2018 import QUALITIES, channels
-    shape = (state_dict["g_a.0.weight"].shape[0], state_dict["g_a.6.weight"].shape[0])
-    return next((q for q in QUALITIES if channels(q) == shape), quality)
+    from common.models.bmshj2018 import quality_of
+    inferred = quality_of(state_dict["g_a.0.weight"].shape[0], state_dict["g_a.6.weight"].shape[0])
+    return quality if inferred is None else inferred
 
 
 def load_model(name: str | None = None, *, quality: int = 1, pretrained: bool = False, checkpoint: str | None = None,

@@ -15,5 +15,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``lic-train`` command (installed by ``make setup``): ``main`` with one-line errors."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -25,8 +25,10 @@ from balanced_rd import balanced_step
 from balanced_rd import cli as balanced_cli
 from balanced_rd.plots import plot_task_weights
 from common import data, losses, qat, replace
-from common.checkpoint import atomic_save, atomic_write_text, load_file
+from common.checkpoint import (atomic_link, atomic_save, atomic_write_text, load_file, model_only,
+                               remove_stale_temporaries)
 from common.errors import UserError
+from common.paths import output_dir
 from common.models.restore import is_training_checkpoint, load_model
 from common.train import convergence, distributed, precision
 from common.train.ema import WeightEMA
@@ -36,6 +38,16 @@ from common.train.sampler import ResumableSampler
 
 CHECKPOINT_FORMAT = "lic-toolkit/1"
 DEFAULT_EPOCHS = 10
+# Without --val_every, validation (and its checkpoints) follows epochs but no more often than this many steps:
+# on a small folder an epoch is a step or two.
+VALIDATION_STEPS = 500
+# Flags that --resume may change: the learning rate and the run length (the schedule is refitted to them), and
+# what only concerns logging, output or the machine. Flags that only choose the starting weights do not apply
+# to a resumed run. Any other difference from the checkpoint's flags is refused.
+RESUME_OVERRIDES = ("lr", "steps", "epochs")
+RESUME_FREE = ("resume", "overwrite", "checkpoint", "pretrained", "trust_checkpoint", "progress", "wandb",
+               "wandb_project", "val_every", "recon_every", "recon_count", "recon_dir", "save_every_steps",
+               "num_workers", "device", "cache_images_mb", "max_image_pixels", "save_dir", "strict")
 
 
 class TrainingDiverged(UserError):
@@ -157,12 +169,19 @@ class Trainer:
         self.names = checkpoint_names(args)
         self.teacher: nn.Module | None = None
         self._check_args()
+        if self.main:
+            output_dir(self.save_dir, "--save_dir")
+            self._check_existing_run()
+            for name in self.names.values():
+                remove_stale_temporaries(self.save_dir, name)
         seed_everything(args.seed)  # the same initial weights on every rank
 
         self.replace_config = replace.config_from_args(args)
         self.qat_config = qat.config_from_args(args)
         resume_ckpt = self._load_resume_checkpoint()
         self.model = self._build_model(resume_ckpt)
+        self.model_kwargs = (resume_ckpt["model"]["kwargs"] if resume_ckpt is not None
+                             else self._architecture_kwargs())
         self.criterion = losses.criterion_from_args(args)
         if self.teacher is not None:
             self.criterion = TeacherTarget(self.teacher, losses.DistillationLoss(args.distill_l1, args.distill_msssim))
@@ -179,6 +198,8 @@ class Trainer:
                                  # A private generator keeps the global RNG (used by the model's
                                  # quantisation noise) untouched when a new epoch iterator starts.
                                  generator=torch.Generator().manual_seed(args.seed))
+        self.val_every = args.val_every or max(1, math.ceil(VALIDATION_STEPS / self.sampler.batches_per_epoch))
+        self.recon_every = self.val_every if args.recon_every is None else args.recon_every
         self.total_steps = self._total_steps()
         self.convergence_start = convergence.window_start(self.total_steps)
         self.convergence: convergence.Convergence | None = None
@@ -213,7 +234,7 @@ class Trainer:
         recon_dir = Path(args.recon_dir) if args.recon_dir else self.save_dir / (
             "recon_ft" if args.resume_student else "recon")
         self.recon = ReconWriter(recon_dir,
-                                 self.val_set, args.recon_count) if self.main and args.recon_every > 0 else None
+                                 self.val_set, args.recon_count) if self.main and self.recon_every > 0 else None
         if self.main:
             self.save_dir.mkdir(parents=True, exist_ok=True)
             self.train_log = MetricsLog(self.save_dir, "train_log", resume_step)
@@ -226,14 +247,14 @@ class Trainer:
     def _check_args(self) -> None:
         args = self.args
         for name, least in (("batch_size", 1), ("val_every", 1), ("recon_count", 0), ("recon_every", 0)):
-            if getattr(args, name) < least:
+            if getattr(args, name) is not None and getattr(args, name) < least:
                 raise UserError(f"--{name} must be at least {least}, got {getattr(args, name)}")
         if args.steps is not None and args.steps < 1:
             raise UserError(f"--steps must be at least 1, got {args.steps}")
         if args.epochs is not None and args.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {args.epochs}")
-        if args.lr <= 0:
-            raise UserError(f"--lr must be positive, got {args.lr}")
+        if not (math.isfinite(args.lr) and args.lr > 0):
+            raise UserError(f"--lr must be a positive number, got {args.lr}")
         if args.sched == "onecycle" and args.lr_warmup_steps:
             raise UserError("--lr_warmup_steps does not combine with --sched onecycle (it has its own warm-up)")
         if args.resume_student:
@@ -243,6 +264,15 @@ class Trainer:
             args.checkpoint = args.resume_student
         if args.distill and not (args.checkpoint or args.pretrained):
             raise UserError("--distill needs the teacher's weights: --pretrained or --checkpoint PATH")
+
+    def _check_existing_run(self) -> None:
+        """Refuse to start a new run over an existing one unless asked to (--resume continues it)."""
+        if self.args.resume is not None or self.args.overwrite:
+            return
+        found = [name for name in (self.names["last"], "train_log.jsonl") if (self.save_dir / name).exists()]
+        if found:
+            raise UserError(f"{self.save_dir} already holds a run ({', '.join(found)}): continue it with --resume "
+                            "or replace it with --overwrite")
 
     def _check_sizes(self) -> None:
         multiple = getattr(self.model, "forward_multiple", 1)
@@ -276,6 +306,14 @@ class Trainer:
                             "use --checkpoint instead of --resume")
         if ckpt["model"]["name"] != self.args.model:
             raise UserError(f"{path} was trained with --model {ckpt['model']['name']}, not {self.args.model}")
+        recorded = ckpt.get("args", {})
+        changed = [name for name, value in vars(self.args).items()
+                   if name in recorded and recorded[name] != value and name not in RESUME_OVERRIDES + RESUME_FREE]
+        if changed:
+            shown = ", ".join(f"--{n} {recorded[n]!r} (now {getattr(self.args, n)!r})" for n in changed[:3])
+            raise UserError(f"{path} was trained with {shown}{' and more' if len(changed) > 3 else ''}; resume "
+                            "with its flags (only --lr, --steps/--epochs and output flags may change) or start a "
+                            "new run")
         return ckpt
 
     def _build_model(self, resume_ckpt: dict | None) -> nn.Module:
@@ -318,6 +356,21 @@ class Trainer:
         self.qat_config = applied["qat"] or self.qat_config
         return model.to(self.device)
 
+    def _architecture_kwargs(self) -> dict[str, Any]:
+        """What rebuilds this model: the flags, or for loaded weights without --quality the quality they have."""
+        kwargs = model_kwargs(self.args)
+        loaded = self.args.checkpoint and not self.args.pretrained
+        if "quality" in kwargs and self.args.quality is None and loaded:
+            from common.models.bmshj2018 import quality_of
+
+            n, m = getattr(self.model, "N", None), getattr(self.model, "M", None)
+            kwargs["quality"] = quality_of(n, m)
+            if kwargs["quality"] is None:
+                raise UserError(f"{self.args.checkpoint} holds a {self.args.model} with N={n}, M={m}, the channels of "
+                                "no quality 1-8; if it is a smaller model, train it as "
+                                f"{self.args.model}-small (64, 96), -mini (32, 48) or -tiny (16, 24)")
+        return kwargs
+
     def _apply_recipes(self, model: nn.Module) -> nn.Module:
         if self.replace_config:
             model = replace.apply_config(model, self.replace_config)
@@ -340,7 +393,7 @@ class Trainer:
     def checkpoint(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
-            "model": {"name": self.args.model, "kwargs": model_kwargs(self.args)},
+            "model": {"name": self.args.model, "kwargs": self.model_kwargs},
             "replace": self.replace_config,
             "qat": self.qat_config,
             "state_dict": self.model.state_dict(),
@@ -359,7 +412,10 @@ class Trainer:
         }
 
     def save(self, name: str, ckpt: dict | None = None) -> Path:
+        """Write a checkpoint atomically; weights that are no longer finite are never written over good ones."""
         path = self.save_dir / name
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            self._diverged("the weights became non-finite")
         if self.main:
             atomic_save(ckpt if ckpt is not None else self.checkpoint(), path)
         return path
@@ -383,6 +439,32 @@ class Trainer:
         else:
             set_rng_state(ckpt["rng"])
         self.progress = Progress(**ckpt["progress"])
+        self._refit_schedule(ckpt.get("args", {}))
+
+    def _refit_schedule(self, recorded: dict) -> None:
+        """Apply a new --lr or run length on --resume: the schedule continues as if it had been set so from the start."""
+        args, changes = self.args, []
+        for name in RESUME_OVERRIDES:
+            if name in recorded and recorded[name] != getattr(args, name):
+                changes.append(f"--{name} {getattr(args, name)} (was {recorded[name]})")
+        if not changes:
+            return
+        scheduler = self.scheduler
+        if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+            self.scheduler = self._build_scheduler()  # its phases are fixed at construction
+            self.scheduler.last_epoch = self.progress.step - 1
+            self.scheduler.step()
+        elif isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            # The recursive cosine update continues exactly from the closed-form value at the current epoch.
+            scheduler.T_max, scheduler.base_lrs = max(1, self.total_epochs), [args.lr] * len(scheduler.base_lrs)
+            for group, lr in zip(self.optimizer.param_groups, scheduler._get_closed_form_lr()):
+                group["lr"], group["initial_lr"] = lr, args.lr
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = args.lr
+        if self.main:
+            print(f"resuming at step {self.progress.step} with {', '.join(changes)}; the {args.sched} schedule now "
+                  f"spans {self.total_steps} steps")
 
     # ------------------------------------------------------------------ one step
     def _check_outputs(self, out: dict[str, Any]) -> None:
@@ -398,9 +480,11 @@ class Trainer:
                 self._diverged(f"max |{name}| = {peak:.3g} exceeds --overflow_tol {self.args.overflow_tol:g}")
 
     def _diverged(self, what: str) -> None:
+        last = self.save_dir / self.names["last"]
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written before it"
         raise TrainingDiverged(
-            f"training stopped at step {self.progress.step + 1}: {what}; the last good checkpoint is "
-            f"{self.save_dir / self.names['last']} (try a lower --lr, --lr_warmup_steps, --max_grad_norm or --local_fp32)")
+            f"training stopped at step {self.progress.step + 1}: {what}; {kept} (try a lower --lr, "
+            "--lr_warmup_steps, --max_grad_norm or --local_fp32)")
 
     def _warmup_factor(self) -> float:
         warm = self.args.lr_warmup_steps
@@ -485,7 +569,7 @@ class Trainer:
 
     def _end_of_epoch(self, epoch_done: int) -> dict[str, float] | None:
         """Per-epoch schedules; validation, best checkpoints and reconstructions every ``--val_every`` epochs."""
-        val = self.validate() if epoch_done % self.args.val_every == 0 else None
+        val = self.validate() if epoch_done % self.val_every == 0 else None
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             if val is not None:
                 self.scheduler.step(val["loss"])
@@ -493,11 +577,16 @@ class Trainer:
             self.scheduler.step()
         if self.gamma_schedule is not None:
             self.gamma_schedule.step(val_loss=val["loss"] if val is not None else None)
-        if self.recon is not None and epoch_done % self.args.recon_every == 0:
+        if self.recon is not None and epoch_done % self.recon_every == 0:
             self.recon.write(self.evaluated_model(), f"e{epoch_done - 1:03d}")  # seed 001: tag = 0-based epoch index
         if val is not None:
             self._record_validation(val)
         return val
+
+    def epoch_index(self) -> int:
+        """0-based index of the epoch the last step belonged to, as in train_log.csv and the recon folder names."""
+        at_epoch_end = self.progress.batch_in_epoch == 0 and self.progress.step > 0
+        return self.progress.epoch - 1 if at_epoch_end else self.progress.epoch
 
     def _validate_at_window_start(self) -> None:
         """Validate where the last 20 % of the run begins, so that convergence can be judged at the end."""
@@ -506,21 +595,26 @@ class Trainer:
 
     def _record_validation(self, val: dict[str, float]) -> None:
         self._validated_at = self.progress.step
-        row = {"step": self.progress.step, "epoch": self.progress.epoch, **{f"val_{k}": v for k, v in val.items()}}
+        row = {"step": self.progress.step, "epoch": self.epoch_index(), **{f"val_{k}": v for k, v in val.items()}}
         better_msssim = val["ms_ssim"] > self.progress.best_msssim
         better_loss = val["loss"] < self.progress.best_loss
         self.progress.best_msssim = max(self.progress.best_msssim, val["ms_ssim"])
         self.progress.best_loss = min(self.progress.best_loss, val["loss"])
         ckpt = self.checkpoint()
         self.save(self.names["last"], ckpt)
-        if better_msssim:
-            self.save(self.names["best_msssim"], ckpt)
-        if better_loss:
-            self.save(self.names["best_loss"], ckpt)
+        # Best files hold the model only (no optimizer state); when one validation improves both, one file is
+        # written and the other name links to it.
+        best = [self.names[name] for name, better in (("best_msssim", better_msssim), ("best_loss", better_loss))
+                if better]
+        if best:
+            written = self.save(best[0], model_only(ckpt))
+            if self.main:
+                for name in best[1:]:
+                    atomic_link(written, self.save_dir / name)
         if self.main:
             self.val_log.write(row)
             self.wandb.log(row, self.progress.step)
-            tqdm.write(f"epoch {self.progress.epoch} step {self.progress.step}: "
+            tqdm.write(f"epoch {self.epoch_index()} step {self.progress.step}: "
                        + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
 
     # ------------------------------------------------------------------ the loop
@@ -579,6 +673,7 @@ class Trainer:
         if self.qat_controller is not None:
             qat.finalize(self.model)
         ckpt = self.checkpoint()
+        ckpt["finished"] = True  # what tells a finished run from an interrupted one (sweeps skip only these)
         options = {"update_quantiles": True} if not self.args.eb_aux and self.quantiles else {}
         self.model.update(force=True, **options)
         ckpt["state_dict"] = self.model.state_dict()

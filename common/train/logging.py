@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
+
 
 def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
@@ -41,10 +43,23 @@ class MetricsLog:
             self.write(row)
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every row written so far (this run and, after a resume, the rows it kept)."""
+        """Every row written so far (this run and, after a resume, the rows it kept).
+
+        A last line cut short by a killed process is dropped (the next resume rewrites the file without it);
+        a broken line before it is an error.
+        """
         if not self.jsonl_path.exists():
             return []
-        return [json.loads(line) for line in self.jsonl_path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.jsonl_path.read_text(errors="replace").splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if number == len(lines):
+                    break
+                raise UserError(f"{self.jsonl_path} line {number} is not JSON ({exc}); the run's log is damaged") from exc
+        return rows
 
     def write(self, row: dict[str, Any]) -> None:
         row = {key: _plain(value) for key, value in row.items()}

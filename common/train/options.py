@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.cli import DefaultsHelpFormatter, OneLineErrorParser, bool_flag
+from common.cli import DefaultsHelpFormatter, OneLineErrorParser, bool_flag, number
 from common.train.precision import LOCAL_FP32_MODES
 
 OPTIMIZERS = ("adam", "adamw", "balanced", "balanced_qp")
@@ -23,25 +23,25 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     bool_flag(distill, "--distill", False, "teacher = the --pretrained/--checkpoint weights, student = a copy with "
                                            "the replaced decoder (default --decoder_upsample); loss against the "
                                            "teacher's reconstruction")
-    distill.add_argument("--distill_l1", type=float, default=1.0, help="λ1 of λ1·L1 + λ2·(1-MS-SSIM)")
-    distill.add_argument("--distill_msssim", type=float, default=0.2, help="λ2 of λ1·L1 + λ2·(1-MS-SSIM)")
+    distill.add_argument("--distill_l1", type=number(float, minimum=0), default=1.0, help="λ1 of λ1·L1 + λ2·(1-MS-SSIM)")
+    distill.add_argument("--distill_msssim", type=number(float, minimum=0), default=0.2, help="λ2 of λ1·L1 + λ2·(1-MS-SSIM)")
     distill.add_argument("--resume_student", metavar="CKPT",
                          help="fine-tune a distilled student against the ground truth: start from CKPT, write "
                               "ft_last.pt/ft_best.pt and recon_ft/")
 
     run = parser.add_argument_group("schedule")
-    run.add_argument("--epochs", type=int, default=None, help="epochs to train (default 10 unless --steps)")
-    run.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides --epochs)")
-    run.add_argument("--batch_size", type=int, default=8)
-    run.add_argument("--lr", type=float, default=1e-4)
+    run.add_argument("--epochs", type=number(int, minimum=1), default=None, help="epochs to train (default 10 unless --steps)")
+    run.add_argument("--steps", type=number(int, minimum=1), default=None, help="total optimizer steps (overrides --epochs)")
+    run.add_argument("--batch_size", type=number(int, minimum=1), default=8)
+    run.add_argument("--lr", type=number(float, above=0), default=1e-4)
     run.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    run.add_argument("--weight_decay", type=float, default=0.0)
+    run.add_argument("--weight_decay", type=number(float, minimum=0), default=0.0)
     run.add_argument("--sched", choices=SCHEDULERS, default="none",
                      help="cosine/plateau step per epoch, onecycle per step")
-    run.add_argument("--onecycle_pct_start", type=float, default=0.1)
-    run.add_argument("--lr_warmup_steps", type=int, default=0, help="linear warm-up (not with onecycle)")
-    run.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping; <= 0 disables")
-    run.add_argument("--ema_decay", type=float, default=0.0,
+    run.add_argument("--onecycle_pct_start", type=number(float, above=0, below=1), default=0.1)
+    run.add_argument("--lr_warmup_steps", type=number(int, minimum=0), default=0, help="linear warm-up (not with onecycle)")
+    run.add_argument("--max_grad_norm", type=number(float), default=1.0, help="gradient clipping; <= 0 disables")
+    run.add_argument("--ema_decay", type=number(float, minimum=0, below=1), default=0.0,
                      help="keep an exponential moving average of the weights with this decay (e.g. 0.999, as the "
                           "Balanced R-D reference) and make it the run's model; 0 = off")
     run.add_argument("--seed", type=int, default=0)
@@ -55,23 +55,27 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                            help="modules that always run in FP32 under AMP")
     precision.add_argument("--local_fp32_custom", default="", help="class-name fragments for --local_fp32 custom")
     bool_flag(precision, "--overflow_check", True, "stop when forward outputs are non-finite or huge")
-    precision.add_argument("--overflow_tol", type=float, default=1e8)
+    precision.add_argument("--overflow_tol", type=number(float, above=0), default=1e8)
 
     entropy = parser.add_argument_group("entropy bottleneck")
     bool_flag(entropy, "--eb_aux", True, "train the EntropyBottleneck quantiles with the aux loss "
                                           "(false: re-solve them by bisection when the run ends)")
-    entropy.add_argument("--eb_aux_lr", type=float, default=1e-3)
+    entropy.add_argument("--eb_aux_lr", type=number(float, above=0), default=1e-3)
 
     out = parser.add_argument_group("outputs")
     out.add_argument("--save_dir", default="runs/train", help="run folder: checkpoints, logs, plots")
     out.add_argument("--recon_dir", default=None, help="reconstruction PNGs (default: SAVE_DIR/recon)")
-    out.add_argument("--val_every", type=int, default=1,
-                     help="validate (and write best_*.pt) every N epochs; the last step is always validated")
-    out.add_argument("--recon_every", type=int, default=1, help="save reconstructions every N epochs (0: never)")
-    out.add_argument("--recon_count", type=int, default=8, help="validation images to reconstruct")
-    out.add_argument("--save_every_steps", type=int, default=0, help="also write last.pt every N steps")
+    out.add_argument("--val_every", type=number(int, minimum=1), default=None,
+                     help="validate (and write best_*.pt) every N epochs (default: every epoch, but no more often "
+                          "than every 500 steps when epochs are short); the last step is always validated")
+    out.add_argument("--recon_every", type=number(int, minimum=0), default=None,
+                     help="save reconstructions every N epochs (0: never; default: with each validation)")
+    out.add_argument("--recon_count", type=number(int, minimum=0), default=8, help="validation images to reconstruct")
+    out.add_argument("--save_every_steps", type=number(int, minimum=0), default=0, help="also write last.pt every N steps")
     out.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                      help="continue a run (default file: SAVE_DIR/last.pt)")
+    bool_flag(out, "--overwrite", False, "start a new run in a SAVE_DIR that already holds one, replacing its "
+                                         "checkpoints and logs")
     bool_flag(out, "--wandb", False, "log to Weights & Biases (offline unless WANDB_MODE is set)")
     out.add_argument("--wandb_project", default="lic-toolkit")
     bool_flag(out, "--progress", True, "show progress bars")
