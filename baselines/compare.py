@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -49,7 +50,7 @@ from common.data.images import list_images
 from common.errors import UserError
 from common.paths import output_dir
 from common.eval.evaluate import codec_description, describe, describe_test_set, evaluate, write_results
-from common.rd import RDCurve, bd_row, computed, curve_from_json
+from common.rd import RDCurve, bd_row, computed, curve_from_json, trimmed
 
 REPO = Path(__file__).resolve().parent.parent
 # Flags the comparison sets for each run itself.
@@ -179,6 +180,7 @@ class Point:
     lmbda: float
     metrics: dict
     convergence: dict
+    train_seconds: float | None = None
 
 
 def evaluate_runs(out_dir: Path, arms: Sequence[Arm], seeds: Sequence[int], lambdas: Sequence[float],
@@ -198,7 +200,7 @@ def evaluate_runs(out_dir: Path, arms: Sequence[Arm], seeds: Sequence[int], lamb
                 aggregates.append(aggregate)
                 rows_per_point.append(rows)
                 verdict = json.loads((folder / "convergence.json").read_text())
-                points.append(Point(arm.name, seed, lmbda, aggregate, verdict))
+                points.append(Point(arm.name, seed, lmbda, aggregate, verdict, training_seconds(folder)))
             name = arm.name if len(seeds) == 1 else f"{arm.name} (seed {seed})"
             path, _ = write_results(curves_dir / f"{arm.name}_seed{seed}.json", name,
                                     describe(False, "zero", model.eval_pad_multiple, model.eval_pad_multiple),
@@ -208,24 +210,17 @@ def evaluate_runs(out_dir: Path, arms: Sequence[Arm], seeds: Sequence[int], lamb
     return points, curves
 
 
+def training_seconds(folder: Path) -> float | None:
+    """Seconds of training the run's console output reports (summed over resumed segments)."""
+    log = folder / "train.out"
+    if not log.is_file():
+        return None
+    seconds = [float(m.group(1)) for m in re.finditer(r"^trained \d+ steps in ([0-9.]+) s", log.read_text(), re.M)]
+    return sum(seconds) if seconds else None
+
+
 def _model_name(folder: Path) -> str:
     return load_file(folder / "last.pt")["model"]["name"]
-
-
-def trimmed(curve: RDCurve, low: float, high: float, key: str = "psnr-rgb") -> RDCurve:
-    """The points of a dense anchor ladder that span [low, high] in quality: one beyond each end, all between.
-
-    The overlap measures of BD values are fractions of the union of both ranges, so an anchor that runs far
-    beyond the compared curve would be judged a poor overlap for no reason. At least two points are kept.
-    """
-    order = np.argsort(curve.values(key))
-    values = np.asarray(curve.values(key))[order]
-    first = max(0, int(np.searchsorted(values, low, side="right")) - 1)
-    last = min(len(values), int(np.searchsorted(values, high, side="left")) + 1)
-    first, last = min(first, len(values) - 2), max(last, first + 2, 2)
-    keep = order[first:last]
-    metrics = {k: [v[i] for i in keep] for k, v in curve.metrics.items()}
-    return RDCurve(curve.name, [curve.bpp[i] for i in keep], metrics, curve.description, curve.source, curve.test_set)
 
 
 def anchor_curves(codecs: Sequence[str], images: list[Path], root: Path, test_set: dict, curves_dir: Path,
@@ -261,7 +256,7 @@ def bd_pairs(reference: str, arm_names: Sequence[str], seeds: Sequence[int], cur
             for anchor in anchors:
                 rows.append({"pair": f"{name} vs {anchor.name}", "seed": seed, **bd_row(anchor, curves[(name, seed)])})
         if seed != seeds[0]:
-            rows.append({"pair": f"{reference} seed {seed} vs seed {seeds[0]} (seed noise)", "seed": seed,
+            rows.append({"pair": f"{reference} other seeds vs seed {seeds[0]} (seed noise)", "seed": seed,
                          **bd_row(curves[(reference, seeds[0])], curves[(reference, seed)])})
     return rows
 

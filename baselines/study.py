@@ -59,6 +59,7 @@ def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: 
         "command": "python -m baselines.compare " + " ".join(_quote(a) for a in argv),
         "git_commit": git_commit(),
         "wall_time_s": round(wall_time, 1),
+        "train_seconds_total": round(sum(p.train_seconds or 0.0 for p in points), 1),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, Python {sys.version.split()[0]}",
         "reference_arm": reference,
         "arms": {arm.name: " ".join(arm.flags) for arm in arms},
@@ -66,10 +67,11 @@ def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: 
         "seeds": list(seeds),
         "test_set": test_set,
         "eval_images": [str(p.relative_to(root)) for p in images],
-        "start": {"checkpoint": args.start_checkpoint, "from": args.start_from},
+        "start": start_provenance(args.start_checkpoint, args.start_from),
         "points": [{"arm": p.arm, "seed": p.seed, "lambda": p.lmbda,
                     **{k: p.metrics[k] for k in ("bpp", "bpp_estimated", "psnr-rgb", "ms-ssim-rgb")},
-                    "converged": p.convergence["converged"], "convergence": p.convergence} for p in points],
+                    "converged": p.convergence["converged"], "convergence": p.convergence,
+                    "train_seconds": p.train_seconds} for p in points],
         "anchors": {a.name: {"bpp": a.bpp, "psnr-rgb": a.values("psnr-rgb"),
                              "ms-ssim-rgb": a.values("ms-ssim-rgb"), "quality": a.metrics.get("quality")}
                     for a in anchors},
@@ -87,6 +89,25 @@ def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: 
     recon = write_reconstructions(out_dir, run_root, arms, seeds[0], lambdas, images, root, anchors,
                                   args.recon_image)
     print_report(document, out_dir, figure, recon)
+
+
+def start_provenance(checkpoint: str | None, start_from: str | None) -> dict:
+    """Where the runs started; for one of our checkpoints also how it was trained and whether it converged."""
+    record = {"checkpoint": checkpoint, "from": start_from}
+    if checkpoint:
+        from common.checkpoint import load_file
+
+        trained = load_file(checkpoint)
+        if isinstance(trained, dict):
+            record["training_flags"] = trained.get("args")
+            record["steps"] = trained.get("step")
+        # A run folder's verdict, or the sidecar that baselines.pretrain writes beside a shipped base model.
+        for side in (Path(checkpoint).with_name("convergence.json"), Path(checkpoint).with_suffix(".json")):
+            if side.is_file():
+                found = json.loads(side.read_text())
+                record["convergence"] = found.get("convergence", found)
+                break
+    return record
 
 
 def _quote(arg: str) -> str:

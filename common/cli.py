@@ -45,11 +45,14 @@ class OneLineErrorParser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors are a single line on stderr (exit code 2).
 
     Negative numbers in any notation (``--lr -1e-3``) are read as values, so that their flag can say what is
-    wrong with them; argparse's default takes ``-1e-3`` for an unknown option.
+    wrong with them; argparse's default takes ``-1e-3`` for an unknown option. Abbreviated flags are not
+    accepted: drivers pass the flags they do not know on to the trainer, and a prefix match would silently
+    turn the trainer's ``--lambda`` into a driver's ``--lambdas``.
     """
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)  # every option shows its default
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.I)
 

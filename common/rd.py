@@ -332,34 +332,66 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
         writer.writerows(rows)
 
 
-def plot_curves(curves: Sequence[RDCurve], path: str | os.PathLike, metric: str = "psnr",
-                title: str = "", anchors: Sequence[RDCurve] = ()) -> Path:
-    """Plot bpp against PSNR or MS-SSIM (dB) into a PNG (or PDF, by the suffix); returns the path.
+def trimmed(curve: RDCurve, low: float, high: float, key: str = "psnr-rgb") -> RDCurve:
+    """The points of a dense anchor ladder that span [low, high] in quality: one beyond each end, all between.
 
-    ``curves`` are drawn with markers and solid lines; ``anchors`` (reference codecs) dashed, and the axes
-    are fitted to ``curves`` (with a margin) when there are any, so a long anchor curve does not squash
-    them. Every curve is drawn, monotone or not, in order of rate.
+    The overlap measures of BD values are fractions of the union of both ranges, so an anchor that runs far
+    beyond the compared curve would be judged a poor overlap for no reason. At least two points are kept.
     """
+    order = np.argsort(curve.values(key))
+    values = np.asarray(curve.values(key))[order]
+    first = max(0, int(np.searchsorted(values, low, side="right")) - 1)
+    last = min(len(values), int(np.searchsorted(values, high, side="left")) + 1)
+    first, last = min(first, len(values) - 2), max(last, first + 2, 2)
+    keep = order[first:last]
+    metrics = {k: [v[i] for i in keep] for k, v in curve.metrics.items()}
+    return RDCurve(curve.name, [curve.bpp[i] for i in keep], metrics, curve.description, curve.source, curve.test_set)
+
+
+def new_figure():
+    """A (figure, axes) pair on the Agg canvas, which needs no display: the size every R-D figure uses."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    key = _metric_key(metric)
     figure = Figure(figsize=(7, 5), dpi=120)
-    FigureCanvasAgg(figure)  # attaches an Agg canvas: works without a display
-    axes = figure.add_subplot()
-    for curve, style in [*((c, dict(linestyle="-", marker="o", linewidth=1.6)) for c in curves),
-                         *((c, dict(linestyle="--", marker="s", linewidth=1.0, alpha=0.8)) for c in anchors)]:
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def draw_curves(axes, curves: Sequence[RDCurve], metric: str = "psnr", anchors: Sequence[RDCurve] = (),
+                title: str = "") -> None:
+    """Draw bpp against PSNR or MS-SSIM (dB): ``curves`` solid with markers, ``anchors`` dashed.
+
+    Anchors (reference codecs, e.g. trimmed to the curves' quality range with :func:`trimmed`) without the
+    metric are left out; a curve without it is an error. With anchors the axes are fitted to every drawn
+    point. Every curve is drawn, monotone or not, in order of rate.
+    """
+    key = _metric_key(metric)
+    drawn = list(curves)
+    for curve in curves:
+        curve.values(key)  # a one-line UserError naming the curve if it lacks the metric
+    drawn += [a for a in anchors if key in a.metrics or (key == "ms-ssim-db-rgb" and "ms-ssim-rgb" in a.metrics)]
+    for index, curve in enumerate(drawn):
+        style = (dict(linestyle="-", marker="o", linewidth=1.6) if index < len(curves)
+                 else dict(linestyle="--", marker="s", linewidth=1.0, alpha=0.8))
         order = np.argsort(curve.bpp, kind="stable")
         axes.plot(np.asarray(curve.bpp)[order], np.asarray(curve.values(key))[order], markersize=3.5,
                   label=curve.name, **style)
-    if curves and anchors:
-        _fit_axes(axes, curves, key)
+    if anchors and drawn:
+        fit_axes(axes, drawn, key)
     axes.set_xlabel("Bit-rate [bpp]")
     axes.set_ylabel(METRICS[metric][1])
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
     if title:
         axes.set_title(title, fontsize=10)
+
+
+def plot_curves(curves: Sequence[RDCurve], path: str | os.PathLike, metric: str = "psnr",
+                title: str = "", anchors: Sequence[RDCurve] = ()) -> Path:
+    """:func:`draw_curves` into a PNG (or PDF, by the suffix); returns the path."""
+    figure, axes = new_figure()
+    draw_curves(axes, curves, metric, anchors, title)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -367,7 +399,8 @@ def plot_curves(curves: Sequence[RDCurve], path: str | os.PathLike, metric: str 
     return path
 
 
-def _fit_axes(axes, curves: Sequence[RDCurve], key: str) -> None:
+def fit_axes(axes, curves: Sequence[RDCurve], key: str) -> None:
+    """Axis limits around every point of ``curves`` with a 15 % margin."""
     rates = np.concatenate([np.asarray(c.bpp, dtype=float) for c in curves])
     values = np.concatenate([np.asarray(c.values(key), dtype=float) for c in curves])
     rate_margin = 0.15 * (rates.max() - rates.min()) or 0.1 * rates.max()

@@ -28,11 +28,9 @@ import pandas as pd
 
 from common.errors import UserError
 from common.paths import output_dir
-from common.rd import (METRICS, RDCurve, bd_table, format_markdown, load_curve, test_set_mismatch)
+from common.rd import (METRICS, RDCurve, bd_table, draw_curves, format_markdown, load_curve, new_figure,
+                       test_set_mismatch, trimmed)
 
-# One style for every figure: the arms in matplotlib's default cycle, solid with markers; anchors dashed.
-FIGURE_SIZE = (6.4, 4.6)
-FIGURE_DPI = 150
 # Published curves drawn beside a study on a published test set, when that folder has them.
 PUBLISHED_ANCHORS = ("vtm", "bpg_444_x265_ycbcr", "jpeg", "paper-hpcm-base_mse")
 
@@ -88,15 +86,6 @@ def write_tables(frame: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------ figures
-def _figure():
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=FIGURE_SIZE, dpi=FIGURE_DPI)
-    FigureCanvasAgg(figure)
-    return figure, figure.add_subplot()
-
-
 def _save(figure, stem: Path) -> list[Path]:
     figure.tight_layout()
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -107,38 +96,15 @@ def _save(figure, stem: Path) -> list[Path]:
 
 
 def rd_figure(curves: Sequence[RDCurve], anchors: Sequence[RDCurve], stem: Path, metric: str, title: str) -> list[Path]:
-    """R-D figure (PNG and PDF): ``curves`` solid with markers, ``anchors`` dashed; axes fitted to ``curves``."""
-    key = METRICS[metric][0]
-    figure, axes = _figure()
-    drawn = []
-    for curve, style in [*((c, dict(linestyle="-", marker="o", linewidth=1.8, markersize=4)) for c in curves),
-                         *((c, dict(linestyle="--", marker="s", linewidth=1.0, markersize=3, alpha=0.85))
-                           for c in anchors)]:
-        try:
-            values = curve.values(key)
-        except UserError:
-            continue  # a published curve without this metric
-        order = np.argsort(curve.bpp, kind="stable")
-        axes.plot(np.asarray(curve.bpp)[order], np.asarray(values)[order], label=curve.name, **style)
-        drawn.append(curve)
-    main = [c for c in curves if c in drawn]
-    if main:
-        rates = np.concatenate([c.bpp for c in main])
-        values = np.concatenate([c.values(key) for c in main])
-        pad_r, pad_v = 0.15 * (np.ptp(rates) or rates.max()), 0.15 * (np.ptp(values) or 1.0)
-        axes.set_xlim(max(0.0, rates.min() - pad_r), rates.max() + pad_r)
-        axes.set_ylim(values.min() - pad_v, values.max() + pad_v)
-    axes.set_xlabel("Bit-rate [bpp]")
-    axes.set_ylabel(METRICS[metric][1])
-    axes.grid(True, alpha=0.3)
-    axes.legend(loc="lower right", fontsize=7)
-    axes.set_title(title, fontsize=9)
+    """The R-D figure of :func:`common.rd.draw_curves` as PNG and PDF."""
+    figure, axes = new_figure()
+    draw_curves(axes, curves, metric, anchors, title)
     return _save(figure, stem)
 
 
 def task_weight_figure(files: Sequence[Path], stem: Path, title: str) -> list[Path]:
     """Task weights over steps of several runs (one colour per task, one line style per run)."""
-    figure, axes = _figure()
+    figure, axes = new_figure()
     styles = ["-", "--", ":", "-."]
     colours: dict[str, str] = {}
     for index, path in enumerate(files):
@@ -200,7 +166,9 @@ def render_study(folder: str | Path, out_dir: str | Path) -> Path:
     summary = load_summary(folder)
     title = summary.get("title") or folder.name
     curves, anchors = study_curves(folder, summary)
-    anchors += published_anchors(summary["test_set"])
+    psnr = [v for c in curves for v in c.values("psnr-rgb")]
+    anchors += [trimmed(c, min(psnr), max(psnr)) for c in published_anchors(summary["test_set"])
+                if "psnr-rgb" in c.metrics]
     files = {"bd": write_tables(bd_frame(summary), out_dir / "bd", f"{title}: BD-rate and BD-PSNR"),
              "points": write_tables(points_frame(summary), out_dir / "points", f"{title}: R-D points")}
     figures = {}

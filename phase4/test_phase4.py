@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -20,27 +21,21 @@ from baselines import compare
 from common.errors import UserError
 from tests.helpers import run_script, write_image_dirs
 
-# As the demo: a shared base model, fine-tuned per λ. With λ four orders of magnitude apart the tiny model's
-# rate and quality both follow λ after a few steps for either optimizer, so both curves are monotone and the
-# BD values exist.
-VARIABLES = {"MODEL": "bmshj2018-factorized-tiny", "PATCH": "32", "VAL_PATCH": "32", "BATCH": "2", "STEPS": "10",
-             "LR": "3e-3", "LR_WARMUP_STEPS": "0", "LAMBDAS": "0.0001,1", "JOBS": "2", "VAL_EVERY": "2",
-             "TITLE": "tiny comparison"}
-BASE_FLAGS = ("--model", "bmshj2018-factorized-tiny", "--patch_size", "32", "--batch_size", "2", "--lr", "5e-3",
-              "--steps", "150", "--lambda", "0.01", "--recon_every", "0", "--val_every", "1000", "--num_workers", "0",
-              "--progress", "false")
+# As the demo: every λ fine-tuned from the shipped base model (baselines/pretrained/, `make pretrain`). With λ six
+# orders of magnitude apart, a few steps move rate and quality the same way for either optimizer, so both curves
+# are monotone and the BD values exist.
+BASE = compare.REPO / "baselines" / "pretrained" / "bmshj2018-factorized-small.pt"
+VARIABLES = {"MODEL": "bmshj2018-factorized-small", "PATCH": "32", "VAL_PATCH": "32", "BATCH": "2", "STEPS": "10",
+             "LR": "1e-3", "LR_WARMUP_STEPS": "0", "LAMBDAS": "0.00001,10", "JOBS": "2", "VAL_EVERY": "2",
+             "TITLE": "tiny comparison", "START": str(BASE)}
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("phase4")
     train, test = write_image_dirs(root, size=64, n_train=4, n_test=2)
-    base = subprocess.run([sys.executable, "-m", "common.train", *BASE_FLAGS, "--train_dataset", str(train),
-                           "--test_dataset", str(test), "--save_dir", str(root / "base")],
-                          capture_output=True, text=True, timeout=600, cwd=compare.REPO)
-    assert base.returncode == 0, base.stderr[-2000:]
     variables = {**VARIABLES, "DATA": str(train), "TEST_DATA": str(test), "OUT": str(root / "runs"),
-                 "CMP_DIR": str(root / "cmp"), "START": str(root / "base" / "last.pt")}
+                 "CMP_DIR": str(root / "cmp")}
     result = run_script("phase4/run_bdrate.sh", variables, "--progress", "false")
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     return root / "cmp", variables, result
@@ -74,11 +69,11 @@ def test_balanced_vs_adam_is_computed_from_the_curve_files(study):
 def test_points_are_the_evaluated_curves_with_their_convergence_verdicts(study):
     folder, _, _ = study
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["lambdas"] == [0.0001, 1.0] and summary["arms"]["adam"] == "--optimizer adam"
+    assert summary["lambdas"] == [1e-05, 10.0] and summary["arms"]["adam"] == "--optimizer adam"
     assert summary["test_set"] == {"name": "test", "split": None, "num_images": 2}
     for arm in ("adam", "balanced"):
         curve = json.loads((folder / f"curves/{arm}_seed0.json").read_text())
-        assert curve["points"] == ["lambda=0.0001", "lambda=1"] and curve["test_set"] == summary["test_set"]
+        assert curve["points"] == ["lambda=1e-05", "lambda=10"] and curve["test_set"] == summary["test_set"]
         points = [p for p in summary["points"] if p["arm"] == arm]
         assert [p["bpp"] for p in points] == curve["results"]["bpp"]
         for point in points:
@@ -87,9 +82,9 @@ def test_points_are_the_evaluated_curves_with_their_convergence_verdicts(study):
     assert {a for a in summary["anchors"]} == {"JPEG", "WebP"}
     assert [c["check"] for c in summary["checks"]][:2] == ["adam: monotone", "adam: λ moves the rate"]
     for name in ("rd.png", "points.csv", "recon/original.png", "recon/adam.png", "recon/jpeg.png",
-                 "task_weights/balanced_seed0_lambda_1.csv"):
+                 "task_weights/balanced_seed0_lambda_10.csv"):
         assert (folder / name).is_file(), name
-    assert not (folder / "task_weights" / "adam_seed0_lambda_1.csv").exists()
+    assert not (folder / "task_weights" / "adam_seed0_lambda_10.csv").exists()
 
 
 def test_rerun_skips_finished_runs_and_reproduces_the_numbers(study, tmp_path):
@@ -137,7 +132,7 @@ def _screenshot_shows_the_curves(page, shot):
 
 def test_eval_checkpoints(study, tmp_path):
     folder, variables, _ = study
-    checkpoints = " ".join(str(folder / f"adam/seed0/lambda_{lam}/last.pt") for lam in ("0.0001", "1"))
+    checkpoints = " ".join(str(folder / f"adam/seed0/lambda_{lam}/last.pt") for lam in ("1e-05", "10"))
     result = run_script("phase4/run_eval_checkpoints.sh", {**variables, "CHECKPOINTS": checkpoints,
                                                            "OUT": str(tmp_path), "NAME": "tiny"})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -156,7 +151,7 @@ def test_eval_checkpoints_needs_checkpoints(tmp_path):
     (["--arm", "a=--optimizer adam", "--arm", "b=--optimizer balanced", "--lambda", "0.1"], "set per run"),
     (["--arm", "a=--optimizer adam", "--arm", "b=--optimizer balanced", "--start_from", "nowhere"],
      "starting model not found: nowhere/seed0/lambda_0.01/last.pt"),
-    (["--arm", "a=--optimizer adam", "--arm", "b=--optimizer balanced --gamma x"], "invalid float value"),
+    (["--arm", "a=--optimizer adam", "--arm", "b=--optimizer balanced --gamma x"], "--gamma: must be a finite number"),
     (["--arm", "a=--optimizer adam", "--arm", "b=--optimizer balanced", "--train_dataset", "nowhere"],
      "--train_dataset folder not found"),
 ])
@@ -166,3 +161,15 @@ def test_comparison_mistakes_are_one_line_before_any_training(argv, message, tmp
         compare.main(full)
     text = str(caught.value) if caught.type is UserError else capsys.readouterr().err
     assert message in text and not (tmp_path / "x").exists()
+
+
+def test_pairs_are_summarised_over_seeds():
+    rows = [{"pair": "b vs a", "seed": s, "bd_rate_pchip_%": v, "bd_psnr_pchip_dB": -v / 10, "quality_overlap_%": 80.0,
+             "rate_overlap_%": 90.0, "note": ""} for s, v in ((0, -2.0), (1, -4.0), (2, -6.0))]
+    rows.append({"pair": "c vs a", "seed": 0, "bd_rate_pchip_%": float("nan"), "bd_psnr_pchip_dB": float("nan"),
+                 "quality_overlap_%": float("nan"), "rate_overlap_%": float("nan"), "note": "c is not monotone"})
+    first, second = compare.summarize_pairs(rows)
+    assert first["computed"] == 3 and first["bd_rate_pchip_%_mean"] == pytest.approx(-4.0)
+    assert first["bd_rate_pchip_%_std"] == pytest.approx(2.0)  # sample standard deviation of -2, -4, -6
+    assert second["computed"] == 0 and math.isnan(second["bd_rate_pchip_%_mean"]) and second["note"] == \
+        "c is not monotone"

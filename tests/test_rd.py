@@ -228,3 +228,12 @@ def test_cli_shows_what_it_can(tmp_path):
     assert rows[0]["note"] == "" and rows[1]["bd_rate_pchip_%"] == "nan"
     strict = subprocess.run(cmd + ["--strict"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert strict.returncode == 2 and "1 of 2 pairs could not be computed" in strict.stderr
+
+
+def test_trimmed_keeps_the_points_that_span_a_quality_range():
+    ladder = rd.RDCurve("JPEG", [0.2, 0.3, 0.4, 0.5, 0.6, 0.7], {"psnr-rgb": [24.0, 26.0, 27.0, 28.0, 29.0, 30.0]})
+    kept = rd.trimmed(ladder, 26.5, 28.5)
+    # one point below 26.5, those inside, one above 28.5
+    assert kept.bpp == [0.3, 0.4, 0.5, 0.6] and kept.values("psnr-rgb") == [26.0, 27.0, 28.0, 29.0]
+    assert rd.trimmed(ladder, 10.0, 11.0).bpp == [0.2, 0.3]  # at least two points, the nearest ones
+    assert rd.trimmed(ladder, 40.0, 41.0).bpp == [0.6, 0.7]
