@@ -272,9 +272,20 @@ def summarize_pairs(rows: Sequence[dict]) -> list[dict]:
             values = [row[key] for row in good if not math.isnan(row[key])]
             entry[f"{key}_mean"] = float(np.mean(values)) if values else math.nan
             entry[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-        entry["note"] = "; ".join(dict.fromkeys(row["note"] for row in group if row["note"]))
+        entry["note"] = _first_note(group)
         summary.append(entry)
     return summary
+
+
+def _first_note(group: Sequence[dict]) -> str:
+    """The note of the first seed that has one, and how many other seeds have one (bd.csv keeps them all)."""
+    noted = [row for row in group if row["note"]]
+    if not noted:
+        return ""
+    if len(group) == 1:
+        return noted[0]["note"]
+    more = f" (and {len(noted) - 1} more seeds, see bd.csv)" if len(noted) > 1 else ""
+    return f"seed {noted[0]['seed']}: {noted[0]['note']}{more}"
 
 
 # ------------------------------------------------------------------------------------------ main

@@ -317,21 +317,25 @@ def print_report(document: dict, out_dir: Path, figure: Path, recon: dict) -> No
     print(f"\n{document['title'] or 'comparison'}: {len(document['arms'])} arms x {len(seeds)} seed(s) x "
           f"{len(document['lambdas'])} λ on {document['test_set']['name']} "
           f"({document['test_set']['num_images']} images), real bitstreams")
-    print(f"\n{'arm':<14}{'λ':>8}{'bpp':>9}{'PSNR dB':>10}{'MS-SSIM':>9}  converged")
+    points = [["arm", "λ", "bpp", "PSNR dB", "MS-SSIM", "converged"]]
     for arm in document["arms"]:
         for lmbda in document["lambdas"]:
             rows = [p for p in document["points"] if p["arm"] == arm and p["lambda"] == lmbda]
-            print(f"{arm:<14}{lmbda:>8g}{_mean_std([r['bpp'] for r in rows], 4):>9}"
-                  f"{_mean_std([r['psnr-rgb'] for r in rows], 2):>10}{_mean_std([r['ms-ssim-rgb'] for r in rows], 4):>9}"
-                  f"  {sum(r['converged'] for r in rows)}/{len(rows)}")
+            points.append([arm, f"{lmbda:g}", _mean_std([r["bpp"] for r in rows], 4),
+                           _mean_std([r["psnr-rgb"] for r in rows], 2), _mean_std([r["ms-ssim-rgb"] for r in rows], 4),
+                           f"{sum(r['converged'] for r in rows)}/{len(rows)}"])
     for name, anchor in document["anchors"].items():
         for quality, bpp, value, msssim in zip(anchor["quality"] or [None] * len(anchor["bpp"]), anchor["bpp"],
                                                anchor["psnr-rgb"], anchor["ms-ssim-rgb"]):
-            print(f"{name:<14}{'q' + str(int(quality)) if quality else '':>8}{bpp:>9.4f}{value:>10.2f}{msssim:>9.4f}")
-    print(f"\n{'pair':<40}{'BD-rate %':>18}{'BD-PSNR dB':>18}{'overlap q/r %':>15}  note")
-    for entry in document["bd_summary"]:
-        print(f"{entry['pair']:<40}{_pm(entry, 'bd_rate_pchip_%', 2):>18}{_pm(entry, 'bd_psnr_pchip_dB', 3):>18}"
-              f"{_overlap(entry):>15}  {entry['note']}")
+            points.append([name, f"q{int(quality)}" if quality else "", f"{bpp:.4f}", f"{value:.2f}", f"{msssim:.4f}",
+                           ""])
+    print()
+    _print_columns(points)
+    pairs = [["pair", "BD-rate %", "BD-PSNR dB", "overlap q/r %", "note"]]
+    pairs += [[entry["pair"], _pm(entry, "bd_rate_pchip_%", 2), _pm(entry, "bd_psnr_pchip_dB", 3), _overlap(entry),
+               entry["note"]] for entry in document["bd_summary"]]
+    print()
+    _print_columns(pairs)
     print("\nchecks:")
     for check in document["checks"]:
         print(f"  [{'ok' if check['ok'] else 'NO'}] {check['check']}: {check['detail']}")
@@ -341,10 +345,18 @@ def print_report(document: dict, out_dir: Path, figure: Path, recon: dict) -> No
           f"wall time: {document['wall_time_s']:.0f} s")
 
 
+def _print_columns(rows: Sequence[Sequence[str]]) -> None:
+    """Print rows as columns as wide as their widest cell: the first left-aligned, the last as it is."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:-1], widths[1:])]
+        print("  ".join(cells + [row[-1]]).rstrip())
+
+
 def _mean_std(values: Sequence[float], digits: int) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f}±{np.std(values, ddof=1):.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
 def _pm(entry: dict, key: str, digits: int) -> str:

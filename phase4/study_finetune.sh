@@ -13,5 +13,5 @@ PY="${PY:-.venv/bin/python}"
   --lambdas "${LAMBDAS:-0.0018,0.0035,0.0067,0.013}" --seeds "${SEEDS:-0,1,2}" --jobs "${JOBS:-2}" \
   --arm "adam=--optimizer adam" --arm "balanced=--optimizer balanced --gamma 0.003 --w_lr 0.025" \
   --arm "balanced_qp=--optimizer balanced_qp" \
-  --model bmshj2018-factorized-mini --steps "${STEPS:-3000}" --batch_size 4 --patch_size 64 --val_patch_size 384 \
-  --lr 2e-4 --sched cosine --ema_decay 0.99 --eb_aux_lr 1e-2 --val_every 150 --recon_every 0 --num_workers 0 "$@"
+  --model bmshj2018-factorized-mini --steps "${STEPS:-1500}" --batch_size 4 --patch_size 64 --val_patch_size 384 \
+  --lr 2e-4 --sched cosine --ema_decay 0.99 --eb_aux_lr 1e-2 --val_every 75 --recon_every 0 --num_workers 0 "$@"

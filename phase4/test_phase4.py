@@ -168,8 +168,10 @@ def test_pairs_are_summarised_over_seeds():
              "rate_overlap_%": 90.0, "note": ""} for s, v in ((0, -2.0), (1, -4.0), (2, -6.0))]
     rows.append({"pair": "c vs a", "seed": 0, "bd_rate_pchip_%": float("nan"), "bd_psnr_pchip_dB": float("nan"),
                  "quality_overlap_%": float("nan"), "rate_overlap_%": float("nan"), "note": "c is not monotone"})
-    first, second = compare.summarize_pairs(rows)
+    rows += [{**rows[-1], "pair": "d vs a", "seed": s, "note": f"short by {s}"} for s in (1, 2)]
+    first, second, third = compare.summarize_pairs(rows)
     assert first["computed"] == 3 and first["bd_rate_pchip_%_mean"] == pytest.approx(-4.0)
     assert first["bd_rate_pchip_%_std"] == pytest.approx(2.0)  # sample standard deviation of -2, -4, -6
     assert second["computed"] == 0 and math.isnan(second["bd_rate_pchip_%_mean"]) and second["note"] == \
         "c is not monotone"
+    assert third["note"] == "seed 1: short by 1 (and 1 more seeds, see bd.csv)"
