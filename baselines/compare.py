@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--start_from", metavar="DIR",
                        help="each run starts from DIR/seed<k>/lambda_<λ>/last.pt (another sweep's final models)")
     parser.add_argument("--jobs", type=number(int, minimum=1), default=1,
-                        help="trainings at a time; each gets cores/jobs threads (default: 1)")
+                        help="trainings at a time; each gets (usable cores)/jobs threads")
     parser.add_argument("--eval_dataset", help="images of the real-bitstream evaluation (default: "
                                                "--test_dataset, else the embedded test photos)")
     parser.add_argument("--test_set", help="test-set name recorded in the curves (see common.eval --test_set)")
@@ -159,7 +159,9 @@ def _train(command: list[str], folder: Path, threads: int) -> str:
 
 
 def train_all(jobs: list[tuple[list[str], Path]], parallel: int) -> None:
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+    # The cores this process may use (taskset, cgroups), not the machine's: more threads than cores slows
+    # every run down many times over.
+    threads = max(1, len(os.sched_getaffinity(0)) // parallel)
     started = time.perf_counter()
 
     def one(job: tuple[list[str], Path]) -> str:
