@@ -193,7 +193,8 @@ def target_checks(arms, seeds, lambdas, points, curves, summary, reference) -> l
 
 def _overlap_detail(entry: dict) -> str:
     text = (f"quality {entry['quality_overlap_%_mean']:.0f} %, rate {entry['rate_overlap_%_mean']:.0f} %")
-    if entry["pair"].endswith(("vs JPEG", "vs WebP")) and not entry["rate_overlap_%_mean"] >= MIN_OVERLAP:
+    if entry["pair"].endswith(("vs JPEG", "vs WebP")) and not entry["rate_overlap_%_mean"] >= MIN_OVERLAP and \
+            entry["bd_rate_pchip_%_mean"] < -20:
         text += ("; a codec that needs far fewer bits than the anchor for the same PSNR cannot overlap it in both "
                  "axes: the anchor's ladder is matched to the quality range, so BD-rate (integrated over quality) "
                  "covers the curves and BD-PSNR only their common rates")
