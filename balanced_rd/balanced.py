@@ -74,8 +74,11 @@ class Balanced(CautiousAdam):
         cautious: sign-mask the model update (False: plain Adam/AdamW).
         max_mask_scale: cap on the mask rescaling 1/mean(mask); None = uncapped.
         task_names: names used in error messages and logs (default task0, task1, ...).
-        prior_weights: optional task weights to start from and decay towards (normalised; e.g. for 5
-            hierarchical tasks, 0.5 for distortion and 0.125 per rate part keeps the 2-task D/R balance).
+        prior_weights: optional task weights to start from and decay towards (normalised). Each task's
+            gradient is scaled by its own weight, and the rate parts add up to the rate, so for 5 hierarchical
+            tasks the uniform default already gives distortion and every rate part the gradient ratio that
+            weights 0.5/0.5 give 2 tasks; 0.5 for distortion and 0.125 per rate part gives the rate about a
+            quarter of its 2-task pull (phase 3's study measures both, PHASES_OVERVIEW.md).
             The logits start at, and gamma pulls them to, xi0 = log(prior) - mean(log(prior)).
     """
 
