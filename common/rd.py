@@ -30,6 +30,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,7 +385,7 @@ def draw_curves(axes, curves: Sequence[RDCurve], metric: str = "psnr", anchors: 
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
     if title:
-        axes.set_title(title, fontsize=10)
+        axes.set_title(textwrap.fill(title, 70), fontsize=10)  # a study's long title would run off the figure
 
 
 def plot_curves(curves: Sequence[RDCurve], path: str | os.PathLike, metric: str = "psnr",

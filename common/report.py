@@ -20,6 +20,7 @@ import base64
 import html
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -118,7 +119,7 @@ def task_weight_figure(files: Sequence[Path], stem: Path, title: str) -> list[Pa
     axes.set_ylabel("task weight z")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=6, ncol=2)
-    axes.set_title(title, fontsize=9)
+    axes.set_title(textwrap.fill(title, 80), fontsize=9)
     return _save(figure, stem)
 
 
