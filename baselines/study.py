@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from PIL import Image
 
-from common.checkpoint import atomic_write_text
+from common.checkpoint import atomic_write_text, load_file
 from common.rd import RDCurve, plot_curves, sorted_monotone
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: 
     checks = target_checks(arms, seeds, lambdas, points, curves, summary, reference)
     document = {
         "title": args.title,
-        "command": "python -m baselines.compare " + " ".join(_quote(a) for a in argv),
+        "command": "python -m baselines.compare " + shlex.join(argv),
         "git_commit": git_commit(),
         "wall_time_s": round(wall_time, 1),
         "train_seconds_total": round(sum(p.train_seconds or 0.0 for p in points), 1),
@@ -95,8 +96,6 @@ def start_provenance(checkpoint: str | None, start_from: str | None) -> dict:
     """Where the runs started; for one of our checkpoints also how it was trained and whether it converged."""
     record = {"checkpoint": checkpoint, "from": start_from}
     if checkpoint:
-        from common.checkpoint import load_file
-
         trained = load_file(checkpoint)
         if isinstance(trained, dict):
             record["training_flags"] = trained.get("args")
@@ -108,12 +107,6 @@ def start_provenance(checkpoint: str | None, start_from: str | None) -> dict:
                 record["convergence"] = found.get("convergence", found)
                 break
     return record
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 def _finite(value):

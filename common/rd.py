@@ -384,8 +384,13 @@ def draw_curves(axes, curves: Sequence[RDCurve], metric: str = "psnr", anchors: 
     axes.set_ylabel(METRICS[metric][1])
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
+    set_title(axes, title)
+
+
+def set_title(axes, title: str, fontsize: float = 10) -> None:
+    """A figure title wrapped to the figure's width: a study's long title would otherwise run off it."""
     if title:
-        axes.set_title(textwrap.fill(title, 70), fontsize=10)  # a study's long title would run off the figure
+        axes.set_title(textwrap.fill(title, 70), fontsize=fontsize)
 
 
 def plot_curves(curves: Sequence[RDCurve], path: str | os.PathLike, metric: str = "psnr",

@@ -20,7 +20,6 @@ import base64
 import html
 import json
 import math
-import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +29,7 @@ import pandas as pd
 from common.errors import UserError
 from common.paths import output_dir
 from common.rd import (METRICS, RDCurve, bd_table, draw_curves, format_markdown, load_curve, new_figure,
-                       test_set_mismatch, trimmed)
+                       set_title, test_set_mismatch, trimmed)
 
 # Published curves drawn beside a study on a published test set, when that folder has them.
 PUBLISHED_ANCHORS = ("vtm", "bpg_444_x265_ycbcr", "jpeg", "paper-hpcm-base_mse")
@@ -119,7 +118,7 @@ def task_weight_figure(files: Sequence[Path], stem: Path, title: str) -> list[Pa
     axes.set_ylabel("task weight z")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=6, ncol=2)
-    axes.set_title(textwrap.fill(title, 80), fontsize=9)
+    set_title(axes, title, fontsize=9)
     return _save(figure, stem)
 
 
@@ -270,14 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.curves) == bool(args.studies):
         raise UserError("give study folders, or --curves with --anchor (not both)")
+    if args.curves and not args.anchor:
+        raise UserError("--curves needs --anchor")
+    output_dir(args.out_dir, "--out_dir")
     if args.curves:
-        if not args.anchor:
-            raise UserError("--curves needs --anchor")
-        output_dir(args.out_dir, "--out_dir")
         for path in render_curves(args.curves, args.anchor, args.out_dir, args.title):
             print(f"wrote {path}")
         return 0
-    output_dir(args.out_dir, "--out_dir")
     for study in args.studies:
         page = render_study(study, Path(args.out_dir) / Path(study).resolve().name)
         print(f"wrote {page.parent}/ (open {page} in a browser)")
