@@ -19,7 +19,7 @@ backpropagated form sum_i a_i l_i(local) then makes DDP's gradient averaging giv
 the FAMO loss of the global batch. The logits and their Adam live outside ``param_groups``, so learning-rate
 schedulers never touch ``w_lr``.
 
-Typical step (``balanced_rd.step.balanced_step`` does exactly this, with AMP and the cheaper options)::
+Typical step (``common.train.step.training_step`` does exactly this, with AMP and the cheaper options)::
 
     loss = opt.weighted_loss([distortion, rate])
     loss.backward()                      # or scaler.scale(loss).backward(); scaler.unscale_(opt)
@@ -37,11 +37,9 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from balanced_rd.cautious import CautiousAdam
 from balanced_rd.distributed import all_reduce_mean
-from balanced_rd.tasks import (LOG_EPS, arithmetic_dtype, check_above_min, check_n_tasks, per_task_vector, shifted_log,
-                               stack_losses, task_log_record, task_names_or_default)
-from common.errors import UserError
+from balanced_rd.tasks import (LOG_EPS, TaskWeightedOptimizer, arithmetic_dtype, check_above_min, per_task_vector,
+                               shifted_log, stack_losses)
 
 # Adam on the logits uses torch's defaults (as the FAMO and Balanced R-D reference code do).
 _LOGIT_BETAS = (0.9, 0.999)
@@ -60,7 +58,7 @@ def logit_gradient(logits: Tensor, delta: Tensor, gamma: float | Tensor, prior: 
     return z * (centred - (z * centred).sum()) + gamma * offset
 
 
-class Balanced(CautiousAdam):
+class Balanced(TaskWeightedOptimizer):
     """Cautious Adam on the model parameters with FAMO task weighting (see the module docstring).
 
     Args:
@@ -87,12 +85,9 @@ class Balanced(CautiousAdam):
                  w_lr: float = 0.025, min_losses: float | Sequence[float] = -1.0, cautious: bool = True,
                  max_mask_scale: float | None = 10.0, task_names: Sequence[str] | None = None,
                  prior_weights: Sequence[float] | None = None):
-        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay, cautious=cautious,
-                         max_mask_scale=max_mask_scale)
-        self.n_tasks = check_n_tasks(n_tasks)
-        self.task_names = task_names_or_default(task_names, self.n_tasks)
+        super().__init__(params, lr, n_tasks=n_tasks, min_losses=min_losses, task_names=task_names, betas=betas,
+                         eps=eps, weight_decay=weight_decay, cautious=cautious, max_mask_scale=max_mask_scale)
         self.w_lr = w_lr
-        self.min_losses = per_task_vector(min_losses, self.n_tasks, "min_losses")
         self.logit_prior = _prior_logits(prior_weights, self.n_tasks)
         self.logits = self.logit_prior.clone()
         self._logit_exp_avg = torch.zeros(self.n_tasks)
@@ -102,7 +97,6 @@ class Balanced(CautiousAdam):
         self.skipped_weight_updates = 0  # updates dropped because delta was not finite
         self._prev_losses: Tensor | None = None
         self._model_step_taken = False
-        self._last_coefficients: Tensor | None = None
 
     # ----------------------------------------------------------------------------------- properties
     @property
@@ -114,7 +108,7 @@ class Balanced(CautiousAdam):
     def gamma(self, value: float | Sequence[float] | Tensor) -> None:
         vector = per_task_vector(value, self.n_tasks, "gamma")
         if (vector < 0).any():
-            raise UserError(f"gamma must be >= 0, got {vector.tolist()}")
+            raise ValueError(f"gamma must be >= 0, got {vector.tolist()}")
         is_scalar = not isinstance(value, Tensor) and isinstance(value, (int, float))
         self._gamma = float(value) if is_scalar else vector.to(self.logits.device)
 
@@ -125,7 +119,7 @@ class Balanced(CautiousAdam):
     @w_lr.setter
     def w_lr(self, value: float) -> None:
         if not value > 0:
-            raise UserError(f"w_lr must be > 0, got {value}")
+            raise ValueError(f"w_lr must be > 0, got {value}")
         self._w_lr = float(value)
 
     @property
@@ -134,18 +128,9 @@ class Balanced(CautiousAdam):
         return torch.softmax(self.logits, dim=0)
 
     @property
-    def loss_coefficients(self) -> Tensor | None:
-        """a_i of the last :meth:`weighted_loss`: the weights the raw task gradients actually got."""
-        return self._last_coefficients
-
-    @property
     def model_step_taken(self) -> bool:
         """Whether :meth:`step` ran since the last :meth:`weighted_loss` (False after a GradScaler skip)."""
         return self._model_step_taken
-
-    def task_weight_dict(self) -> dict[str, float]:
-        """``{"weight_<task>": z_i}`` (plus ``"coef_<task>": a_i`` once a loss was weighted), for CSV logs."""
-        return task_log_record(self.task_names, self.task_weights, self._last_coefficients)
 
     # ------------------------------------------------------------------------------------ the steps
     def weighted_loss(self, task_losses: Sequence[Tensor] | Tensor) -> Tensor:
@@ -193,7 +178,7 @@ class Balanced(CautiousAdam):
         if skip or previous is None or not stepped:
             return False
         if new_task_losses is None:
-            raise UserError("update_task_weights needs the new task losses (or skip=True)")
+            raise ValueError("update_task_weights needs the new task losses (or skip=True)")
         with torch.autocast(device_type=previous.device.type, enabled=False):
             new = stack_losses(new_task_losses, self.n_tasks).detach()
             new = all_reduce_mean(new.to(arithmetic_dtype(new)))
@@ -263,10 +248,10 @@ class Balanced(CautiousAdam):
         state_dict = dict(state_dict)
         famo = state_dict.pop("famo", None)
         if famo is None:
-            raise UserError("optimizer state has no 'famo' entry (it was not saved by balanced_rd.Balanced); "
+            raise ValueError("optimizer state has no 'famo' entry (it was not saved by balanced_rd.Balanced); "
                             "resume with the optimizer it was trained with")
         if famo["n_tasks"] != self.n_tasks:
-            raise UserError(f"optimizer state was saved with n_tasks={famo['n_tasks']}, "
+            raise ValueError(f"optimizer state was saved with n_tasks={famo['n_tasks']}, "
                             f"this optimizer has n_tasks={self.n_tasks}")
         super().load_state_dict(state_dict)
         device = self.logits.device
@@ -288,6 +273,6 @@ def _prior_logits(prior_weights: Sequence[float] | None, n_tasks: int) -> Tensor
         return torch.zeros(n_tasks)
     weights = per_task_vector(prior_weights, n_tasks, "prior_weights")
     if not (weights > 0).all():
-        raise UserError(f"prior_weights must all be > 0, got {weights.tolist()}")
+        raise ValueError(f"prior_weights must all be > 0, got {weights.tolist()}")
     logits = weights.log()
     return logits - logits.mean()

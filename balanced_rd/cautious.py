@@ -21,7 +21,6 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from common.errors import UserError
 
 # Lower bound on the mask mean in the rescaling (official C-AdamW/timm value).
 _MIN_MASK_MEAN = 1e-3
@@ -29,15 +28,15 @@ _MIN_MASK_MEAN = 1e-3
 
 def _check_hyperparameters(lr: float, betas, eps: float, weight_decay: float, max_mask_scale) -> None:
     if not lr >= 0.0:
-        raise UserError(f"learning rate must be >= 0, got {lr}")
+        raise ValueError(f"learning rate must be >= 0, got {lr}")
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise UserError(f"betas must be two numbers in [0, 1), got {tuple(betas)}")
+        raise ValueError(f"betas must be two numbers in [0, 1), got {tuple(betas)}")
     if not eps >= 0.0:
-        raise UserError(f"eps must be >= 0, got {eps}")
+        raise ValueError(f"eps must be >= 0, got {eps}")
     if not weight_decay >= 0.0:
-        raise UserError(f"weight_decay must be >= 0, got {weight_decay}")
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     if max_mask_scale is not None and not max_mask_scale >= 1.0:
-        raise UserError(f"max_mask_scale must be >= 1 or None (uncapped), got {max_mask_scale}")
+        raise ValueError(f"max_mask_scale must be >= 1 or None (uncapped), got {max_mask_scale}")
 
 
 class CautiousAdam(torch.optim.Optimizer):
@@ -77,7 +76,7 @@ class CautiousAdam(torch.optim.Optimizer):
     def _update_parameter(self, param: Tensor, group: dict) -> None:
         grad = param.grad
         if grad.is_sparse:
-            raise UserError("CautiousAdam/Balanced do not support sparse gradients; use dense parameters")
+            raise ValueError("CautiousAdam/Balanced do not support sparse gradients; use dense parameters")
         lr, (beta1, beta2) = group["lr"], group["betas"]
         state = self.state[param]
         if not state:

@@ -28,7 +28,6 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from common.errors import UserError
 
 GAMMA_STRATEGIES = ("constant", "linear", "cosine", "step", "hpcm", "adaptive")
 HPCM_MILESTONES = (500, 1500, 2750)
@@ -40,9 +39,9 @@ class GammaSchedule:
 
     def __init__(self, optimizer, final_ratio: float = 0.2):
         if not hasattr(optimizer, "gamma"):
-            raise UserError(f"{type(optimizer).__name__} has no gamma; gamma schedules need balanced_rd.Balanced")
+            raise ValueError(f"{type(optimizer).__name__} has no gamma; gamma schedules need balanced_rd.Balanced")
         if not 0.0 <= final_ratio <= 1.0:
-            raise UserError(f"gamma final ratio must be in [0, 1], got {final_ratio}")
+            raise ValueError(f"gamma final ratio must be in [0, 1], got {final_ratio}")
         self.optimizer = optimizer
         gamma = optimizer.gamma
         self.base_gamma: float | Tensor = gamma if isinstance(gamma, float) else gamma.detach().cpu().clone()
@@ -84,7 +83,7 @@ class _AnnealedGamma(GammaSchedule):
 
     def __init__(self, optimizer, total_epochs: int, final_ratio: float = 0.2, warmup_epochs: int = 0):
         if total_epochs is None or warmup_epochs < 0 or total_epochs <= warmup_epochs:
-            raise UserError(f"gamma schedule needs total epochs > warm-up epochs >= 0, got total={total_epochs}, "
+            raise ValueError(f"gamma schedule needs total epochs > warm-up epochs >= 0, got total={total_epochs}, "
                             f"warm-up={warmup_epochs}; set --epochs / --gamma_warmup_epochs")
         self.total_epochs = int(total_epochs)
         self.warmup_epochs = int(warmup_epochs)
@@ -118,7 +117,7 @@ class StepGamma(GammaSchedule):
     def __init__(self, optimizer, milestones: Sequence[int], factor: float = 0.5, final_ratio: float = 0.2,
                  min_gamma: float | None = None):
         if not 0.0 < factor <= 1.0:
-            raise UserError(f"gamma step factor must be in (0, 1], got {factor}")
+            raise ValueError(f"gamma step factor must be in (0, 1], got {factor}")
         self.milestones = sorted(int(m) for m in milestones)
         self.factor = float(factor)
         self.min_gamma = None if min_gamma is None else float(min_gamma)
@@ -140,7 +139,7 @@ class AdaptiveGamma(_AnnealedGamma):
                  cv_window: int = 50, cv_low: float = 0.01, cv_high: float = 0.05,
                  down: float = 0.8, up: float = 1.2):
         if cv_window < 2:
-            raise UserError(f"gamma CV window must be >= 2 validation losses, got {cv_window}")
+            raise ValueError(f"gamma CV window must be >= 2 validation losses, got {cv_window}")
         self.cv_window, self.cv_low, self.cv_high, self.down, self.up = int(cv_window), cv_low, cv_high, down, up
         self.val_losses: list[float] = []
         super().__init__(optimizer, total_epochs, final_ratio, warmup_epochs)
@@ -172,6 +171,17 @@ class AdaptiveGamma(_AnnealedGamma):
         super().load_state_dict(state)
 
 
+# The keyword arguments of make_gamma_schedule each strategy reads (the others it ignores).
+GAMMA_SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "constant": (),
+    "linear": ("total_epochs", "final_ratio", "warmup_epochs"),
+    "cosine": ("total_epochs", "final_ratio", "warmup_epochs"),
+    "step": ("milestones", "step_factor", "final_ratio", "min_gamma"),
+    "hpcm": ("final_ratio", "min_gamma"),
+    "adaptive": ("total_epochs", "final_ratio", "warmup_epochs", "cv_window"),
+}
+
+
 def make_gamma_schedule(name: str, optimizer, total_epochs: int | None = None, final_ratio: float = 0.2,
                         warmup_epochs: int = 0, milestones: Sequence[int] = (1000, 2000, 2500),
                         step_factor: float = 0.5, min_gamma: float | None = None, cv_window: int = 50
@@ -190,4 +200,4 @@ def make_gamma_schedule(name: str, optimizer, total_epochs: int | None = None, f
                          HPCM_MIN_GAMMA if min_gamma is None else min_gamma)
     if name == "adaptive":
         return AdaptiveGamma(optimizer, total_epochs, final_ratio, warmup_epochs, cv_window)
-    raise UserError(f"unknown gamma strategy {name!r}; choose one of: {', '.join(GAMMA_STRATEGIES)}")
+    raise ValueError(f"unknown gamma strategy {name!r}; choose one of: {', '.join(GAMMA_STRATEGIES)}")

@@ -33,10 +33,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from balanced_rd.cautious import CautiousAdam
 from balanced_rd.distributed import all_reduce_mean, all_reduce_mean_
-from balanced_rd.tasks import (LOG_EPS, check_above_min, check_n_tasks, per_task_vector, stack_losses,
-                               task_log_record, task_names_or_default)
+from balanced_rd.tasks import LOG_EPS, TaskWeightedOptimizer, check_above_min, stack_losses
 
 
 def task_gradients(task_losses: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
@@ -74,7 +72,7 @@ def qp_weights(gram: Tensor, qp_eps: float = 1e-6) -> Tensor:
     return solution / total
 
 
-class BalancedQP(CautiousAdam):
+class BalancedQP(TaskWeightedOptimizer):
     """Cautious Adam driven by QP task weights (Solution 2); see the module docstring.
 
     Args:
@@ -89,28 +87,15 @@ class BalancedQP(CautiousAdam):
                  weight_decay: float = 0.0, n_tasks: int = 2, min_losses: float | Sequence[float] = -1.0,
                  qp_eps: float = 1e-6, cautious: bool = True, max_mask_scale: float | None = 10.0,
                  task_names: Sequence[str] | None = None):
-        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay, cautious=cautious,
-                         max_mask_scale=max_mask_scale)
-        self.n_tasks = check_n_tasks(n_tasks)
-        self.task_names = task_names_or_default(task_names, self.n_tasks)
-        self.min_losses = per_task_vector(min_losses, self.n_tasks, "min_losses")
+        super().__init__(params, lr, n_tasks=n_tasks, min_losses=min_losses, task_names=task_names, betas=betas,
+                         eps=eps, weight_decay=weight_decay, cautious=cautious, max_mask_scale=max_mask_scale)
         self.qp_eps = float(qp_eps)
         self._weights = torch.full((self.n_tasks,), 1.0 / self.n_tasks)
-        self._last_coefficients: Tensor | None = None
 
     @property
     def task_weights(self) -> Tensor:
         """QP weights w of the last :meth:`backward` (uniform before the first)."""
         return self._weights.clone()
-
-    @property
-    def loss_coefficients(self) -> Tensor | None:
-        """a_i of the last :meth:`backward`: the coefficients the raw task gradients got."""
-        return self._last_coefficients
-
-    def task_weight_dict(self) -> dict[str, float]:
-        """``{"weight_<task>": w_i}`` (plus ``"coef_<task>": a_i`` after a backward), for CSV logs."""
-        return task_log_record(self.task_names, self._weights, self._last_coefficients)
 
     def _parameters_in_order(self) -> list[Tensor]:
         return [param for group in self.param_groups for param in group["params"] if param.requires_grad]

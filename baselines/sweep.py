@@ -67,14 +67,17 @@ def finished(run_dir: Path, total_steps: int | None) -> bool:
     return bool(ckpt.get("finished")) and (total_steps is None or ckpt["progress"]["step"] >= total_steps)
 
 
-def train_one(train_argv: list[str], save_dir: Path, lmbda: float, extra: list[str]) -> None:
+def train_one(train_args: argparse.Namespace, save_dir: Path, lmbda: float, **changes) -> None:
+    """Train one λ run with ``train_args`` plus ``changes`` (flag dests), resuming what has a checkpoint."""
     from common.train.engine import Trainer
-    from common.train.options import build_parser
 
-    argv = [*train_argv, "--lambda", repr(lmbda), "--save_dir", str(save_dir), *extra]
+    args = argparse.Namespace(**{**vars(train_args), "lmbda": lmbda, "save_dir": str(save_dir), **changes})
     # Resume what has a checkpoint; replace what a run that died before its first checkpoint left.
-    argv.append("--resume" if (save_dir / "last.pt").is_file() else "--overwrite")
-    Trainer(build_parser().parse_args(argv)).fit()
+    if (save_dir / "last.pt").is_file():
+        args.resume = "auto"
+    else:
+        args.overwrite = True
+    Trainer(args).fit()
 
 
 def eval_images(args: argparse.Namespace, train_args: argparse.Namespace) -> tuple[list[Path], Path]:
@@ -88,7 +91,8 @@ def eval_images(args: argparse.Namespace, train_args: argparse.Namespace) -> tup
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from common.train.options import build_parser
+    from common.train.optimizers import optimizer_name, with_optimizer
+    from common.train.options import build_parser, flag_defaults
 
     parsed = parse_with_train_flags(sweep_parser(), argv)
     if parsed is None:
@@ -96,23 +100,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, train_argv = parsed
     if any(flag in train_argv for flag in ("--lambda", "--save_dir", "--resume")):
         raise UserError("--lambda, --save_dir and --resume are set by the sweep; use --lambdas and --out_dir")
-    train_args = build_parser().parse_args(train_argv)  # validates the pass-through flags up front
+    train_args = build_parser().parse_args(train_argv)
     lambdas = parse_lambdas(args.lambdas)
     out_dir = Path(args.out_dir)
-    name = args.name or f"{train_args.model}-{train_args.optimizer}"
+    name = args.name or f"{train_args.model}-{optimizer_name(train_args)}"
 
     if args.start_checkpoint and args.warm_start_steps > 0:
         raise UserError("--start_checkpoint and --warm_start_steps both choose the starting model; pass one")
-    start_flags = ["--checkpoint", args.start_checkpoint] if args.start_checkpoint else []
+    start = {"checkpoint": args.start_checkpoint} if args.start_checkpoint else {}
     if args.warm_start_steps > 0:
         warm_dir = out_dir / "warm_start"
         if not finished(warm_dir, args.warm_start_steps):
-            print(f"warm start: {args.warm_start_steps} steps at λ={lambdas[len(lambdas) // 2]}")
-            lr_flags = ["--lr", repr(args.warm_start_lr)] if args.warm_start_lr else []
-            train_one(train_argv, warm_dir, lambdas[len(lambdas) // 2],
-                      ["--steps", str(args.warm_start_steps), *lr_flags, "--recon_every", "0",
-                       "--optimizer", "adam"])
-        start_flags = ["--checkpoint", str(warm_dir / "last.pt")]
+            print(f"warm start: {args.warm_start_steps} steps of Adam at λ={lambdas[len(lambdas) // 2]}")
+            lr = {"lr": args.warm_start_lr} if args.warm_start_lr else {}
+            # The shared start is standard Adam whatever the swept optimizer (its flags go back to defaults).
+            train_one(with_optimizer(train_args, "adam", flag_defaults()), warm_dir, lambdas[len(lambdas) // 2],
+                      steps=args.warm_start_steps, recon_every=0, **lr)
+        start = {"checkpoint": str(warm_dir / "last.pt")}
 
     for lmbda in lambdas:
         run_dir = out_dir / f"lambda_{lmbda:g}"
@@ -120,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"λ={lmbda:g}: finished run found in {run_dir}, skipped")
             continue
         print(f"λ={lmbda:g}: training into {run_dir}")
-        train_one(train_argv, run_dir, lmbda, [] if (run_dir / "last.pt").is_file() else start_flags)
+        train_one(train_args, run_dir, lmbda, **({} if (run_dir / "last.pt").is_file() else start))
 
     images, root = eval_images(args, train_args)
     labels, aggregates, rows_per_point = [], [], []

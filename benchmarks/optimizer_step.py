@@ -21,9 +21,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from balanced_rd import Balanced, balanced_step
+from balanced_rd import Balanced
+from common.train.step import training_step
 from common.cli import OneLineErrorParser, run_main
-from common.models import build
+from common.models import build, is_aux_parameter
 
 
 def rd_task_losses(lmbda: float) -> Callable:
@@ -40,7 +41,7 @@ def rd_task_losses(lmbda: float) -> Callable:
 
 
 def net_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for name, p in model.named_parameters() if not name.endswith(".quantiles")]
+    return [p for name, p in model.named_parameters() if not is_aux_parameter(name)]
 
 
 class Variant:
@@ -56,7 +57,7 @@ class Variant:
     def run(self, batch: torch.Tensor, task_losses: Callable, device: torch.device, clock: Callable) -> float:
         _synchronize(device)
         start = clock()
-        balanced_step(self.model, self.optimizer, batch, task_losses, clip_max_norm=1.0,
+        training_step(self.model, self.optimizer, batch, task_losses, clip_max_norm=1.0,
                       step_index=self.step_index, **self.options)
         if self.floor:
             with torch.no_grad():

@@ -18,10 +18,11 @@ import torch
 from torch.utils.data import DataLoader
 
 import common.models as models
+from common.models import is_aux_parameter
 from common.data.datasets import ImageFileDataset
 from common.data.images import list_images
 from common.data.samples import sample_dirs
-from common.train.engine import Trainer
+from common.train.engine import Callback, Trainer
 from common.train.options import build_parser
 
 LAMBDA = 0.013
@@ -34,8 +35,8 @@ def plain_loop(steps: int, batch_size: int, patch_size: int, seed: int) -> float
     files = list_images(sample_dirs()[0])
     dataset = ImageFileDataset(files, patch_size, train=True, seed=seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=0)
-    net_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
-    aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
+    net_params = [p for n, p in model.named_parameters() if not is_aux_parameter(n)]
+    aux_params = [p for n, p in model.named_parameters() if is_aux_parameter(n)]
     optimizer = torch.optim.Adam(net_params, lr=1e-4)
     aux_optimizer = torch.optim.Adam(aux_params, lr=1e-3)
     done, started = 0, None
@@ -60,30 +61,25 @@ def plain_loop(steps: int, batch_size: int, patch_size: int, seed: int) -> float
     return steps * batch_size / (time.perf_counter() - started)
 
 
-class TimedTrainer(Trainer):
-    """The engine with its steps timed; end-of-epoch work (validation, checkpoints) is timed and excluded."""
+class StepTimer(Callback):
+    """Times the engine's steps from the second on; end-of-epoch work (validation, checkpoints) is excluded."""
 
-    def __init__(self, args):
-        super().__init__(args)
-        self.step_started: float | None = None
+    def __init__(self):
+        self.started: float | None = None
         self.excluded = 0.0
         self.elapsed = None
 
-    def train_step(self, x):
-        if self.progress.step == 1:  # same warm-up exclusion as the plain loop
-            self.step_started = time.perf_counter()
+    def on_step_start(self, trainer):
+        if trainer.progress.step == 1:  # same warm-up exclusion as the plain loop
+            self.started = time.perf_counter()
             self.excluded = 0.0
-        row = super().train_step(x)
-        if self.progress.step + 1 == self.total_steps:
-            self.elapsed = time.perf_counter() - self.step_started - self.excluded
-        return row
 
-    def _end_of_epoch(self, epoch_done):
-        began = time.perf_counter()
-        try:
-            return super()._end_of_epoch(epoch_done)
-        finally:
-            self.excluded += time.perf_counter() - began
+    def on_step_end(self, trainer, row):
+        if trainer.progress.step == trainer.total_steps:
+            self.elapsed = time.perf_counter() - self.started - self.excluded
+
+    def on_epoch_end(self, trainer, epoch, val, seconds):
+        self.excluded += seconds
 
 
 def engine_loop(steps: int, batch_size: int, patch_size: int, seed: int) -> float:
@@ -92,9 +88,9 @@ def engine_loop(steps: int, batch_size: int, patch_size: int, seed: int) -> floa
             "--steps", str(steps + 1), "--batch_size", str(batch_size), "--patch_size", str(patch_size),
             "--lambda", str(LAMBDA), "--save_dir", run_dir, "--recon_every", "0", "--val_every", "100000", "--num_workers", "0",
             "--progress", "false", "--seed", str(seed)])
-        trainer = TimedTrainer(args)
-        trainer.fit()
-        return steps * batch_size / trainer.elapsed
+        timer = StepTimer()
+        Trainer(args, callbacks=[timer]).fit()
+        return steps * batch_size / timer.elapsed
 
 
 def main() -> None:

@@ -14,6 +14,8 @@ import torch
 from common.errors import UserError
 from common.paths import write_failure
 
+# The "format" of this toolkit's training checkpoints: they record the model's recipe next to its weights.
+CHECKPOINT_FORMAT = "lic-toolkit/1"
 # Keys under which training scripts of this field store the model weights.
 _STATE_DICT_KEYS = ("state_dict", "model", "network", "model_state_dict", "net")
 

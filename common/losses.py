@@ -121,13 +121,6 @@ def ms_ssim(x: Tensor, y: Tensor, data_range: float = 1.0, reduction: str = "mea
     return _reduce(values, reduction)
 
 
-def ms_ssim_db(value: Tensor | float) -> Tensor | float:
-    """MS-SSIM in decibels, −10·log10(1 − MS-SSIM), as in CompressAI's ``ms-ssim-db`` results."""
-    if torch.is_tensor(value):
-        return -10.0 * torch.log10(1.0 - value)
-    return -10.0 * math.log10(1.0 - value)
-
-
 def psnr(x: Tensor, y: Tensor, data_range: float = 1.0, reduction: str = "mean") -> Tensor:
     """PSNR in dB per image (mean over pixels and channels), averaged over the batch unless ``"none"``."""
     x, y = _batched(x, y)
@@ -287,6 +280,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lambda_bpp", type=number(float, minimum=0), default=0.01, help="bpp weight of --loss_type rd")
     bool_flag(parser, "--hierarchical_tasks", False,
               "balance 5 tasks (distortion + the rates of z and the 3 HPCM y scales) instead of 2")
+
+
+# The flags (argparse dests) each --loss_type reads; --hierarchical_tasks is checked by the criteria themselves.
+LOSS_OPTIONS = {"mse": ("lmbda",), "recon": ("alpha_l1",), "rd": ("alpha_l1", "lambda_bpp")}
+
+
+def check_flags(args: argparse.Namespace, defaults: dict) -> None:
+    """Refuse loss flags that the chosen ``--loss_type`` would ignore (values differing from ``defaults``).
+
+    Distillation replaces the criterion by its own loss (``--distill_l1``/``--distill_msssim``), so with
+    ``--distill`` no ``--loss_type`` option is read and none may be given.
+    """
+    used = () if getattr(args, "distill", False) else LOSS_OPTIONS[args.loss_type]
+    chosen = "--distill" if getattr(args, "distill", False) else f"--loss_type {args.loss_type}"
+    for dest in sorted({dest for options in LOSS_OPTIONS.values() for dest in options} - set(used)):
+        if getattr(args, dest) != defaults[dest]:
+            flag = "--lambda" if dest == "lmbda" else f"--{dest}"
+            owners = [name for name, options in LOSS_OPTIONS.items() if dest in options]
+            raise UserError(f"{flag} is not used with {chosen} (it belongs to --loss_type {' or '.join(owners)}); "
+                            "drop it")
 
 
 def criterion_from_args(args: argparse.Namespace) -> _TaskCriterion:

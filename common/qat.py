@@ -86,21 +86,10 @@ def make_config(**overrides) -> dict:
     return config
 
 
-def _amp_requested(amp) -> bool:
-    """``--amp`` as a bool or as the strings true/false/auto (auto: AMP when CUDA is available)."""
-    if isinstance(amp, str):
-        lowered = amp.strip().lower()
-        return lowered in ("true", "1", "yes", "on") or (lowered == "auto" and torch.cuda.is_available())
-    return bool(amp)
-
-
 def config_from_args(args: argparse.Namespace) -> dict | None:
-    """QAT config from parsed flags, or None without ``--qat``. Warns when AMP is also on."""
+    """QAT config from parsed flags, or None without ``--qat``."""
     if not args.qat:
         return None
-    if _amp_requested(getattr(args, "amp", False)):
-        warnings.warn("QAT with AMP is not recommended (seed 002: it invites NaNs); consider --amp false. "
-                      "Fake quantization itself runs in float32.", stacklevel=2)
     return make_config(scope=args.qat_scope, exclude_entropy=args.qat_exclude_entropy,
                        calib_steps=args.qat_calib_steps, freeze_after=args.qat_freeze_after,
                        act_observer=args.qat_act_observer, w_per_channel=args.qat_w_per_channel,

@@ -23,7 +23,6 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from common.errors import UserError

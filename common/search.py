@@ -72,7 +72,7 @@ def run_study(args: argparse.Namespace, train_argv: list[str]):
     import optuna
 
     from common.train.engine import Trainer, TrainingDiverged
-    from common.train.options import build_parser
+    from common.train.options import build_parser, flag_defaults
 
     spaces = [parse_space(text) for text in args.space]
     if not spaces:
@@ -81,8 +81,11 @@ def run_study(args: argparse.Namespace, train_argv: list[str]):
     clashes = [name for name in names if f"--{name}" in train_argv]
     if clashes or "--save_dir" in train_argv:
         raise UserError(f"searched flags and --save_dir are set by the search; remove {clashes or ['--save_dir']}")
-    build_parser().parse_args(train_argv + [f"--{n}=1" if k != "choice" else f"--{n}={v[0]}"
-                                            for n, k, v in spaces])  # validates the flags up front
+    unknown = [name for name in names if name not in flag_defaults()]
+    if unknown:
+        raise UserError(f"--space names no training flag: {', '.join(unknown)} (see python -m common.train --help)")
+    # Validates the pass-through flags, and the search's first values, up front.
+    build_parser().parse_args(train_argv + [f"--{name}={values[0]}" for name, _, values in spaces])
     out_dir = output_dir(args.out_dir, "--out_dir")
     if args.sampler == "grid":
         if any(kind != "choice" for _, kind, _ in spaces):

@@ -17,7 +17,7 @@ from common import checkpoint as ckpt_io
 from common.errors import UserError
 from common.train.engine import Trainer, TrainingDiverged
 from tests.helpers import smooth_image
-from tests.test_engine import image_dirs, train_args  # noqa: F401 - module fixture
+from tests.test_engine import CrashAfter, image_dirs, train_args  # noqa: F401 - module fixture
 
 UNWRITABLE = Path("/sys/lic-toolkit-test")  # sysfs: no file can be created there, not even by root
 
@@ -199,13 +199,8 @@ def test_only_a_finished_checkpoint_counts_as_a_finished_run(image_dirs, tmp_pat
     from baselines.sweep import finished
 
     with pytest.raises(KeyboardInterrupt):
-        class Interrupted(Trainer):
-            def train_step(self, x):
-                if self.progress.step == 2:
-                    raise KeyboardInterrupt
-                return super().train_step(x)
-
-        Interrupted(train_args(image_dirs, tmp_path, "--epochs", "3", "--save_every_steps", "1")).fit()
+        Trainer(train_args(image_dirs, tmp_path, "--epochs", "3", "--save_every_steps", "1"),
+                callbacks=[CrashAfter(2)]).fit()
     assert (tmp_path / "last.pt").is_file() and not finished(tmp_path, None)
     Trainer(train_args(image_dirs, tmp_path, "--epochs", "3", "--resume")).fit()
     assert finished(tmp_path, None) and not finished(tmp_path, 100)

@@ -4,7 +4,6 @@ import torch
 from torch import nn
 
 from balanced_rd import Balanced, CautiousAdam
-from common.errors import UserError
 
 LR = 0.01
 
@@ -173,7 +172,7 @@ def test_balanced_model_step_is_cautious_adam():
 
 
 def test_hyperparameter_errors():
-    with pytest.raises(UserError, match="betas"):
+    with pytest.raises(ValueError, match="betas"):
         CautiousAdam([nn.Parameter(torch.zeros(1))], lr=1e-3, betas=(0.9, 1.0))
-    with pytest.raises(UserError, match="max_mask_scale"):
+    with pytest.raises(ValueError, match="max_mask_scale"):
         CautiousAdam([nn.Parameter(torch.zeros(1))], lr=1e-3, max_mask_scale=0.5)

@@ -6,7 +6,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from balanced_rd import Balanced, BalancedQP, balanced_step
+from balanced_rd import Balanced, BalancedQP
+from common.train.step import training_step
 
 WORLD = 2
 STEPS = 6
@@ -30,7 +31,7 @@ def task_losses(model, batch):
 
 def train(model, optimizer, batches):
     for index, batch in enumerate(batches):
-        balanced_step(model, optimizer, batch, task_losses, clip_max_norm=1.0, step_index=index)
+        training_step(model, optimizer, batch, task_losses, clip_max_norm=1.0, step_index=index)
 
 
 def worker(rank, init_file, out_dir):

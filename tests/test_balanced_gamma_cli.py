@@ -8,10 +8,10 @@ from PIL import Image
 from torch import nn
 
 from balanced_rd import Balanced, BalancedQP, make_gamma_schedule
-from balanced_rd.cli import add_arguments, build_gamma_schedule, build_optimizer, step_options
 from balanced_rd.gamma import AdaptiveGamma
-from balanced_rd.plots import plot_task_weights
-from common.cli import OneLineErrorParser
+from common.train.optimizers import build_gamma_schedule, build_optimizer, check_flags, step_options
+from common.train.options import build_parser, flag_defaults
+from common.train.plots import plot_task_weights
 from common.errors import UserError
 
 
@@ -80,54 +80,79 @@ def test_per_task_gamma_vector_is_scheduled_elementwise():
 
 
 def test_schedule_errors():
-    with pytest.raises(UserError, match="unknown gamma strategy"):
+    with pytest.raises(ValueError, match="unknown gamma strategy"):
         make_gamma_schedule("exponential", make_opt())
-    with pytest.raises(UserError, match="total epochs"):
+    with pytest.raises(ValueError, match="total epochs"):
         make_gamma_schedule("cosine", make_opt())
-    with pytest.raises(UserError, match="Balanced"):
+    with pytest.raises(ValueError, match="Balanced"):
         make_gamma_schedule("constant", torch.optim.Adam([nn.Parameter(torch.zeros(1))]))
 
 
 def parse(argv):
-    parser = OneLineErrorParser()
-    parser.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "balanced", "balanced_qp"])
-    parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--epochs", type=int, default=20)
-    add_arguments(parser)
-    return parser.parse_args(argv)
+    return build_parser().parse_args(["--epochs", "20", *argv])
+
+
+def build(params, args, n_tasks=2, lr=1e-4):
+    check_flags(args, flag_defaults())
+    optimizer, _ = build_optimizer(params, args, n_tasks, lr)
+    return optimizer
 
 
 def test_cli_builds_each_optimizer():
     params = [nn.Parameter(torch.zeros(3))]
-    assert type(build_optimizer(params, parse([]), 2)) is torch.optim.Adam
-    opt = build_optimizer(params, parse(["--use_balanced", "--gamma", "0.001", "--w_lr", "0.05",
-                                         "--max_mask_scale", "none", "--cautious", "false"]), 2)
+    assert type(build(params, parse([]))) is torch.optim.Adam
+    assert build_optimizer(params, parse(["--optimizer", "balanced_qp"]), 2, 1e-4)[1] == "qp"
+    opt = build(params, parse(["--use_balanced", "--gamma", "0.001", "--w_lr", "0.05",
+                               "--max_mask_scale", "none", "--cautious", "false"]))
     assert isinstance(opt, Balanced) and opt.gamma == 0.001 and opt.w_lr == 0.05
     assert opt.param_groups[0]["max_mask_scale"] is None and opt.param_groups[0]["cautious"] is False
     assert opt.param_groups[0]["lr"] == 1e-4
-    five = build_optimizer(params, parse(["--optimizer", "balanced", "--gamma", "0.008", "0.008", "0.006", "0.006",
-                                          "0.004", "--min_losses", "-1"]), 5)
+    five = build(params, parse(["--optimizer", "balanced", "--gamma", "0.008", "0.008", "0.006", "0.006",
+                                "0.004", "--min_losses", "-1"]), 5)
     torch.testing.assert_close(five.gamma, torch.tensor([0.008, 0.008, 0.006, 0.006, 0.004]))
-    prior = build_optimizer(params, parse(["--use_balanced", "--prior_weights", "0.75", "0.25"]), 2)
+    prior = build(params, parse(["--use_balanced", "--prior_weights", "0.75", "0.25"]))
     torch.testing.assert_close(prior.task_weights, torch.tensor([0.75, 0.25]))
-    qp = build_optimizer(params, parse(["--optimizer", "balanced_qp", "--qp_eps", "1e-4"]), 2, lr=5e-5)
+    qp = build(params, parse(["--optimizer", "balanced_qp", "--qp_eps", "1e-4"]), lr=5e-5)
     assert isinstance(qp, BalancedQP) and qp.qp_eps == 1e-4 and qp.param_groups[0]["lr"] == 5e-5
-    with pytest.raises(UserError, match="conflicts"):
-        build_optimizer(params, parse(["--optimizer", "balanced_qp", "--use_balanced", "true"]), 2)
-    with pytest.raises(UserError, match="gamma"):
-        build_optimizer(params, parse(["--use_balanced", "--gamma", "0.1", "0.2", "0.3"]), 2)
+    for conflicting in ("balanced_qp", "adam", "adamw"):
+        with pytest.raises(UserError, match="conflicts"):
+            build(params, parse(["--optimizer", conflicting, "--use_balanced", "true"]))
+    with pytest.raises(UserError, match="^--optimizer balanced: gamma has 3 values"):
+        build(params, parse(["--use_balanced", "--gamma", "0.1", "0.2", "0.3"]))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--gamma", "0.01"], "--gamma is an option of --optimizer balanced, not of --optimizer adam"),
+    (["--optimizer", "adamw", "--w_lr_sched", "follow"], "--w_lr_sched is an option of --optimizer balanced, not"),
+    (["--optimizer", "balanced_qp", "--prior_weights", "0.7", "0.3"], "--prior_weights is an option of --optimizer "
+                                                                         "balanced, not of --optimizer balanced_qp"),
+    (["--use_balanced", "--qp_eps", "1e-3"], "--qp_eps is an option of --optimizer balanced_qp, not"),
+    (["--optimizer", "adam", "--min_losses", "0"], "--min_losses is an option of --optimizer balanced or balanced_qp"),
+    (["--use_balanced", "--gamma_milestones", "5"], "--gamma_milestones is not used by the constant gamma schedule"),
+    (["--use_balanced", "--gamma_strategy", "cosine", "--gamma_cv_window", "9"], "adaptive"),
+])
+def test_flag_the_chosen_optimizer_ignores_is_refused(argv, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        check_flags(parse(argv), flag_defaults())
+
+
+def test_flags_of_the_chosen_variant_are_accepted():
+    for argv in (["--use_balanced", "--gamma_strategy", "step", "--gamma_milestones", "5", "--gamma_min", "0.001"],
+                 ["--optimizer", "balanced_qp", "--qp_eps", "1e-3", "--min_losses", "-2"],
+                 ["--optimizer", "adamw", "--weight_decay", "0.01"]):
+        check_flags(parse(argv), flag_defaults())
 
 
 def test_cli_gamma_schedule_and_step_options():
     params = [nn.Parameter(torch.zeros(3))]
     args = parse(["--use_balanced", "--adaptive_gamma"])
-    schedule = build_gamma_schedule(args, build_optimizer(params, args, 2))
+    schedule = build_gamma_schedule(args, build(params, args))
     assert type(schedule).__name__ == "CosineGamma" and schedule.total_epochs == 20
     args = parse(["--use_balanced", "--gamma_strategy", "hpcm", "--gamma", "0.006"])
-    assert type(build_gamma_schedule(args, build_optimizer(params, args, 2))).__name__ == "StepGamma"
+    assert type(build_gamma_schedule(args, build(params, args))).__name__ == "StepGamma"
     args = parse(["--gamma_strategy", "cosine"])
     with pytest.raises(UserError, match="balanced"):
-        build_gamma_schedule(args, build_optimizer(params, args, 2))
+        build_gamma_schedule(args, build_optimizer(params, args, 2, 1e-4)[0])
     assert build_gamma_schedule(parse([]), torch.optim.Adam(params)) is None
     assert step_options(parse(["--weight_update_every", "4", "--delta_subset", "2"])) == dict(
         weight_update_every=4, delta_subset=2, share_noise=False)

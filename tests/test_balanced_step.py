@@ -1,4 +1,4 @@
-"""balanced_step: the exact step equals the hand-written sequence; cheaper options, noise sharing, AMP skip."""
+"""training_step: the exact step equals the hand-written sequence; cheaper options, noise sharing, AMP skip."""
 import copy
 import math
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from balanced_rd import Balanced, BalancedQP, balanced_step
+from balanced_rd import Balanced, BalancedQP
+from common.train.step import training_step
 from common.errors import UserError
 
 
@@ -70,7 +71,7 @@ def data(n=6, batch=4, seed=1):
 def test_exact_step_equals_hand_written_sequence():
     model, opt, twin, twin_opt = setup_with_twin()
     for index, batch in enumerate(data()):
-        result = balanced_step(model, opt, batch, per_sample_losses, clip_max_norm=1.0, step_index=index)
+        result = training_step(model, opt, batch, per_sample_losses, clip_max_norm=1.0, step_index=index)
         assert result.model_step_taken and result.weights_updated
         hand_written_model_step(twin, twin_opt, batch, scalar_losses, clip_max_norm=1.0)
         with torch.no_grad():
@@ -84,7 +85,7 @@ def test_plain_optimizer_minimises_the_sum():
     twin = copy.deepcopy(model)
     opt, twin_opt = torch.optim.Adam(model.parameters(), lr=1e-2), torch.optim.Adam(twin.parameters(), lr=1e-2)
     for batch in data(3):
-        result = balanced_step(model, opt, batch, scalar_losses)
+        result = training_step(model, opt, batch, scalar_losses)
         assert not result.weights_updated
         twin_opt.zero_grad()
         sum(scalar_losses(twin, batch)).backward()
@@ -97,7 +98,7 @@ def test_weight_update_every_k_steps():
     flags = []
     for index, batch in enumerate(data(6)):
         before = opt.logits.clone()
-        flags.append(balanced_step(model, opt, batch, scalar_losses, step_index=index,
+        flags.append(training_step(model, opt, batch, scalar_losses, step_index=index,
                                    weight_update_every=3).weights_updated)
         assert flags[-1] != torch.equal(before, opt.logits)
     assert flags == [True, False, False, True, False, False]
@@ -106,7 +107,7 @@ def test_weight_update_every_k_steps():
 def test_delta_subset_uses_before_and_after_losses_of_the_same_samples():
     model, opt, twin, twin_opt = setup_with_twin()
     for batch in data(4):
-        balanced_step(model, opt, batch, per_sample_losses, delta_subset=2)
+        training_step(model, opt, batch, per_sample_losses, delta_subset=2)
         raw = hand_written_model_step(twin, twin_opt, batch, per_sample_losses)
         with torch.no_grad():
             after = [loss.mean() for loss in per_sample_losses(twin, batch[:2])]
@@ -117,7 +118,7 @@ def test_delta_subset_uses_before_and_after_losses_of_the_same_samples():
 def test_delta_subset_with_scalar_losses_evaluates_the_subset_before_the_step():
     model, opt, twin, twin_opt = setup_with_twin()
     for batch in data(4):
-        balanced_step(model, opt, batch, scalar_losses, delta_subset=1)
+        training_step(model, opt, batch, scalar_losses, delta_subset=1)
         with torch.no_grad():
             reference = scalar_losses(twin, batch[:1])
         hand_written_model_step(twin, twin_opt, batch, scalar_losses)
@@ -132,7 +133,7 @@ def test_share_noise_replays_the_training_noise_and_keeps_the_rng_stream():
         model, opt = setup(noise=True)
         opt.param_groups[0]["lr"] = 0.0  # parameters stay put: any delta is pure noise
         torch.manual_seed(123)
-        balanced_step(model, opt, batch, scalar_losses, share_noise=share)
+        training_step(model, opt, batch, scalar_losses, share_noise=share)
         if share:
             after_shared = torch.rand(3)
         assert torch.equal(opt.logits, torch.zeros(2)) == share
@@ -141,33 +142,33 @@ def test_share_noise_replays_the_training_noise_and_keeps_the_rng_stream():
         scalar_losses(model, batch)  # the training forward alone
     assert torch.equal(torch.rand(3), after_shared)
     with pytest.raises(UserError, match="share_noise"):
-        balanced_step(model, opt, batch, per_sample_losses, share_noise=True, delta_subset=1)
+        training_step(model, opt, batch, per_sample_losses, share_noise=True, delta_subset=1)
 
 
 def test_grad_scaler_overflow_skips_model_and_logit_updates():
     model, opt = setup()
     scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
     batches = data(3)
-    balanced_step(model, opt, batches[0], scalar_losses, scaler=scaler, clip_max_norm=1.0)
+    training_step(model, opt, batches[0], scalar_losses, scaler=scaler, clip_max_norm=1.0)
     params, logits = [p.detach().clone() for p in model.parameters()], opt.logits.clone()
     model.overflow = True
-    result = balanced_step(model, opt, batches[1], scalar_losses, scaler=scaler, clip_max_norm=1.0, step_index=1)
+    result = training_step(model, opt, batches[1], scalar_losses, scaler=scaler, clip_max_norm=1.0, step_index=1)
     assert not result.model_step_taken and not result.weights_updated
     assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
     assert torch.equal(opt.logits, logits) and scaler.get_scale() == 128.0
     model.overflow = False
-    assert balanced_step(model, opt, batches[2], scalar_losses, scaler=scaler, step_index=2).weights_updated
+    assert training_step(model, opt, batches[2], scalar_losses, scaler=scaler, step_index=2).weights_updated
     adam = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.overflow = True
-    assert not balanced_step(model, adam, batches[0], scalar_losses, scaler=scaler).model_step_taken
+    assert not training_step(model, adam, batches[0], scalar_losses, scaler=scaler).model_step_taken
     model.overflow = False
-    assert balanced_step(model, adam, batches[0], scalar_losses, scaler=scaler).model_step_taken
+    assert training_step(model, adam, batches[0], scalar_losses, scaler=scaler).model_step_taken
 
 
 def test_bf16_autocast_keeps_famo_arithmetic_in_fp32():
     model, opt = setup()
     for index, batch in enumerate(data(3)):
-        result = balanced_step(model, opt, batch, scalar_losses, amp_dtype=torch.bfloat16, step_index=index)
+        result = training_step(model, opt, batch, scalar_losses, amp_dtype=torch.bfloat16, step_index=index)
         assert result.weights_updated and result.losses.dtype == torch.float32
     assert opt.logits.dtype == torch.float32 and torch.isfinite(opt.logits).all()
     assert not torch.equal(opt.logits, torch.zeros(2))
@@ -180,7 +181,7 @@ def test_balanced_qp_through_the_step_helper():
     batch = data(1)[0]
     first = sum(l.item() for l in scalar_losses(model, batch))
     for _ in range(8):
-        balanced_step(model, opt, batch, scalar_losses, clip_max_norm=1.0)
+        training_step(model, opt, batch, scalar_losses, clip_max_norm=1.0)
     assert sum(l.item() for l in scalar_losses(model, batch)) < first
     with pytest.raises(UserError, match="GradScaler"):
-        balanced_step(model, opt, batch, scalar_losses, scaler=torch.amp.GradScaler("cpu"))
+        training_step(model, opt, batch, scalar_losses, scaler=torch.amp.GradScaler("cpu"))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from common.checkpoint import load_file
-from common.train.engine import Trainer
+from common.train.engine import Callback, Trainer
 from common.train.options import build_parser
 from tests.helpers import REPO, write_image_dirs
 
@@ -30,15 +30,15 @@ def train_args(image_dirs, save_dir, *extra):
         "--progress", "false", "--seed", "3", "--num_workers", "0", *extra])
 
 
-class CrashAfter(Trainer):
-    """A run that dies (like a killed job) once it has done ``crash_step`` steps."""
+class CrashAfter(Callback):
+    """Kills the run (like a killed job) once it has done ``steps`` steps."""
 
-    crash_step = 2
+    def __init__(self, steps: int = 2):
+        self.steps = steps
 
-    def train_step(self, x):
-        if self.progress.step == self.crash_step:
+    def on_step_start(self, trainer):
+        if trainer.progress.step == self.steps:
             raise KeyboardInterrupt
-        return super().train_step(x)
 
 
 @pytest.mark.parametrize("extra", [(), ("--ema_decay", "0.9")], ids=["plain", "ema"])
@@ -48,7 +48,7 @@ def test_resume_is_bit_exact(image_dirs, tmp_path, extra):
     flags = ("--steps", "5", "--sched", "cosine", "--save_every_steps", "1", *extra)
     straight = Trainer(train_args(image_dirs, tmp_path / "a", *flags)).fit()
     with pytest.raises(KeyboardInterrupt):
-        CrashAfter(train_args(image_dirs, tmp_path / "b", *flags)).fit()
+        Trainer(train_args(image_dirs, tmp_path / "b", *flags), callbacks=[CrashAfter()]).fit()
     resumed = Trainer(train_args(image_dirs, tmp_path / "b", *flags, "--resume")).fit()
     a = load_file(tmp_path / "a" / "last.pt")
     b = load_file(tmp_path / "b" / "last.pt")

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from common.eval import DecodeMismatchWarning, centred_padding, crop, describe, evaluate, pad, write_results
+from common.checkpoint import CHECKPOINT_FORMAT
 from common.models import build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,7 +292,7 @@ def test_training_checkpoint_with_replaced_layers(dataset, tmp_path):
     config = make_config("all", "relu")
     model = apply_config(build("bmshj2018-factorized", quality=1), config)
     path = tmp_path / "last.pt"
-    torch.save({"format": "lic-toolkit/1", "model": {"name": "bmshj2018-factorized", "kwargs": {"quality": 1}},
+    torch.save({"format": CHECKPOINT_FORMAT, "model": {"name": "bmshj2018-factorized", "kwargs": {"quality": 1}},
                 "replace": config, "qat": None, "state_dict": model.state_dict(), "step": 3, "epoch": 0}, path)
     out = tmp_path / "relu.json"
     assert main(["--model", "bmshj2018-factorized", "--checkpoint", str(path), "--dataset", str(dataset),

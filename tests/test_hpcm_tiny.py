@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.stats import gennorm
 
+from common.checkpoint import CHECKPOINT_FORMAT
 from common.errors import UserError
 from common.models import available_models, build
 from common.models.hpcm import schedule
@@ -241,7 +242,7 @@ def test_checkpoint_loading(tmp_path):
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(7))
     state = model.state_dict()
     torch.save(state, tmp_path / "raw.pth")
-    torch.save({"format": "lic-toolkit/1", "model": {"name": "hpcm-tiny", "kwargs": {}}, "state_dict": state,
+    torch.save({"format": CHECKPOINT_FORMAT, "model": {"name": "hpcm-tiny", "kwargs": {}}, "state_dict": state,
                 "step": 3, "epoch": 0}, tmp_path / "last.pt")
     coded = model.compress(x)
     for name in ("raw.pth", "last.pt"):

@@ -19,13 +19,8 @@ from common.errors import UserError
 from common.paths import output_file
 from common.eval.evaluate import (PAD_MODES, DecodeMismatchWarning, codec_description, describe,
                                   describe_test_set, evaluate, write_results)
-from common.models import available_models, build
+from common.models import available_models, build, entry
 from common.models.restore import load_model
-
-
-# Models whose published weights build() finds in the torch.hub cache (compressai's zoo). HPCM's official
-# weights are plain checkpoint files.
-PRETRAINED_MODELS = ("bmshj2018-factorized",)
 
 
 def build_parser() -> OneLineErrorParser:
@@ -67,7 +62,7 @@ def build_parser() -> OneLineErrorParser:
     bool_flag(parser, "--trust_checkpoint", False,
               "allow pickled Python objects in checkpoints (only for files you trust)")
     # Only needed for raw state dicts of replaced models; our training checkpoints record their recipe.
-    replace.add_arguments(parser)
+    replace.add_arguments(parser, trainable_scopes=False)
     return parser
 
 
@@ -89,8 +84,9 @@ def _load(args, quality: int | None, checkpoint: str | None, replace_config: dic
     if checkpoint is not None:
         return load_model(args.model, quality=quality or 1, checkpoint=checkpoint, trust=args.trust_checkpoint,
                           replace=replace_config)
-    if args.model not in PRETRAINED_MODELS:
-        raise UserError(f"--pretrained is available for {', '.join(PRETRAINED_MODELS)} only; pass the weights of "
+    if not entry(args.model).published_weights:
+        published = [name for name in available_models() if entry(name).published_weights]
+        raise UserError(f"--pretrained is available for {', '.join(published)} only; pass the weights of "
                         f"{args.model} with --checkpoint PATH")
     if replace_config is not None:
         raise UserError("replacement flags apply to checkpoints only; published weights are the original models")

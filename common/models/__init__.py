@@ -5,29 +5,62 @@ Every registered model has ``forward(x) -> {"x_hat", "likelihoods": {...}}``, ``
 
 - ``forward_multiple``: H and W given to ``forward`` must be multiples of it;
 - ``eval_pad_multiple``: evaluation pads images to a multiple of it (the published protocol).
+
+Each :class:`ModelEntry` also states the facts that loaders need about the model: whether published weights
+exist for it and how a state dict tells its quality level (models with qualities only).
 """
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
 
 from common.errors import UserError
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its builder and the facts loaders need."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    # build(pretrained=True) loads published weights from the local torch.hub cache (never downloaded).
+    published_weights: bool = False
+    # The quality level a state dict of this model was built at (None: no quality matches), for models with one.
+    quality_of: Callable[[dict], int | None] | None = None
+
+    @property
+    def has_quality(self) -> bool:
+        return "quality" in inspect.signature(self.build).parameters
 
 
-def register_model(name: str):
-    """Decorator that adds a model builder to the registry under ``name``."""
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, *, published_weights: bool = False,
+                   quality_of: Callable[[dict], int | None] | None = None):
+    """Decorator that adds a model builder to the registry under ``name``, with its facts."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = builder
+        _REGISTRY[name] = ModelEntry(name, builder, published_weights, quality_of)
         return builder
 
     return decorator
+
+
+def entry(name: str) -> ModelEntry:
+    """The registry entry of model ``name``; unknown names raise a one-line :class:`UserError`."""
+    if name not in _REGISTRY:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(available_models())}")
+    return _REGISTRY[name]
+
+
+def is_aux_parameter(name: str) -> bool:
+    """EntropyBottleneck ``quantiles``: trained by the auxiliary loss only, never by the main optimizer."""
+    return name.endswith(".quantiles") or name == "quantiles"
 
 
 def available_models() -> list[str]:
@@ -36,16 +69,12 @@ def available_models() -> list[str]:
 
 def accepts(name: str, argument: str) -> bool:
     """Whether the builder of model ``name`` takes keyword ``argument`` (e.g. ``quality``)."""
-    if name not in _REGISTRY:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(available_models())}")
-    return argument in inspect.signature(_REGISTRY[name]).parameters
+    return argument in inspect.signature(entry(name).build).parameters
 
 
 def build(name: str, **kwargs) -> nn.Module:
     """Build the registered model ``name``; unknown names raise a one-line :class:`UserError`."""
-    if name not in _REGISTRY:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(available_models())}")
-    return _REGISTRY[name](**kwargs)
+    return entry(name).build(**kwargs)
 
 
 # Registration happens on import of each model module.

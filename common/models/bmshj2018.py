@@ -36,6 +36,14 @@ def quality_of(n: int, m: int) -> int | None:
     return next((q for q in QUALITIES if cfgs[ARCH][q] == (n, m)), None)
 
 
+def quality_of_state_dict(state_dict: dict) -> int | None:
+    """The quality of a bmshj2018-factorized state dict, from its first and last analysis convolutions."""
+    first, last = state_dict.get("g_a.0.weight"), state_dict.get("g_a.6.weight")
+    if first is None or last is None:
+        return None
+    return quality_of(first.shape[0], last.shape[0])
+
+
 def check_quality(quality: int) -> None:
     if quality not in QUALITIES:
         raise UserError(f"--quality must be an integer from 1 to 8 for {ARCH}, got {quality}")
@@ -56,7 +64,7 @@ def _annotate(model: FactorizedPrior) -> FactorizedPrior:
     return model
 
 
-@register_model(ARCH)
+@register_model(ARCH, published_weights=True, quality_of=quality_of_state_dict)
 def build_bmshj2018_factorized(quality: int = 1, pretrained: bool = False, checkpoint: str | None = None,
                                metric: str = "mse", trust_checkpoint: bool = False) -> FactorizedPrior:
     """Build the model at ``quality`` (1–8).

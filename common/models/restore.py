@@ -14,12 +14,11 @@ from pathlib import Path
 from torch import nn
 
 from common import qat
-from common.checkpoint import extract_state_dict, load_file
+from common.checkpoint import CHECKPOINT_FORMAT, extract_state_dict, load_file
 from common.errors import UserError
-from common.models import build
+from common.models import build, entry
 from common.replace import apply_config, architecture
 
-CHECKPOINT_FORMAT = "lic-toolkit/1"
 DEFAULT_MODEL = "bmshj2018-factorized"
 # Keyword arguments that describe where weights came from, not the architecture.
 _SOURCE_KWARGS = ("pretrained", "checkpoint", "trust_checkpoint")
@@ -38,16 +37,16 @@ def _load_strict(model: nn.Module, state_dict: dict, path) -> None:
                         f"--act): {detail}") from exc
 
 
-def _infer_quality(name: str, state_dict: dict, quality: int) -> int:
-    """For bmshj2018-factorized, the smallest quality whose (N, M) matches the state dict's conv sizes."""
-    if name != DEFAULT_MODEL or "g_a.0.weight" not in state_dict or "g_a.6.weight" not in state_dict:
-        return quality
-    from common.models.bmshj2018 import quality_of
-    inferred = quality_of(state_dict["g_a.0.weight"].shape[0], state_dict["g_a.6.weight"].shape[0])
-    return quality if inferred is None else inferred
+def _architecture_kwargs(name: str, quality: int | None, state_dict: dict | None = None) -> dict:
+    """``quality`` for models that have one: the state dict's own if the registry can tell it, else ``quality``."""
+    model = entry(name)
+    if not model.has_quality:
+        return {}
+    inferred = model.quality_of(state_dict) if state_dict is not None and model.quality_of else None
+    return {"quality": inferred or quality or 1}
 
 
-def load_model(name: str | None = None, *, quality: int = 1, pretrained: bool = False, checkpoint: str | None = None,
+def load_model(name: str | None = None, *, quality: int | None = None, pretrained: bool = False, checkpoint: str | None = None,
                trust: bool = False, replace: dict | None = None, raw: bool = False) -> nn.Module:
     """Return the model (in eval mode) described by the arguments.
 
@@ -59,7 +58,11 @@ def load_model(name: str | None = None, *, quality: int = 1, pretrained: bool = 
     - no checkpoint: ``build(name, quality=quality, pretrained=pretrained)``, then ``replace`` if given.
     """
     if checkpoint is None:
-        model = build(name or DEFAULT_MODEL, quality=quality, pretrained=pretrained)
+        name = name or DEFAULT_MODEL
+        if pretrained and not entry(name).published_weights:
+            raise UserError(f"{name} has no published weights; pass its weights with --checkpoint PATH")
+        source = {"pretrained": True} if pretrained else {}
+        model = build(name, **_architecture_kwargs(name, quality), **source)
         return apply_config(model, replace).eval()
     if pretrained:
         raise UserError("give either pretrained weights or a checkpoint, not both")
@@ -74,7 +77,7 @@ def load_model(name: str | None = None, *, quality: int = 1, pretrained: bool = 
             raise UserError(f"{exc}; if these are weights of a replaced model, pass the --replace_parts/--act/"
                             "--decoder_upsample flags it was trained with") from exc
     state_dict = extract_state_dict(obj, checkpoint)
-    model = apply_config(build(name, quality=_infer_quality(name, state_dict, quality)), replace)
+    model = apply_config(build(name, **_architecture_kwargs(name, quality, state_dict)), replace)
     try:
         _load_strict(model, state_dict, checkpoint)
     except UserError as replaced_error:

@@ -23,7 +23,7 @@ import copy
 
 from torch import nn
 
-from common.cli import bool_flag
+from common.cli import bool_flag, str2bool
 from common.errors import UserError
 from common.replace.blocks import ACT_TYPES, ECA, GDNishLiteDec, GDNishLiteEnc
 from common.replace.registry import available_blocks, import_block_modules, register_block
@@ -59,24 +59,24 @@ def add_arguments(parser: argparse.ArgumentParser, trainable_scopes: bool = True
                        help="import MODULE first (it calls common.replace.register_block); repeatable")
     group.add_argument("--act_opt", action="append", default=[], metavar="KEY=VALUE",
                        help="keyword option passed to a custom block's factories; repeatable")
-    group.add_argument("--enc_t", type=float, default=ENC_DEFAULTS["t"], help="GDNishLiteEnc 1x1 expansion ratio")
-    group.add_argument("--enc_kdw", type=int, default=ENC_DEFAULTS["k_dw"], help="GDNishLiteEnc depthwise kernel")
-    bool_flag(group, "--enc_eca", ENC_DEFAULTS["use_eca"], "GDNishLiteEnc: ECA channel gate")
-    bool_flag(group, "--enc_residual", ENC_DEFAULTS["residual"], "GDNishLiteEnc: residual connection")
-    group.add_argument("--enc_eca_kernel", type=int, default=ENC_DEFAULTS["eca_kernel"],
-                       help="GDNishLiteEnc: ECA 1-D kernel width")
-    group.add_argument("--enc_act", choices=ACT_TYPES, default=ENC_DEFAULTS["act_type"],
-                       help="GDNishLiteEnc activation")
-    bool_flag(group, "--enc_bn", ENC_DEFAULTS["bn"], "GDNishLiteEnc: BatchNorm after the first two convs")
-    bool_flag(group, "--enc_init_identity", ENC_DEFAULTS["init_identity"], "GDNishLiteEnc: identity init")
-    group.add_argument("--dec_k", type=int, default=DEC_DEFAULTS["k"], help="GDNishLiteDec depthwise kernel")
-    group.add_argument("--dec_gmin", type=float, default=DEC_DEFAULTS["g_min"], help="GDNishLiteDec lowest gain")
-    group.add_argument("--dec_gmax", type=float, default=DEC_DEFAULTS["g_max"], help="GDNishLiteDec highest gain")
-    bool_flag(group, "--dec_residual", DEC_DEFAULTS["residual"], "GDNishLiteDec: residual connection")
-    group.add_argument("--dec_act", choices=ACT_TYPES, default=DEC_DEFAULTS["act_type"],
-                       help="GDNishLiteDec activation")
-    bool_flag(group, "--dec_bn", DEC_DEFAULTS["use_bn"], "GDNishLiteDec: BatchNorm after the 1x1 conv")
-    bool_flag(group, "--dec_init_identity", DEC_DEFAULTS["init_identity"], "GDNishLiteDec: identity init")
+    # The GDNishLite options default to None so that a given one (even at its default value) chooses the block.
+    enc, dec = ENC_DEFAULTS, DEC_DEFAULTS
+    group.add_argument("--enc_t", type=float, help=f"GDNishLiteEnc 1x1 expansion ratio (default: {enc['t']})")
+    group.add_argument("--enc_kdw", type=int, help=f"GDNishLiteEnc depthwise kernel (default: {enc['k_dw']})")
+    _optional_bool(group, "--enc_eca", enc["use_eca"], "GDNishLiteEnc: ECA channel gate")
+    _optional_bool(group, "--enc_residual", enc["residual"], "GDNishLiteEnc: residual connection")
+    group.add_argument("--enc_eca_kernel", type=int, help=f"GDNishLiteEnc: ECA 1-D kernel width (default: "
+                                                          f"{enc['eca_kernel']})")
+    group.add_argument("--enc_act", choices=ACT_TYPES, help=f"GDNishLiteEnc activation (default: {enc['act_type']})")
+    _optional_bool(group, "--enc_bn", enc["bn"], "GDNishLiteEnc: BatchNorm after the first two convs")
+    _optional_bool(group, "--enc_init_identity", enc["init_identity"], "GDNishLiteEnc: identity init")
+    group.add_argument("--dec_k", type=int, help=f"GDNishLiteDec depthwise kernel (default: {dec['k']})")
+    group.add_argument("--dec_gmin", type=float, help=f"GDNishLiteDec lowest gain (default: {dec['g_min']})")
+    group.add_argument("--dec_gmax", type=float, help=f"GDNishLiteDec highest gain (default: {dec['g_max']})")
+    _optional_bool(group, "--dec_residual", dec["residual"], "GDNishLiteDec: residual connection")
+    group.add_argument("--dec_act", choices=ACT_TYPES, help=f"GDNishLiteDec activation (default: {dec['act_type']})")
+    _optional_bool(group, "--dec_bn", dec["use_bn"], "GDNishLiteDec: BatchNorm after the 1x1 conv")
+    _optional_bool(group, "--dec_init_identity", dec["init_identity"], "GDNishLiteDec: identity init")
     bool_flag(group, "--decoder_upsample", False,
               "replace g_s ConvTranspose2d by Upsample(x2)+Conv2d(k5,p2) fitted to the deconv (seed 001)")
     group.add_argument("--upsample_mode", choices=UPSAMPLE_MODES, default="nearest",
@@ -89,6 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser, trainable_scopes: bool = True
     bool_flag(group, "--train_igdn", False, "also train the decoder IGDN layers (seed 001)")
     bool_flag(group, "--freeze_igdn", False, "freeze every GDN/IGDN layer (seed 001)")
     bool_flag(group, "--unfreeze_all", False, "train every layer (same as --train_scope all; seed 001)")
+
+
+def _optional_bool(group, name: str, default: bool, help: str) -> None:
+    group.add_argument(name, type=str2bool, nargs="?", const=True, default=None, metavar="{true,false}",
+                       help=f"{help} (default: {str(default).lower()})")
 
 
 def _parse_option(text: str) -> tuple[str, object]:
@@ -161,10 +166,29 @@ def _check_gdnish(enc: dict, dec: dict) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> dict | None:
-    """Replace config from parsed flags, or None when no replacement/scope flag was given."""
-    replace_parts = args.replace_parts
-    if replace_parts is None:
-        replace_parts = "all" if args.act is not None else "none"
+    """Replace config from parsed flags, or None when no replacement/scope flag was given.
+
+    Each block reads its own options: GDNishLite the --enc_*/--dec_* flags, a registered block --act_opt;
+    an option the chosen block would ignore is refused. Given without --act, GDNishLite options choose
+    --act gdnish, as in seed 003 (whose train_finetune_npu.py has GDNishLite as its only block).
+    """
+    act_options = dict(_parse_option(text) for text in args.act_opt)
+    enc_flags = {"t": args.enc_t, "k_dw": args.enc_kdw, "use_eca": args.enc_eca, "residual": args.enc_residual,
+                 "eca_kernel": args.enc_eca_kernel, "init_identity": args.enc_init_identity,
+                 "act_type": args.enc_act, "bn": args.enc_bn}
+    dec_flags = {"k": args.dec_k, "g_min": args.dec_gmin, "g_max": args.dec_gmax, "residual": args.dec_residual,
+                 "act_type": args.dec_act, "use_bn": args.dec_bn, "init_identity": args.dec_init_identity}
+    enc = {key: ENC_DEFAULTS[key] if value is None else value for key, value in enc_flags.items()}
+    dec = {key: DEC_DEFAULTS[key] if value is None else value for key, value in dec_flags.items()}
+    gdnish_options = any(value is not None for value in (*enc_flags.values(), *dec_flags.values()))
+    act = args.act or ("gdnish" if gdnish_options and args.replace_parts != "none" else None)
+    replace_parts = args.replace_parts or ("all" if act is not None else "none")
+    block = (act or "relu") if replace_parts != "none" else None
+    chosen = f"--act {block}" if block else "a run that replaces no GDN layer"
+    if gdnish_options and block != "gdnish":
+        raise UserError(f"the --enc_*/--dec_* options belong to --act gdnish, not to {chosen}; drop them")
+    if act_options and block in (None, "relu", "gdnish"):
+        raise UserError(f"--act_opt passes options to a block registered by --act_module; {chosen} takes none")
     scope = {"train_scope": getattr(args, "train_scope", None)}
     scope.update({flag: getattr(args, flag, False) for flag in ("train_igdn", "freeze_igdn", "unfreeze_all")})
     if (replace_parts == "none" and not args.decoder_upsample and scope["train_scope"] in (None, "all")
@@ -172,13 +196,7 @@ def config_from_args(args: argparse.Namespace) -> dict | None:
         if args.act is not None:
             raise UserError("--act has no effect with --replace_parts none; drop one of them")
         return None
-    act_options = dict(_parse_option(text) for text in args.act_opt)
-    enc = {"t": args.enc_t, "k_dw": args.enc_kdw, "use_eca": args.enc_eca, "residual": args.enc_residual,
-           "eca_kernel": args.enc_eca_kernel, "init_identity": args.enc_init_identity, "act_type": args.enc_act,
-           "bn": args.enc_bn}
-    dec = {"k": args.dec_k, "g_min": args.dec_gmin, "g_max": args.dec_gmax, "residual": args.dec_residual,
-           "act_type": args.dec_act, "use_bn": args.dec_bn, "init_identity": args.dec_init_identity}
-    return make_config(replace_parts, args.act, act_modules=args.act_module, act_options=act_options, enc=enc,
+    return make_config(replace_parts, act, act_modules=args.act_module, act_options=act_options, enc=enc,
                        dec=dec, decoder_upsample=args.decoder_upsample, upsample_mode=args.upsample_mode, **scope)
 
 

@@ -5,16 +5,12 @@ from compressai.layers import GDN
 from torch import nn
 
 from common.errors import UserError
+from common.models import is_aux_parameter
 from common.replace.transforms import PARTS, is_replaced
 
 TRAIN_SCOPES = ("replaced", "replaced+hyper", "all")
 # Entropy-model parts: the factorized prior's bottleneck and, in hyperprior models, the hyper transforms.
 HYPER_PARTS = ("entropy_bottleneck", "h_a", "h_s", "gaussian_conditional")
-
-
-def _is_aux(name: str) -> bool:
-    # EntropyBottleneck quantiles are trained by the auxiliary loss, not by the main optimizer.
-    return name.endswith(".quantiles") or name == "quantiles"
 
 
 def trainable_names(model: nn.Module, scope: str, replaced_transforms: tuple[str, ...] = (), train_igdn: bool = False,
@@ -64,7 +60,7 @@ def set_trainable(model: nn.Module, config: dict | None) -> list[nn.Parameter]:
     params = []
     for name, param in model.named_parameters():
         param.requires_grad_(name in names)
-        if name in names and not _is_aux(name):
+        if name in names and not is_aux_parameter(name):
             params.append(param)
     if not params:
         raise UserError("the chosen --train_scope leaves no parameter to train (nothing was replaced?); "
@@ -75,4 +71,4 @@ def set_trainable(model: nn.Module, config: dict | None) -> list[nn.Parameter]:
 def aux_parameters(model: nn.Module) -> list[nn.Parameter]:
     """EntropyBottleneck ``quantiles`` left trainable by :func:`set_trainable` (for the aux optimizer;
     empty when the entropy model is frozen, in which case the aux loss must be skipped)."""
-    return [param for name, param in model.named_parameters() if _is_aux(name) and param.requires_grad]
+    return [param for name, param in model.named_parameters() if is_aux_parameter(name) and param.requires_grad]

@@ -71,6 +71,9 @@ def replace_gdn(model: nn.Module, parts: str, act: str, enc_options: dict | None
             return factory(gdn.beta.numel(), **options).to(gdn.beta.device)
 
         counts[attr] = _swap_children(part, lambda m: isinstance(m, GDN), make)
+    if PARTS[parts] and not any(counts.values()):
+        raise UserError(f"--act {act} found no GDN/IGDN layer to replace in {' or '.join(PARTS[parts])} of "
+                        f"{type(model).__name__}; layer replacement is for GDN models such as bmshj2018-factorized")
     return counts
 
 

@@ -9,6 +9,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from common.models import is_aux_parameter
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -55,7 +57,7 @@ def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Modul
     """
     if not info.enabled:
         return model
-    ignored = [name for name, _ in model.named_parameters() if name.endswith("quantiles")]
+    ignored = [name for name, _ in model.named_parameters() if is_aux_parameter(name)]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)

@@ -10,9 +10,10 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,22 +22,22 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import common.models as models
-from balanced_rd import balanced_step
-from balanced_rd import cli as balanced_cli
-from balanced_rd.plots import plot_task_weights
+from balanced_rd import TaskLossError, TaskWeightedOptimizer
 from common import data, losses, qat, replace
-from common.checkpoint import (atomic_link, atomic_save, atomic_write_text, load_file, model_only,
+from common.checkpoint import (CHECKPOINT_FORMAT, atomic_link, atomic_save, atomic_write_text, load_file, model_only,
                                remove_stale_temporaries)
 from common.errors import UserError
 from common.paths import output_dir
 from common.models.restore import is_training_checkpoint, load_model
-from common.train import convergence, distributed, precision
+from common.train import convergence, distributed, optimizers, precision
 from common.train.ema import WeightEMA
 from common.train.logging import MetricsLog, WandbRun
+from common.train.options import flag_defaults
+from common.train.plots import plot_task_weights
 from common.train.recon import ReconWriter
 from common.train.sampler import ResumableSampler
+from common.train.step import training_step
 
-CHECKPOINT_FORMAT = "lic-toolkit/1"
 DEFAULT_EPOCHS = 10
 # Without --val_every, validation (and its checkpoints) follows epochs but no more often than this many steps:
 # on a small folder an epoch is a step or two.
@@ -98,15 +99,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_amp(value: str, device: torch.device) -> bool:
-    lowered = str(value).lower()
-    if lowered == "auto":
-        return device.type == "cuda"
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise UserError(f"--amp must be true, false or auto, got {value!r}")
+def resolve_amp(mode: str, device: torch.device) -> bool:
+    """``--amp`` as parsed (true, false or auto: on for CUDA, off for CPU) on ``device``."""
+    return device.type == "cuda" if mode == "auto" else mode == "true"
 
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -147,16 +142,34 @@ def split_parameters(model: nn.Module, trainable: list[nn.Parameter]) -> tuple[l
 
     A recipe that freezes the entropy model (e.g. ``--train_scope replaced``) leaves its quantiles untouched.
     """
-    quantiles = [p for name, p in model.named_parameters() if name.endswith("quantiles") and p.requires_grad]
+    quantiles = [p for name, p in model.named_parameters() if models.is_aux_parameter(name) and p.requires_grad]
     quantile_ids = {id(p) for p in quantiles}
     return [p for p in trainable if id(p) not in quantile_ids], quantiles
 
 
-class Trainer:
-    """Builds everything a run needs from parsed flags and runs it (``fit``)."""
+class Callback:
+    """Hooks into :meth:`Trainer.fit` (override what you need); tests, benchmarks and tools use them instead of
+    subclassing the trainer. ``trainer.progress.step`` counts the steps done so far."""
 
-    def __init__(self, args: argparse.Namespace):
+    def on_step_start(self, trainer: "Trainer") -> None:
+        """Before each optimizer step."""
+
+    def on_step_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+        """After each step, with the logged terms of that step."""
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, val: dict[str, float] | None, seconds: float) -> None:
+        """After the end-of-epoch work (schedules, validation when due, checkpoints), which took ``seconds``."""
+
+    def on_validation(self, trainer: "Trainer", val: dict[str, float]) -> None:
+        """After each validation has been logged (and the best checkpoints written)."""
+
+
+class Trainer:
+    """Builds everything a run needs from parsed flags and runs it (``fit``), calling ``callbacks`` on the way."""
+
+    def __init__(self, args: argparse.Namespace, callbacks: Sequence[Callback] = ()):
         self.args = args
+        self.callbacks = list(callbacks)
         self.device = resolve_device(args.device)
         self.dist = distributed.init_from_env(self.device.type)
         self.main = self.dist.is_main
@@ -178,6 +191,9 @@ class Trainer:
 
         self.replace_config = replace.config_from_args(args)
         self.qat_config = qat.config_from_args(args)
+        if self.qat_config and self.use_amp:
+            warnings.warn("QAT with AMP is not recommended (seed 002: it invites NaNs); consider --amp false. "
+                          "Fake quantization itself runs in float32.", stacklevel=2)
         resume_ckpt = self._load_resume_checkpoint()
         self.model = self._build_model(resume_ckpt)
         self.model_kwargs = (resume_ckpt["model"]["kwargs"] if resume_ckpt is not None
@@ -211,13 +227,14 @@ class Trainer:
         self.net_params, self.quantiles = split_parameters(self.model, trainable)
         if not self.net_params:
             raise UserError("no trainable parameters: check --train_scope / --replace_parts")
-        self.optimizer = balanced_cli.build_optimizer(self.net_params, args, n_tasks=len(self.criterion.task_names),
-                                                      task_names=self.criterion.task_names)
-        self.step_options = balanced_cli.step_options(args)
+        self.optimizer, self.update_rule = optimizers.build_optimizer(
+            self.net_params, args, n_tasks=len(self.criterion.task_names), lr=args.lr,
+            task_names=self.criterion.task_names)
+        self.step_options = optimizers.step_options(args)
         self.aux_optimizer = (torch.optim.Adam(self.quantiles, lr=args.eb_aux_lr)
                               if args.eb_aux and self.quantiles else None)
         self.scheduler = self._build_scheduler()
-        self.gamma_schedule = balanced_cli.build_gamma_schedule(args, self.optimizer, self.total_epochs)
+        self.gamma_schedule = optimizers.build_gamma_schedule(args, self.optimizer, self.total_epochs)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.qat_controller = qat.QATController(self.model, self.qat_config) if self.qat_config else None
@@ -246,6 +263,9 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _check_args(self) -> None:
         args = self.args
+        optimizers.check_flags(args, flag_defaults())
+        losses.check_flags(args, flag_defaults())
+        args.optimizer = optimizers.optimizer_name(args)
         for name, least in (("batch_size", 1), ("val_every", 1), ("recon_count", 0), ("recon_every", 0)):
             if getattr(args, name) is not None and getattr(args, name) < least:
                 raise UserError(f"--{name} must be at least {least}, got {getattr(args, name)}")
@@ -361,10 +381,8 @@ class Trainer:
         kwargs = model_kwargs(self.args)
         loaded = self.args.checkpoint and not self.args.pretrained
         if "quality" in kwargs and self.args.quality is None and loaded:
-            from common.models.bmshj2018 import quality_of
-
             n, m = getattr(self.model, "N", None), getattr(self.model, "M", None)
-            kwargs["quality"] = quality_of(n, m)
+            kwargs["quality"] = models.entry(self.args.model).quality_of(self.model.state_dict())
             if kwargs["quality"] is None:
                 raise UserError(f"{self.args.checkpoint} holds a {self.args.model} with N={n}, M={m}, the channels of "
                                 "no quality 1-8; if it is a smaller model, train it as "
@@ -421,7 +439,11 @@ class Trainer:
         return path
 
     def _restore(self, ckpt: dict) -> None:
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as exc:
+            raise UserError(f"the checkpoint's optimizer state does not fit --optimizer "
+                            f"{optimizers.optimizer_name(self.args)}: {exc}") from exc
         if self.aux_optimizer and ckpt.get("aux_optimizer"):
             self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
         if self.scheduler and ckpt.get("scheduler"):
@@ -510,11 +532,18 @@ class Trainer:
         scheduled = [group["lr"] for group in self.optimizer.param_groups]
         for group, lr in zip(self.optimizer.param_groups, scheduled):
             group["lr"] = lr * factor
-        balanced_step(self.ddp_model, self.optimizer, x, task_losses,
-                      clip_max_norm=self.args.max_grad_norm if self.args.max_grad_norm > 0 else None,
-                      scaler=self.scaler if self.scaler.is_enabled() else None,
-                      amp_dtype=self.amp_dtype if self.use_amp else None,
-                      step_index=self.progress.step, **self.step_options)
+        if self.args.w_lr_sched == "follow":
+            # Adam on the logits steps about w_lr whatever the size of delta, so under a constant w_lr the task
+            # weights keep wandering after the model's lr has decayed; following the schedule lets them settle.
+            self.optimizer.w_lr = self.args.w_lr * scheduled[0] * factor / self.args.lr
+        try:
+            training_step(self.ddp_model, self.optimizer, x, task_losses, update=self.update_rule,
+                          clip_max_norm=self.args.max_grad_norm if self.args.max_grad_norm > 0 else None,
+                          scaler=self.scaler if self.scaler.is_enabled() else None,
+                          amp_dtype=self.amp_dtype if self.use_amp else None,
+                          step_index=self.progress.step, **self.step_options)
+        except TaskLossError as exc:
+            raise UserError(str(exc)) from exc
         for group, lr in zip(self.optimizer.param_groups, scheduled):
             group["lr"] = lr
         row = {name: float(value.detach()) for name, value in first.items()
@@ -530,7 +559,7 @@ class Trainer:
             self.ema.update(self.model)
         if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
             self.scheduler.step()
-        if hasattr(self.optimizer, "task_weight_dict"):
+        if isinstance(self.optimizer, TaskWeightedOptimizer):
             row.update(self.optimizer.task_weight_dict())
         return row
 
@@ -616,6 +645,7 @@ class Trainer:
             self.wandb.log(row, self.progress.step)
             tqdm.write(f"epoch {self.epoch_index()} step {self.progress.step}: "
                        + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+        self._notify("on_validation", val)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, float]:
@@ -634,9 +664,11 @@ class Trainer:
             if hasattr(self.train_set, "set_epoch"):
                 self.train_set.set_epoch(progress.epoch)
             for x in self.loader:
+                self._notify("on_step_start")
                 row = self.train_step(x.to(self.device, non_blocking=True))
                 progress.step += 1
                 progress.batch_in_epoch += 1
+                self._notify("on_step_end", row)
                 if self.main:
                     self.train_log.write({"step": progress.step, "epoch": progress.epoch, **row})
                     self.wandb.log(row, progress.step)
@@ -651,8 +683,10 @@ class Trainer:
             if progress.batch_in_epoch >= self.sampler.batches_per_epoch:
                 progress.epoch += 1
                 progress.batch_in_epoch = 0
+                began = time.perf_counter()
                 val = self._end_of_epoch(progress.epoch)
                 self._validate_at_window_start()
+                self._notify("on_epoch_end", progress.epoch, val, time.perf_counter() - began)
             else:
                 val = None
         bar.close()
@@ -668,6 +702,10 @@ class Trainer:
             tqdm.write(self.convergence.summary())
         return val
 
+    def _notify(self, hook: str, *values) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *values)
+
     def _finish(self) -> None:
         """Make the saved model ready for real bitstreams (CDF tables) without touching the resume state."""
         if self.qat_controller is not None:
@@ -682,7 +720,7 @@ class Trainer:
             average.update(force=True, **options)
             ckpt["ema_state_dict"] = average.state_dict()
         self.save(self.names["last"], ckpt)
-        if hasattr(self.optimizer, "task_weights") and self.main:
+        if isinstance(self.optimizer, TaskWeightedOptimizer) and self.main:
             plot_task_weights(self.save_dir / "train_log.csv", self.save_dir / "task_weights.png")
         distributed.barrier(self.dist)
         if self.main:

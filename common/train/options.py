@@ -2,12 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
-from common.cli import DefaultsHelpFormatter, OneLineErrorParser, bool_flag, number
+from common.cli import DefaultsHelpFormatter, OneLineErrorParser, bool_flag, number, str2bool
+from common.train.optimizers import OPTIMIZERS
 from common.train.precision import LOCAL_FP32_MODES
 
-OPTIMIZERS = ("adam", "adamw", "balanced", "balanced_qp")
 SCHEDULERS = ("none", "cosine", "onecycle", "plateau")
+
+
+def amp_mode(text: str) -> str:
+    """``--amp``: auto, or any spelling of true/false that boolean flags accept, as ``"true"``/``"false"``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return str(str2bool(text)).lower()
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +42,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--steps", type=number(int, minimum=1), default=None, help="total optimizer steps (overrides --epochs)")
     run.add_argument("--batch_size", type=number(int, minimum=1), default=8)
     run.add_argument("--lr", type=number(float, above=0), default=1e-4)
-    run.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    run.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=None,
+                     help="adam unless --use_balanced (options of each: ARCHITECTURE.md)")
     run.add_argument("--weight_decay", type=number(float, minimum=0), default=0.0)
     run.add_argument("--sched", choices=SCHEDULERS, default="none",
                      help="cosine/plateau step per epoch, onecycle per step")
@@ -48,7 +57,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
     precision = parser.add_argument_group("precision")
-    precision.add_argument("--amp", type=str, default="auto", metavar="{true,false,auto}",
+    precision.add_argument("--amp", type=amp_mode, default="auto", metavar="{true,false,auto}",
                            help="mixed precision; auto = on for CUDA, off for CPU")
     precision.add_argument("--amp_dtype", choices=("fp16", "bf16"), default="bf16")
     precision.add_argument("--local_fp32", choices=LOCAL_FP32_MODES, default="none",
@@ -82,8 +91,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from balanced_rd import cli as balanced_cli
     from common import data, losses, qat, replace
+    from common.train import optimizers
 
     parser = OneLineErrorParser(
         prog="python -m common.train",
@@ -95,5 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     losses.add_arguments(parser.add_argument_group("loss"))
     replace.add_arguments(parser.add_argument_group("layer replacement (NPU recipes)"))
     qat.add_arguments(parser.add_argument_group("quantization-aware training"))
-    balanced_cli.add_arguments(parser.add_argument_group("balanced R-D optimizer"))
+    optimizers.add_arguments(parser.add_argument_group("balanced R-D optimizer"))
     return parser
+
+
+@functools.lru_cache(maxsize=1)
+def flag_defaults() -> dict:
+    """Every training flag's default (by argparse dest): a value that differs was given by the user."""
+    return vars(build_parser().parse_args([]))

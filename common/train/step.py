@@ -1,4 +1,13 @@
-"""One complete training step for Balanced, BalancedQP or any plain optimizer (shared by engine and benchmark).
+"""One complete training step of the engine, for every optimizer (also used by the benchmarks).
+
+The step owns what every update shares (zero grads, autocast, GradScaler, clipping, DDP unwrapping); the
+optimizer's registry entry (:mod:`common.train.optimizers`) names its update rule, which decides how the K
+task losses become a step:
+
+* ``sum``: any torch optimizer minimises the sum of the task losses;
+* ``famo``: :class:`balanced_rd.Balanced` backpropagates its FAMO loss, steps, and moves its task weights
+  along the loss trajectory (the losses of the same batch after the step);
+* ``qp``: :class:`balanced_rd.BalancedQP` forms the QP-weighted direction from per-task gradients.
 
 Exact Balanced step = forward + FAMO loss + backward + clip + Cautious Adam step + one no-grad forward of
 the same batch + a K-element logit update: the re-forward is the only added model work.
@@ -26,8 +35,6 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from balanced_rd.balanced import Balanced
-from balanced_rd.qp import BalancedQP
 from common.errors import UserError
 
 TaskLossesFn = Callable[[nn.Module, Any], Sequence[Tensor]]
@@ -83,36 +90,46 @@ def _replayed_rng(device: torch.device, state: tuple):
         yield
 
 
-def balanced_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, task_losses_fn: TaskLossesFn, *,
-                  clip_max_norm: float | None = None, scaler: torch.amp.GradScaler | None = None,
-                  amp_dtype: torch.dtype | None = None, step_index: int = 0, weight_update_every: int = 1,
-                  delta_subset: int = 0, share_noise: bool = False) -> StepResult:
-    """Zero grads, forward, backward, clip, step, and (Balanced only) the logit update; see module docstring.
+UPDATE_RULES = ("sum", "famo", "qp")
+
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, task_losses_fn: TaskLossesFn, *,
+                  update: str | None = None, clip_max_norm: float | None = None,
+                  scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
+                  step_index: int = 0, weight_update_every: int = 1, delta_subset: int = 0,
+                  share_noise: bool = False) -> StepResult:
+    """Zero grads, forward, backward, clip, step, and (``famo``) the task-weight update; see the module docstring.
 
     ``task_losses_fn(model, batch)`` returns the K task losses, scalars or per-sample vectors (averaged
-    here). A plain optimizer minimises their sum; BalancedQP uses its QP weights; Balanced uses FAMO.
+    here). ``update`` is one of :data:`UPDATE_RULES` (default: the registry's rule for the optimizer's type).
     With ``scaler`` the loss is scaled, gradients are unscaled before clipping, and a skipped step
-    (inf/NaN gradients) leaves the logits untouched. Clipping covers the optimizer's parameters only.
+    (inf/NaN gradients) leaves the task weights untouched. Clipping covers the optimizer's parameters only.
     """
+    if update is None:
+        from common.train.optimizers import update_rule
+
+        update = update_rule(optimizer)
+    if update not in UPDATE_RULES:
+        raise UserError(f"unknown update rule {update!r}; choose one of: {', '.join(UPDATE_RULES)}")
     if weight_update_every < 1 or delta_subset < 0:
         raise UserError(f"weight_update_every must be >= 1 and delta_subset >= 0, got "
                         f"{weight_update_every} and {delta_subset}")
     if share_noise and delta_subset:
         raise UserError("share_noise replays the noise of the full batch; it cannot be combined with delta_subset")
-    if scaler is not None and isinstance(optimizer, BalancedQP):
+    if scaler is not None and update == "qp":
         raise UserError("BalancedQP does not support GradScaler; train it in FP32 or with bf16 autocast")
-    if isinstance(optimizer, BalancedQP) and isinstance(model, nn.parallel.DistributedDataParallel):
+    if update == "qp" and isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module  # BalancedQP averages its per-task gradients itself; DDP's hooks would not fire
     device = _first_tensor(batch).device
     params = [param for group in optimizer.param_groups for param in group["params"]]
-    is_balanced = isinstance(optimizer, Balanced)
+    is_balanced = update == "famo"
     rng_before = _rng_state(device) if is_balanced and share_noise else None
 
     optimizer.zero_grad(set_to_none=True)
     with _autocast(device.type, amp_dtype):
         raw_losses = list(task_losses_fn(model, batch))
     losses = _batch_means(raw_losses)
-    if isinstance(optimizer, BalancedQP):
+    if update == "qp":
         optimizer.backward(losses)
     else:
         loss = optimizer.weighted_loss(losses) if is_balanced else torch.stack([l.float() for l in losses]).sum()

@@ -1,0 +1,143 @@
+"""How a run is assembled: each registry refuses the flags its chosen variant would ignore, models state their
+facts (published weights, quality), the sweep's warm start really is Adam, and balanced_rd stays torch-only.
+
+Every case here was a reproduced defect: a traceback, a silently dropped flag or the wrong optimizer.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import common.models as models
+from common.errors import UserError
+from common.models.restore import load_model
+from common.train.engine import Trainer
+from tests.test_engine import image_dirs, train_args  # noqa: F401 - module fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_balanced_rd_imports_nothing_but_torch_and_the_standard_library():
+    allowed = {"torch", "balanced_rd", "__future__", "math", "typing", "dataclasses", "collections", "contextlib"}
+    for path in sorted((ROOT / "balanced_rd").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--gamma", "0.01"), "--gamma is an option of --optimizer balanced, not of --optimizer adam"),
+    (("--optimizer", "adam", "--use_balanced"), "--use_balanced conflicts with --optimizer adam"),
+    (("--loss_type", "recon", "--lambda", "0.1"), "--lambda is not used with --loss_type recon"),
+    (("--loss_type", "mse", "--lambda_bpp", "0.02"), "--lambda_bpp is not used with --loss_type mse"),
+    (("--act", "relu", "--enc_t", "3"), "the --enc_\\*/--dec_\\* options belong to --act gdnish, not to --act relu"),
+    (("--act", "gdnish", "--act_opt", "width=2"), "--act gdnish takes none"),
+])
+def test_a_flag_the_chosen_variant_ignores_is_one_line_error(image_dirs, tmp_path, extra, message):  # noqa: F811
+    with pytest.raises(UserError, match=message):
+        Trainer(train_args(image_dirs, tmp_path, "--steps", "1", *extra))
+
+
+def test_layer_replacement_on_a_model_without_gdn_is_refused(image_dirs, tmp_path):  # noqa: F811
+    args = train_args(image_dirs, tmp_path, "--steps", "1", "--act", "relu")
+    args.model = "hpcm-tiny"
+    with pytest.raises(UserError, match="found no GDN/IGDN layer to replace"):
+        Trainer(args)
+
+
+def test_gdnish_options_without_act_choose_gdnish_as_seed_003_does(image_dirs, tmp_path):  # noqa: F811
+    # Seed 003's train_finetune_npu.py has GDNishLite as its only block: its flags at their default values
+    # still mean that block, where they used to give a ReLU model with the options silently dropped.
+    trainer = Trainer(train_args(image_dirs, tmp_path, "--steps", "1", "--replace_parts", "encoder",
+                                 "--enc_t", "2.0", "--enc_eca", "true"))
+    assert trainer.replace_config["act"] == "gdnish" and trainer.replace_config["replace_parts"] == "encoder"
+
+
+def test_pretrained_weights_of_a_model_that_has_none_is_one_line_error(image_dirs, tmp_path):  # noqa: F811
+    # It was a TypeError traceback: build_hpcm_tiny() got an unexpected keyword argument 'quality'.
+    args = train_args(image_dirs, tmp_path, "--steps", "1", "--pretrained")
+    args.model = "hpcm-tiny"
+    with pytest.raises(UserError, match="hpcm-tiny has no published weights; pass its weights with --checkpoint"):
+        Trainer(args)
+    assert models.entry("bmshj2018-factorized").published_weights
+    assert not models.entry("bmshj2018-factorized-small").published_weights
+
+
+def test_a_raw_state_dict_of_a_model_without_quality_loads_with_a_replacement(tmp_path):
+    # It was a TypeError traceback in common.export.onnx (--act relu on a raw tiny state dict).
+    from common import replace
+
+    replaced = replace.apply_config(models.build("bmshj2018-factorized-tiny"), replace.make_config("all", "relu"))
+    torch.save(replaced.state_dict(), tmp_path / "raw.pt")
+    model = load_model("bmshj2018-factorized-tiny", checkpoint=str(tmp_path / "raw.pt"),
+                       replace=replace.make_config("all", "relu"))
+    for name, value in replaced.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value)
+
+
+def test_quality_is_read_from_a_state_dict_through_the_registry():
+    entry = models.entry("bmshj2018-factorized")
+    assert entry.quality_of(models.build("bmshj2018-factorized", quality=7).state_dict()) == 6  # 6-8 share (N, M)
+    assert entry.quality_of(models.build("bmshj2018-factorized-tiny").state_dict()) is None
+    assert not models.entry("hpcm-tiny").has_quality
+
+
+def test_eval_help_lists_no_training_flags():
+    completed = subprocess.run([sys.executable, "-m", "common.eval", "--help"], capture_output=True, text=True,
+                               check=True, cwd=ROOT)
+    for flag in ("--train_scope", "--train_igdn", "--unfreeze_all", "--freeze_igdn"):
+        assert flag not in completed.stdout
+    assert "--replace_parts" in completed.stdout
+
+
+def test_sweep_warm_start_trains_adam_even_for_a_balanced_sweep(image_dirs, tmp_path):  # noqa: F811
+    # It trained with Balanced: --use_balanced overrode the --optimizer adam the sweep appended.
+    from baselines.sweep import main
+
+    train, test = image_dirs
+    main(["--lambdas", "0.01", "--out_dir", str(tmp_path), "--warm_start_steps", "2", "--use_balanced",
+          "--gamma", "0.01", "--model", "bmshj2018-factorized-tiny", "--train_dataset", str(train),
+          "--test_dataset", str(test), "--patch_size", "32", "--batch_size", "2", "--steps", "2",
+          "--progress", "false", "--num_workers", "0", "--recon_every", "0"])
+    warm = torch.load(tmp_path / "warm_start" / "last.pt", weights_only=True)
+    swept = torch.load(tmp_path / "lambda_0.01" / "last.pt", weights_only=True)
+    assert warm["args"]["optimizer"] == "adam" and "famo" not in warm["optimizer"]
+    assert swept["args"]["optimizer"] == "balanced" and "famo" in swept["optimizer"]
+
+
+@pytest.mark.parametrize("spelling, mode", [("auto", "auto"), ("True", "true"), ("1", "true"), ("yes", "true"),
+                                            ("false", "false"), ("0", "false"), ("no", "false")])
+def test_amp_is_parsed_once_with_the_boolean_flags_spellings(spelling, mode):
+    from common.train.options import build_parser
+
+    assert build_parser().parse_args(["--amp", spelling]).amp == mode
+
+
+def test_bad_amp_value_is_one_line_error(capsys):
+    from common.train.options import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--amp", "maybe"])
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_qat_with_amp_warns_and_without_it_does_not(image_dirs, tmp_path):  # noqa: F811
+    with pytest.warns(UserWarning, match="QAT with AMP is not recommended"):
+        Trainer(train_args(image_dirs, tmp_path / "amp", "--steps", "1", "--qat", "--amp", "true"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="QAT with AMP")
+        Trainer(train_args(image_dirs, tmp_path / "fp32", "--steps", "1", "--qat", "--amp", "false"))
