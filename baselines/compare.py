@@ -189,7 +189,7 @@ def evaluate_runs(out_dir: Path, arms: Sequence[Arm], seeds: Sequence[int], lamb
                   images: list[Path], root: Path, test_set: dict,
                   curves_dir: Path) -> tuple[list[Point], dict[tuple[str, int], Path]]:
     """Real-bitstream evaluation of every final model; one CompressAI-format curve per arm and seed."""
-    from common.models.restore import load_model
+    from common.assembly import load_model
 
     points, curves = [], {}
     for arm in arms:

@@ -233,7 +233,7 @@ def write_reconstructions(out_dir: Path, run_root: Path, arms, seed: int, lambda
     from baselines.compare import run_dir
     from common.data.images import load_rgb, to_tensor
     from common.eval.evaluate import centred_padding, crop, pad
-    from common.models.restore import load_model
+    from common.assembly import load_model
 
     names = [str(p.relative_to(root)) for p in images]
     if recon_image is not None and recon_image not in names:

@@ -26,7 +26,7 @@ from common.cli import OneLineErrorParser, number, parse_with_train_flags, run_m
 from common.data.images import list_images
 from common.errors import UserError
 from common.eval.evaluate import describe, evaluate, write_results
-from common.models.restore import load_model
+from common.assembly import load_model
 from common.rd import RDCurve, curve_from_json, plot_curves, sorted_monotone
 
 

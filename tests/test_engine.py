@@ -165,7 +165,7 @@ def test_worker_errors_reach_the_user_as_one_line(tmp_path):
 
 
 def test_weight_average_is_the_runs_model(image_dirs, tmp_path):
-    from common.models.restore import load_model
+    from common.assembly import load_model
 
     decay = 0.5
     trainer = Trainer(train_args(image_dirs, tmp_path, "--steps", "3", "--ema_decay", str(decay), "--lr", "1e-2"))

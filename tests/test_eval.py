@@ -285,7 +285,7 @@ def test_pretrained_from_local_cache(dataset, checkpoint, tmp_path, monkeypatch)
 
 
 def test_training_checkpoint_with_replaced_layers(dataset, tmp_path):
-    """A lic-toolkit/1 checkpoint of a GDN->ReLU model is rebuilt by common.models.restore and evaluated."""
+    """A lic-toolkit/1 checkpoint of a GDN->ReLU model is rebuilt by common.assembly and evaluated."""
     from common.eval.__main__ import main
     from common.replace import apply_config, make_config
     torch.manual_seed(0)

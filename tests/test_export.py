@@ -1,4 +1,4 @@
-"""common.export.onnx and common.models.restore: parity with PyTorch and compressai, CLI errors."""
+"""common.export.onnx and common.assembly: parity with PyTorch and compressai, CLI errors."""
 import subprocess
 import sys
 
@@ -10,7 +10,7 @@ from common import qat
 from common.checkpoint import atomic_save
 from common.errors import UserError
 from common.export.onnx import NPU_FRIENDLY_OPS, export_onnx, latent_channels, main, run_onnxruntime
-from common.models.restore import load_model
+from common.assembly import load_model
 from common.replace import apply_config, make_config
 
 ARCHS = {

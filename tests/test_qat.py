@@ -9,7 +9,7 @@ from common import qat
 from common.checkpoint import atomic_save
 from common.cli import OneLineErrorParser
 from common.errors import UserError
-from common.models.restore import load_model
+from common.assembly import load_model
 from common.replace import apply_config, make_config
 
 

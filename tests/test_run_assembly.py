@@ -15,7 +15,7 @@ import torch
 
 import common.models as models
 from common.errors import UserError
-from common.models.restore import load_model
+from common.assembly import load_model
 from common.train.engine import Trainer
 from tests.test_engine import image_dirs, train_args  # noqa: F401 - module fixture
 

@@ -20,7 +20,7 @@ from common.paths import output_file
 from common.eval.evaluate import (PAD_MODES, DecodeMismatchWarning, codec_description, describe,
                                   describe_test_set, evaluate, write_results)
 from common.models import available_models, build, entry
-from common.models.restore import load_model
+from common.assembly import load_model
 
 
 def build_parser() -> OneLineErrorParser:

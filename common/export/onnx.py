@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from common.models.restore import load_model
+    from common.assembly import load_model
 
     args = build_parser().parse_args(argv)
     output_file(args.out, "--out")

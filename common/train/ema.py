@@ -2,7 +2,7 @@
 
 ``w_ema <- d * w_ema + (1 - d) * w`` after every optimizer step (the first step copies ``w``). When it is on, the
 average is the run's model: it is validated, judged for convergence, written to every checkpoint as
-``ema_state_dict`` and loaded by ``common.models.restore.load_model``; the raw weights stay in ``state_dict``
+``ema_state_dict`` and loaded by ``common.assembly.load_model``; the raw weights stay in ``state_dict``
 for resuming. Averaging the iterates removes most of the noise that a constant learning rate leaves in the
 weights, so the average reaches the quality that a learning-rate decay would give without waiting for it.
 

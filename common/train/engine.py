@@ -24,11 +24,11 @@ from tqdm import tqdm
 import common.models as models
 from balanced_rd import TaskLossError, TaskWeightedOptimizer
 from common import data, losses, qat, replace
+from common.assembly import Recipe, assemble, load_model, start_from_weights
 from common.checkpoint import (CHECKPOINT_FORMAT, atomic_link, atomic_save, atomic_write_text, load_file, model_only,
                                remove_stale_temporaries)
 from common.errors import UserError
 from common.paths import output_dir
-from common.models.restore import is_training_checkpoint, load_model
 from common.train import convergence, distributed, optimizers, precision
 from common.train.ema import WeightEMA
 from common.train.logging import MetricsLog, WandbRun
@@ -339,8 +339,9 @@ class Trainer:
     def _build_model(self, resume_ckpt: dict | None) -> nn.Module:
         args = self.args
         if resume_ckpt is not None:
-            self.replace_config, self.qat_config = resume_ckpt.get("replace"), resume_ckpt.get("qat")
-            model = self._apply_recipes(models.build(args.model, **resume_ckpt["model"]["kwargs"]))
+            recipe = Recipe.read(resume_ckpt, self._resume_path())
+            self.replace_config, self.qat_config = recipe.replace, recipe.qat
+            model = assemble(recipe)
             model.load_state_dict(resume_ckpt["state_dict"])
             if args.distill:
                 self.teacher = load_model(args.model, quality=model_kwargs(args).get("quality", 1),
@@ -349,31 +350,18 @@ class Trainer:
                 self.teacher.requires_grad_(False)
             return model.to(self.device)
         if not (args.checkpoint or args.pretrained):
-            return self._apply_recipes(models.build(args.model, **model_kwargs(args))).to(self.device)
-        kwargs = model_kwargs(args)
-        model = load_model(args.model, quality=kwargs.get("quality", 1), pretrained=args.pretrained,
-                           checkpoint=args.checkpoint, trust=args.trust_checkpoint)
+            return assemble(Recipe(args.model, model_kwargs(args), self.replace_config, self.qat_config)).to(self.device)
+        quality = model_kwargs(args).get("quality")
         if args.distill:
             # The loaded weights are the teacher; the student is a copy with the replaced decoder.
+            self.teacher = load_model(args.model, quality=quality, pretrained=args.pretrained,
+                                      checkpoint=args.checkpoint, trust=args.trust_checkpoint).to(self.device)
             self.replace_config = self.replace_config or replace.make_config(decoder_upsample=True)
-            self.teacher = model.to(self.device)
             student = replace.build_student_from_teacher(self.teacher, self.replace_config)
             return (qat.prepare(student, self.qat_config) if self.qat_config else student).to(self.device)
-        inherited = load_file(args.checkpoint, trust=args.trust_checkpoint) if args.checkpoint else None
-        # Weights from one of our runs come with their recipes already applied by load_model.
-        applied = {key: inherited.get(key) if is_training_checkpoint(inherited) else None for key in ("replace", "qat")}
-        for key, flag in (("replace", "--replace_parts/--act"), ("qat", "--qat")):
-            wanted = getattr(self, f"{key}_config")
-            if applied[key] and wanted and wanted != applied[key]:
-                raise UserError(f"{args.checkpoint} was trained with another {key} recipe; drop {flag}")
-        if self.replace_config and not applied["replace"]:
-            if applied["qat"]:
-                raise UserError(f"{args.checkpoint} is a QAT model; layers cannot be replaced after QAT")
-            model = replace.apply_config(model, self.replace_config)
-        if self.qat_config and not applied["qat"]:
-            model = qat.prepare(model, self.qat_config)
-        self.replace_config = applied["replace"] or self.replace_config
-        self.qat_config = applied["qat"] or self.qat_config
+        model, self.replace_config, self.qat_config = start_from_weights(
+            args.model, quality, pretrained=args.pretrained, checkpoint=args.checkpoint,
+            trust=args.trust_checkpoint, replace=self.replace_config, qat_config=self.qat_config)
         return model.to(self.device)
 
     def _architecture_kwargs(self) -> dict[str, Any]:
@@ -389,13 +377,6 @@ class Trainer:
                                 f"{self.args.model}-small (64, 96), -mini (32, 48) or -tiny (16, 24)")
         return kwargs
 
-    def _apply_recipes(self, model: nn.Module) -> nn.Module:
-        if self.replace_config:
-            model = replace.apply_config(model, self.replace_config)
-        if self.qat_config:
-            model = qat.prepare(model, self.qat_config)
-        return model
-
     def _build_scheduler(self):
         args, opt = self.args, self.optimizer
         if args.sched == "cosine":
@@ -410,10 +391,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> dict[str, Any]:
         return {
-            "format": CHECKPOINT_FORMAT,
-            "model": {"name": self.args.model, "kwargs": self.model_kwargs},
-            "replace": self.replace_config,
-            "qat": self.qat_config,
+            **Recipe(self.args.model, self.model_kwargs, self.replace_config, self.qat_config).record(),
             "state_dict": self.model.state_dict(),
             "ema_state_dict": self.ema.synced(self.model).state_dict() if self.ema else None,
             "ema_updates": self.ema.updates if self.ema else 0,

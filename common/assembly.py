@@ -1,4 +1,10 @@
-"""Rebuild a model from any checkpoint the toolkit meets: our training checkpoints, raw or zoo state dicts.
+"""Model assembly: the one place where train, eval, export and the drivers build or load a model.
+
+A :class:`Recipe` is what rebuilds a model: the registry name and its architecture kwargs, the layer
+replacements and the QAT config; :func:`assemble` builds it, and a training checkpoint records it (its
+model part, :meth:`Recipe.record`) next to the weights. :func:`load_model` rebuilds a model from any
+checkpoint the toolkit meets (our training checkpoints, raw or zoo state dicts) and
+:func:`start_from_weights` gives a new run its starting model with the recipe it trains.
 
 Our training checkpoints (``format == "lic-toolkit/1"``) record the model name and kwargs, the replace
 config and the QAT config next to the weights, so the exact architecture is rebuilt before the weights
@@ -9,6 +15,7 @@ config from the caller (``replace=``, i.e. the ``--replace_parts``/``--act`` fla
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
@@ -26,6 +33,36 @@ _SOURCE_KWARGS = ("pretrained", "checkpoint", "trust_checkpoint")
 
 def is_training_checkpoint(obj) -> bool:
     return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What rebuilds a model: registry name, architecture kwargs, replace config, QAT config."""
+
+    name: str
+    kwargs: dict = field(default_factory=dict)
+    replace: dict | None = None
+    qat: dict | None = None
+
+    def record(self) -> dict:
+        """The model part of a training checkpoint (plain data: loads with ``weights_only=True``)."""
+        return {"format": CHECKPOINT_FORMAT, "model": {"name": self.name, "kwargs": dict(self.kwargs)},
+                "replace": self.replace, "qat": self.qat}
+
+    @classmethod
+    def read(cls, checkpoint: dict, path) -> "Recipe":
+        """The recipe a training checkpoint records; a one-line error when it records none."""
+        try:
+            kwargs = {k: v for k, v in checkpoint["model"].get("kwargs", {}).items() if k not in _SOURCE_KWARGS}
+            return cls(checkpoint["model"]["name"], kwargs, checkpoint.get("replace"), checkpoint.get("qat"))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{path} is a {CHECKPOINT_FORMAT} checkpoint without model name/kwargs") from exc
+
+
+def assemble(recipe: Recipe) -> nn.Module:
+    """The model of ``recipe`` with fresh weights: architecture, then replacements, then QAT preparation."""
+    model = apply_config(build(recipe.name, **recipe.kwargs), recipe.replace)
+    return qat.prepare(model, recipe.qat) if recipe.qat else model
 
 
 def _load_strict(model: nn.Module, state_dict: dict, path) -> None:
@@ -93,21 +130,40 @@ def load_model(name: str | None = None, *, quality: int | None = None, pretraine
 
 
 def _from_training_checkpoint(obj: dict, name: str | None, replace: dict | None, path, raw: bool = False) -> nn.Module:
-    try:
-        recorded_name = obj["model"]["name"]
-        kwargs = {k: v for k, v in obj["model"].get("kwargs", {}).items() if k not in _SOURCE_KWARGS}
-        state_dict = obj["state_dict"] if raw or obj.get("ema_state_dict") is None else obj["ema_state_dict"]
-    except (KeyError, TypeError) as exc:
-        raise UserError(f"{path} is a {CHECKPOINT_FORMAT} checkpoint without model name/kwargs/state_dict") from exc
-    if name is not None and name != recorded_name:
-        raise UserError(f"{Path(path).name} holds a {recorded_name} model, not {name}; drop --model or fix it")
-    if replace is not None and architecture(replace) != architecture(obj.get("replace")):
+    recipe = Recipe.read(obj, path)
+    if "state_dict" not in obj:
+        raise UserError(f"{path} is a {CHECKPOINT_FORMAT} checkpoint without a state_dict")
+    state_dict = obj["state_dict"] if raw or obj.get("ema_state_dict") is None else obj["ema_state_dict"]
+    if name is not None and name != recipe.name:
+        raise UserError(f"{Path(path).name} holds a {recipe.name} model, not {name}; drop --model or fix it")
+    if replace is not None and architecture(replace) != architecture(recipe.replace):
         raise UserError(f"{Path(path).name} already records its architecture replacement; drop the "
                         "--replace_parts/--act flags")
-    model = build(recorded_name, **kwargs)
-    apply_config(model, obj.get("replace"))
-    qat.prepare(model, obj.get("qat"))
+    model = assemble(recipe)
     _load_strict(model, state_dict, path)
-    if obj.get("qat"):
+    if recipe.qat:
         qat.finalize(model)
     return model.eval()
+
+
+def start_from_weights(name: str, quality: int | None, *, pretrained: bool, checkpoint: str | None, trust: bool,
+                       replace: dict | None, qat_config: dict | None) -> tuple[nn.Module, dict | None, dict | None]:
+    """A new run's starting model from published weights or a checkpoint, with the recipes it will train.
+
+    Weights from one of our runs come with their own replace/QAT recipes (the flags may repeat them, not
+    change them); otherwise the flags' replacement is applied to the loaded weights, then QAT. Returns the
+    model and the replace and QAT configs it has.
+    """
+    model = load_model(name, quality=quality, pretrained=pretrained, checkpoint=checkpoint, trust=trust)
+    inherited = load_file(checkpoint, trust=trust) if checkpoint else None
+    applied = {key: inherited.get(key) if is_training_checkpoint(inherited) else None for key in ("replace", "qat")}
+    for key, wanted, flag in (("replace", replace, "--replace_parts/--act"), ("qat", qat_config, "--qat")):
+        if applied[key] and wanted and wanted != applied[key]:
+            raise UserError(f"{checkpoint} was trained with another {key} recipe; drop {flag}")
+    if replace and not applied["replace"]:
+        if applied["qat"]:
+            raise UserError(f"{checkpoint} is a QAT model; layers cannot be replaced after QAT")
+        model = apply_config(model, replace)
+    if qat_config and not applied["qat"]:
+        model = qat.prepare(model, qat_config)
+    return model, applied["replace"] or replace, applied["qat"] or qat_config
