@@ -141,3 +141,21 @@ def test_qat_with_amp_warns_and_without_it_does_not(image_dirs, tmp_path):  # no
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="QAT with AMP")
         Trainer(train_args(image_dirs, tmp_path / "fp32", "--steps", "1", "--qat", "--amp", "false"))
+
+
+def test_resume_without_flags_continues_the_run_as_it_was_configured(image_dirs, tmp_path):  # noqa: F811
+    from common.train.options import parse_args
+
+    train, test = image_dirs
+    first = ["--model", "bmshj2018-factorized-tiny", "--train_dataset", str(train), "--test_dataset", str(test),
+             "--patch_size", "32", "--batch_size", "2", "--lr", "2e-3", "--use_balanced", "--gamma", "0.01", "0.02",
+             "--steps", "2", "--save_dir", str(tmp_path), "--progress", "false", "--num_workers", "0",
+             "--recon_every", "0"]
+    Trainer(parse_args(first)).fit()
+    resumed = parse_args(["--save_dir", str(tmp_path), "--resume", "--steps", "3"])
+    assert (resumed.model, resumed.lr, resumed.gamma, resumed.optimizer) == (
+        "bmshj2018-factorized-tiny", 2e-3, [0.01, 0.02], "balanced")
+    Trainer(resumed).fit()
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["progress"]["step"] == 3
+    with pytest.raises(UserError, match="gamma"):  # a recorded list flag may not change either
+        Trainer(parse_args(["--save_dir", str(tmp_path), "--resume", "--gamma", "0.05"]))

@@ -8,10 +8,9 @@ from common.cli import run_main
 
 def main(argv: Sequence[str] | None = None) -> int:
     from common.train.engine import Trainer
-    from common.train.options import build_parser
+    from common.train.options import parse_args
 
-    args = build_parser().parse_args(argv)
-    Trainer(args).fit()
+    Trainer(parse_args(argv)).fit()
     return 0
 
 

@@ -113,6 +113,13 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"quality": 1 if args.quality is None else args.quality}
 
 
+def recordable_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's flags as plain data (numbers, strings, lists of them), as checkpoints record them."""
+    plain = (str, int, float, bool, type(None))
+    return {name: list(value) if isinstance(value, (list, tuple)) else value for name, value in vars(args).items()
+            if isinstance(value, plain) or (isinstance(value, (list, tuple)) and all(isinstance(v, plain) for v in value))}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -404,7 +411,7 @@ class Trainer:
             "progress": asdict(self.progress),
             "step": self.progress.step,
             "epoch": self.progress.epoch,
-            "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+            "args": recordable_flags(self.args),
         }
 
     def save(self, name: str, ckpt: dict | None = None) -> Path:

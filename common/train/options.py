@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+from pathlib import Path
+from typing import Sequence
 
 from common.cli import DefaultsHelpFormatter, OneLineErrorParser, bool_flag, number, str2bool
 from common.train.optimizers import OPTIMIZERS
@@ -106,6 +108,36 @@ def build_parser() -> argparse.ArgumentParser:
     qat.add_arguments(parser.add_argument_group("quantization-aware training"))
     optimizers.add_arguments(parser.add_argument_group("balanced R-D optimizer"))
     return parser
+
+
+# What a resumed run never takes from its checkpoint: where the run is and how to open its files.
+_NOT_RESTORED = ("resume", "overwrite", "save_dir", "trust_checkpoint")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The training flags; with ``--resume``, a flag not given takes the value the run was started with.
+
+    ``python -m common.train --save_dir runs/x --resume`` continues runs/x as it was configured; flags given
+    beside ``--resume`` override (the engine refuses any change but the learning rate, the run length and
+    output options).
+    """
+    from common.checkpoint import load_file
+    from common.train.engine import checkpoint_names
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume is None:
+        return args
+    path = Path(args.save_dir) / checkpoint_names(args)["last"] if args.resume == "auto" else Path(args.resume)
+    if not path.is_file():
+        return args  # the engine says what is missing
+    recorded = load_file(path, trust=args.trust_checkpoint)
+    recorded = recorded.get("args") if isinstance(recorded, dict) else None
+    if not isinstance(recorded, dict):
+        return args  # not one of our training checkpoints: the engine says so
+    parser.set_defaults(**{name: value for name, value in recorded.items()
+                           if name in vars(args) and name not in _NOT_RESTORED})
+    return parser.parse_args(argv)
 
 
 @functools.lru_cache(maxsize=1)
