@@ -32,7 +32,7 @@ RECIPE = ("--model", "bmshj2018-factorized-small", "--lambda", "0.0048", "--step
 def main(argv: Sequence[str] | None = None) -> int:
     from baselines.study import git_commit
     from common.train.engine import Trainer
-    from common.train.options import build_parser
+    from common.train.options import parse_config
 
     parser = OneLineErrorParser(prog="python -m baselines.pretrain", add_help=False,
                                 description="Train the demo's base model and write it as a slim checkpoint.")
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         train_argv.append("--overwrite")
     started = time.perf_counter()
-    trainer = Trainer(build_parser().parse_args(train_argv))
+    trainer = Trainer(parse_config(train_argv))
     final = trainer.fit()
     out = Path(args.out)
     atomic_save(model_only(load_file(Path(args.save_dir) / "last.pt")), out)

@@ -16,18 +16,20 @@ Outputs in ``--out_dir``: ``lambda_<λ>/`` run folders, ``<name>.json`` (Compres
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
 
+from common.assembly import load_model
 from common.checkpoint import load_file
 from common.cli import OneLineErrorParser, number, parse_with_train_flags, run_main
 from common.data.images import list_images
 from common.errors import UserError
 from common.eval.evaluate import describe, evaluate, write_results
-from common.assembly import load_model
 from common.rd import RDCurve, curve_from_json, plot_curves, sorted_monotone
+from common.train.config import TrainConfig
 
 
 def parse_lambdas(text: str) -> list[float]:
@@ -67,22 +69,26 @@ def finished(run_dir: Path, total_steps: int | None) -> bool:
     return bool(ckpt.get("finished")) and (total_steps is None or ckpt["progress"]["step"] >= total_steps)
 
 
-def train_one(train_args: argparse.Namespace, save_dir: Path, lmbda: float, **changes) -> None:
-    """Train one λ run with ``train_args`` plus ``changes`` (flag dests), resuming what has a checkpoint."""
+def train_one(config: TrainConfig, save_dir: Path, lmbda: float, *, checkpoint: str | None = None,
+              steps: int | None = None, lr: float | None = None) -> None:
+    """Train one λ run of ``config`` into ``save_dir``, resuming what has a checkpoint.
+
+    ``checkpoint``, ``steps`` and ``lr`` replace the config's starting weights, run length and learning rate.
+    """
     from common.train.engine import Trainer
 
-    args = argparse.Namespace(**{**vars(train_args), "lmbda": lmbda, "save_dir": str(save_dir), **changes})
+    resume = (save_dir / "last.pt").is_file()
     # Resume what has a checkpoint; replace what a run that died before its first checkpoint left.
-    if (save_dir / "last.pt").is_file():
-        args.resume = "auto"
-    else:
-        args.overwrite = True
-    Trainer(args).fit()
+    output = replace(config.output, save_dir=str(save_dir), resume="auto" if resume else None, overwrite=not resume)
+    schedule = replace(config.schedule, steps=steps or config.schedule.steps, lr=lr or config.schedule.lr)
+    model = replace(config.model, checkpoint=checkpoint) if checkpoint else config.model
+    Trainer(replace(config, loss=replace(config.loss, lmbda=lmbda), output=output, schedule=schedule,
+                    model=model)).fit()
 
 
-def eval_images(args: argparse.Namespace, train_args: argparse.Namespace) -> tuple[list[Path], Path]:
-    if args.eval_dataset or train_args.test_dataset:
-        root = Path(args.eval_dataset or train_args.test_dataset)
+def eval_images(args: argparse.Namespace, config: TrainConfig) -> tuple[list[Path], Path]:
+    if args.eval_dataset or config.data.test_dataset:
+        root = Path(args.eval_dataset or config.data.test_dataset)
     else:
         from common.data.samples import sample_dirs
 
@@ -92,7 +98,7 @@ def eval_images(args: argparse.Namespace, train_args: argparse.Namespace) -> tup
 
 def main(argv: Sequence[str] | None = None) -> int:
     from common.train.optimizers import optimizer_name, with_optimizer
-    from common.train.options import build_parser, flag_defaults
+    from common.train.options import parse_config
 
     parsed = parse_with_train_flags(sweep_parser(), argv)
     if parsed is None:
@@ -100,10 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, train_argv = parsed
     if any(flag in train_argv for flag in ("--lambda", "--save_dir", "--resume")):
         raise UserError("--lambda, --save_dir and --resume are set by the sweep; use --lambdas and --out_dir")
-    train_args = build_parser().parse_args(train_argv)
+    config = parse_config(train_argv)
     lambdas = parse_lambdas(args.lambdas)
     out_dir = Path(args.out_dir)
-    name = args.name or f"{train_args.model}-{optimizer_name(train_args)}"
+    name = args.name or f"{config.model.model}-{optimizer_name(config.optim)}"
 
     if args.start_checkpoint and args.warm_start_steps > 0:
         raise UserError("--start_checkpoint and --warm_start_steps both choose the starting model; pass one")
@@ -112,21 +118,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         warm_dir = out_dir / "warm_start"
         if not finished(warm_dir, args.warm_start_steps):
             print(f"warm start: {args.warm_start_steps} steps of Adam at λ={lambdas[len(lambdas) // 2]}")
-            lr = {"lr": args.warm_start_lr} if args.warm_start_lr else {}
             # The shared start is standard Adam whatever the swept optimizer (its flags go back to defaults).
-            train_one(with_optimizer(train_args, "adam", flag_defaults()), warm_dir, lambdas[len(lambdas) // 2],
-                      steps=args.warm_start_steps, recon_every=0, **lr)
+            warm = replace(config, optim=with_optimizer(config.optim, "adam"),
+                           output=replace(config.output, recon_every=0))
+            train_one(warm, warm_dir, lambdas[len(lambdas) // 2], steps=args.warm_start_steps,
+                      lr=args.warm_start_lr)
         start = {"checkpoint": str(warm_dir / "last.pt")}
 
     for lmbda in lambdas:
         run_dir = out_dir / f"lambda_{lmbda:g}"
-        if finished(run_dir, train_args.steps):
+        if finished(run_dir, config.schedule.steps):
             print(f"λ={lmbda:g}: finished run found in {run_dir}, skipped")
             continue
         print(f"λ={lmbda:g}: training into {run_dir}")
-        train_one(train_args, run_dir, lmbda, **({} if (run_dir / "last.pt").is_file() else start))
+        train_one(config, run_dir, lmbda, **({} if (run_dir / "last.pt").is_file() else start))
 
-    images, root = eval_images(args, train_args)
+    images, root = eval_images(args, config)
     labels, aggregates, rows_per_point = [], [], []
     for lmbda in tqdm(lambdas, desc="real-bitstream evaluation", unit="model"):
         model = load_model(checkpoint=str(out_dir / f"lambda_{lmbda:g}" / "last.pt"))

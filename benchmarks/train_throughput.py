@@ -23,7 +23,7 @@ from common.data.datasets import ImageFileDataset
 from common.data.images import list_images
 from common.data.samples import sample_dirs
 from common.train.engine import Callback, Trainer
-from common.train.options import build_parser
+from common.train.options import parse_config
 
 LAMBDA = 0.013
 
@@ -84,12 +84,12 @@ class StepTimer(Callback):
 
 def engine_loop(steps: int, batch_size: int, patch_size: int, seed: int) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
-        args = build_parser().parse_args([
+        config = parse_config([
             "--steps", str(steps + 1), "--batch_size", str(batch_size), "--patch_size", str(patch_size),
             "--lambda", str(LAMBDA), "--save_dir", run_dir, "--recon_every", "0", "--val_every", "100000", "--num_workers", "0",
             "--progress", "false", "--seed", str(seed)])
         timer = StepTimer()
-        Trainer(args, callbacks=[timer]).fit()
+        Trainer(config, callbacks=[timer]).fit()
         return steps * batch_size / timer.elapsed
 
 

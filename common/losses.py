@@ -24,7 +24,6 @@ MS-SSIM inputs are clamped to [0, 1] (seed 003); L1 and MSE use the raw reconstr
 """
 from __future__ import annotations
 
-import argparse
 import math
 from contextlib import contextmanager
 from typing import Mapping
@@ -35,8 +34,8 @@ import torch.nn.functional as F
 from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
 from torch import Tensor, nn
 
-from common.cli import bool_flag, number
 from common.errors import UserError
+from common.train.config import LossConfig
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MS_SSIM_WINDOW = 11
@@ -269,40 +268,30 @@ class DistillationLoss(_TaskCriterion):
 
 
 # ---------------------------------------------------------------------------------- CLI
-def add_arguments(parser) -> None:
-    """Add the loss flags to ``parser`` (an ArgumentParser or an argument group)."""
-    parser.add_argument("--loss_type", choices=LOSS_TYPES, default="mse",
-                        help="mse: lambda*255^2*MSE + bpp; recon: a*L1 + (1-a)(1-MS-SSIM); "
-                             "rd: recon + lambda_bpp*bpp")
-    parser.add_argument("--lambda", dest="lmbda", type=number(float, minimum=0), default=0.0130,
-                        help="rate-distortion trade-off of --loss_type mse")
-    parser.add_argument("--alpha_l1", type=number(float, minimum=0, maximum=1), default=0.4, help="L1 weight a of the recon loss")
-    parser.add_argument("--lambda_bpp", type=number(float, minimum=0), default=0.01, help="bpp weight of --loss_type rd")
-    bool_flag(parser, "--hierarchical_tasks", False,
-              "balance 5 tasks (distortion + the rates of z and the 3 HPCM y scales) instead of 2")
 
 
-# The flags (argparse dests) each --loss_type reads; --hierarchical_tasks is checked by the criteria themselves.
+# The LossConfig fields (flag names) each --loss_type reads; --hierarchical_tasks is checked by the criteria themselves.
 LOSS_OPTIONS = {"mse": ("lmbda",), "recon": ("alpha_l1",), "rd": ("alpha_l1", "lambda_bpp")}
 
 
-def check_flags(args: argparse.Namespace, defaults: dict) -> None:
-    """Refuse loss flags that the chosen ``--loss_type`` would ignore (values differing from ``defaults``).
+def check_flags(config: LossConfig, distill: bool = False) -> None:
+    """Refuse loss options that the chosen ``loss_type`` of ``config`` (a LossConfig) would ignore.
 
     Distillation replaces the criterion by its own loss (``--distill_l1``/``--distill_msssim``), so with
-    ``--distill`` no ``--loss_type`` option is read and none may be given.
+    ``distill`` no ``--loss_type`` option is read and none may differ from its default.
     """
-    used = () if getattr(args, "distill", False) else LOSS_OPTIONS[args.loss_type]
-    chosen = "--distill" if getattr(args, "distill", False) else f"--loss_type {args.loss_type}"
+    defaults = LossConfig()
+    used = () if distill else LOSS_OPTIONS[config.loss_type]
+    chosen = "--distill" if distill else f"--loss_type {config.loss_type}"
     for dest in sorted({dest for options in LOSS_OPTIONS.values() for dest in options} - set(used)):
-        if getattr(args, dest) != defaults[dest]:
+        if getattr(config, dest) != getattr(defaults, dest):
             flag = "--lambda" if dest == "lmbda" else f"--{dest}"
             owners = [name for name, options in LOSS_OPTIONS.items() if dest in options]
             raise UserError(f"{flag} is not used with {chosen} (it belongs to --loss_type {' or '.join(owners)}); "
                             "drop it")
 
 
-def criterion_from_args(args: argparse.Namespace) -> _TaskCriterion:
+def criterion_from_args(args: LossConfig) -> _TaskCriterion:
     """The criterion selected by the flags of :func:`add_arguments`."""
     if args.lmbda < 0 or args.lambda_bpp < 0:
         raise UserError("--lambda and --lambda_bpp must be >= 0")

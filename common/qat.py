@@ -23,8 +23,8 @@ runs in float32.
 """
 from __future__ import annotations
 
-import argparse
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +32,10 @@ from torch import Tensor, nn
 from torch.ao.quantization import (FakeQuantize, MinMaxObserver, MovingAverageMinMaxObserver,
                                    PerChannelMinMaxObserver)
 
-from common.cli import bool_flag
 from common.errors import UserError
+
+if TYPE_CHECKING:
+    from common.train.config import QATConfig
 
 QAT_SCOPES = {"encoder": ("g_a",), "decoder": ("g_s",), "all": ("g_a", "g_s")}
 HYPER_TRANSFORMS = ("h_a", "h_s")
@@ -42,30 +44,6 @@ EMA_AVERAGING_CONSTANT = 0.01
 QUANTIZABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 DEFAULTS = {"scope": "all", "exclude_entropy": True, "calib_steps": 2000, "freeze_after": 8000,
             "act_observer": "ema", "w_per_channel": True, "disable_observer_step": -1, "eval_fakequant": True}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the QAT flags of seed 002."""
-    # A caller may pass its own argument group (argparse deprecates nesting groups).
-    group = parser if isinstance(parser, argparse._ArgumentGroup) else parser.add_argument_group("quantization-aware training (seed 002)")
-    bool_flag(group, "--qat", False, "insert INT8 fake quantization (weights per channel, activations per tensor)")
-    group.add_argument("--qat_scope", choices=tuple(QAT_SCOPES), default=DEFAULTS["scope"],
-                       help="transforms to fake-quantize (default: %(default)s)")
-    bool_flag(group, "--qat_exclude_entropy", DEFAULTS["exclude_entropy"],
-              "keep the entropy model and hyperprior transforms in float")
-    group.add_argument("--qat_calib_steps", type=int, default=DEFAULTS["calib_steps"],
-                       help="steps during which activation observers learn their ranges (default: %(default)s)")
-    group.add_argument("--qat_freeze_after", type=int, default=DEFAULTS["freeze_after"],
-                       help="step from which every observer is frozen, weight scales included (default: %(default)s)")
-    group.add_argument("--qat_act_observer", choices=ACT_OBSERVERS, default=DEFAULTS["act_observer"],
-                       help=f"activation range: ema (moving average, constant {EMA_AVERAGING_CONSTANT}) or "
-                            "minmax (running extremes) (default: %(default)s)")
-    bool_flag(group, "--qat_w_per_channel", DEFAULTS["w_per_channel"],
-              "per-output-channel symmetric weight scales (else one scale per layer)")
-    group.add_argument("--qat_disable_observer_step", type=int, default=DEFAULTS["disable_observer_step"],
-                       help="if >= 0, stop every observer from this step on (default: %(default)s, off)")
-    bool_flag(group, "--qat_eval_fakequant", DEFAULTS["eval_fakequant"],
-              "keep fake quantization on in eval mode (validation sees INT8-like outputs)")
 
 
 def make_config(**overrides) -> dict:
@@ -86,7 +64,7 @@ def make_config(**overrides) -> dict:
     return config
 
 
-def config_from_args(args: argparse.Namespace) -> dict | None:
+def config_from_args(args: QATConfig) -> dict | None:
     """QAT config from parsed flags, or None without ``--qat``."""
     if not args.qat:
         return None

@@ -72,7 +72,8 @@ def run_study(args: argparse.Namespace, train_argv: list[str]):
     import optuna
 
     from common.train.engine import Trainer, TrainingDiverged
-    from common.train.options import build_parser, flag_defaults
+    from common.train.config import TrainConfig
+    from common.train.options import build_parser, parse_config
 
     spaces = [parse_space(text) for text in args.space]
     if not spaces:
@@ -81,7 +82,7 @@ def run_study(args: argparse.Namespace, train_argv: list[str]):
     clashes = [name for name in names if f"--{name}" in train_argv]
     if clashes or "--save_dir" in train_argv:
         raise UserError(f"searched flags and --save_dir are set by the search; remove {clashes or ['--save_dir']}")
-    unknown = [name for name in names if name not in flag_defaults()]
+    unknown = [name for name in names if name not in TrainConfig().flat()]
     if unknown:
         raise UserError(f"--space names no training flag: {', '.join(unknown)} (see python -m common.train --help)")
     # Validates the pass-through flags, and the search's first values, up front.
@@ -109,7 +110,7 @@ def run_study(args: argparse.Namespace, train_argv: list[str]):
         trial.set_user_attr("run_dir", str(run_dir))
         print(f"trial {trial.number}: {' '.join(values)}")
         try:
-            val = Trainer(build_parser().parse_args([*train_argv, *values, "--save_dir", str(run_dir),
+            val = Trainer(parse_config([*train_argv, *values, "--save_dir", str(run_dir),
                                                      "--overwrite"])).fit()
         except TrainingDiverged as exc:
             # One diverging setting is a result of the search, not the end of it.

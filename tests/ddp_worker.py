@@ -5,11 +5,11 @@ from pathlib import Path
 import torch
 
 from common.train.engine import Trainer
-from common.train.options import build_parser
+from common.train.options import parse_config
 
 if __name__ == "__main__":
     out_dir = Path(sys.argv[1])
-    trainer = Trainer(build_parser().parse_args(sys.argv[2:]))
+    trainer = Trainer(parse_config(sys.argv[2:]))
     rank = trainer.dist.rank
     initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     trainer.fit()

@@ -1,7 +1,6 @@
 """Small fixtures shared by the unit tests and the phase tests."""
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -35,13 +34,3 @@ def run_script(script: str, env_overrides: dict[str, str], *args: str, timeout: 
     env = dict(os.environ, PY=sys.executable, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **env_overrides)
     return subprocess.run(["bash", str(REPO / script), *args], capture_output=True, text=True, cwd=REPO, env=env,
                           timeout=timeout)
-
-
-def parsed_flags(add_arguments, **overrides) -> argparse.Namespace:
-    """The defaults of the flags that ``add_arguments(parser)`` defines, with ``overrides`` set on top."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args([])
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    return args

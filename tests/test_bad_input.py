@@ -272,7 +272,7 @@ def test_a_diverging_search_trial_is_pruned_and_the_search_goes_on(image_dirs, t
     real_fit, calls = engine.Trainer.fit, []
 
     def fit(self):
-        calls.append(self.args.lr)
+        calls.append(self.cfg.schedule.lr)
         if len(calls) == 1:
             raise TrainingDiverged("training stopped at step 1: the loss is nan")
         return real_fit(self)

@@ -10,7 +10,7 @@ from torch import nn
 from balanced_rd import Balanced, BalancedQP, make_gamma_schedule
 from balanced_rd.gamma import AdaptiveGamma
 from common.train.optimizers import build_gamma_schedule, build_optimizer, check_flags, step_options
-from common.train.options import build_parser, flag_defaults
+from common.train.options import parse_config
 from common.train.plots import plot_task_weights
 from common.errors import UserError
 
@@ -89,11 +89,11 @@ def test_schedule_errors():
 
 
 def parse(argv):
-    return build_parser().parse_args(["--epochs", "20", *argv])
+    return parse_config(list(argv)).optim
 
 
 def build(params, args, n_tasks=2, lr=1e-4):
-    check_flags(args, flag_defaults())
+    check_flags(args)
     optimizer, _ = build_optimizer(params, args, n_tasks, lr)
     return optimizer
 
@@ -133,20 +133,20 @@ def test_cli_builds_each_optimizer():
 ])
 def test_flag_the_chosen_optimizer_ignores_is_refused(argv, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
-        check_flags(parse(argv), flag_defaults())
+        check_flags(parse(argv))
 
 
 def test_flags_of_the_chosen_variant_are_accepted():
     for argv in (["--use_balanced", "--gamma_strategy", "step", "--gamma_milestones", "5", "--gamma_min", "0.001"],
                  ["--optimizer", "balanced_qp", "--qp_eps", "1e-3", "--min_losses", "-2"],
                  ["--optimizer", "adamw", "--weight_decay", "0.01"]):
-        check_flags(parse(argv), flag_defaults())
+        check_flags(parse(argv))
 
 
 def test_cli_gamma_schedule_and_step_options():
     params = [nn.Parameter(torch.zeros(3))]
     args = parse(["--use_balanced", "--adaptive_gamma"])
-    schedule = build_gamma_schedule(args, build(params, args))
+    schedule = build_gamma_schedule(args, build(params, args), total_epochs=20)
     assert type(schedule).__name__ == "CosineGamma" and schedule.total_epochs == 20
     args = parse(["--use_balanced", "--gamma_strategy", "hpcm", "--gamma", "0.006"])
     assert type(build_gamma_schedule(args, build(params, args))).__name__ == "StepGamma"

@@ -14,7 +14,9 @@ import common.data as data
 from common.data import datasets
 from common.data.images import load_rgb
 from common.errors import UserError
-from tests.helpers import parsed_flags, smooth_image
+from common.flags import add_data_arguments
+from common.train.config import DataConfig
+from tests.helpers import smooth_image
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -45,8 +47,8 @@ def write_png_rgb16(path: Path, array: np.ndarray) -> None:
                      + chunk(b"IEND", b""))
 
 
-def data_args(**overrides) -> argparse.Namespace:
-    return parsed_flags(data.add_arguments, **overrides)
+def data_args(**overrides) -> DataConfig:
+    return DataConfig(**overrides)
 
 
 # ---------------------------------------------------------------------------------- modes
@@ -359,7 +361,7 @@ def test_bad_data_flags_are_one_line_errors(tmp_path, overrides, match):
 
 def test_patch_size_flag_accepts_the_seeds_two_values():
     parser = argparse.ArgumentParser()
-    data.add_arguments(parser)
+    add_data_arguments(parser)
     assert parser.parse_args([]).patch_size == 256
     assert parser.parse_args(["--patch-size", "256", "256"]).patch_size == 256
     assert parser.parse_args(["--patch_size", "224"]).patch_size == 224

@@ -1,5 +1,4 @@
 """python -m common.data.coco_prepare: layout, crops, hash split, resume, atomic writes, bad inputs."""
-import argparse
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from PIL import Image
 
 import common.data as data
 from common.data import coco_prepare, datasets
+from common.train.config import DataConfig
 from common.errors import UserError
 
 SIZE = 32
@@ -66,9 +66,7 @@ def test_layout_crops_split_and_corrupt_file(coco, tmp_path, capsys):
 def test_prepared_folder_trains_with_use_prepared(coco, tmp_path):
     out = tmp_path / "out"
     run(coco, out, "--val_ratio", "0.1", "--workers", "1")
-    parser = argparse.ArgumentParser()
-    data.add_arguments(parser)
-    args = parser.parse_args(["--coco_dir", str(out), "--use_prepared", "true", "--patch_size", str(SIZE)])
+    args = DataConfig(coco_dir=str(out), use_prepared=True, patch_size=SIZE)
     train, val = data.build_datasets(args)
     assert (len(train), len(val)) == (21, 4)
 

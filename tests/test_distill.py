@@ -9,12 +9,12 @@ import torch
 
 from common.checkpoint import load_file
 from common.train.engine import Trainer
-from common.train.options import build_parser
+from common.train.options import parse_config
 from tests.helpers import write_image_dirs
 
 
 def flags(train, test, save_dir, *extra):
-    return build_parser().parse_args([
+    return parse_config([
         "--model", "bmshj2018-factorized-tiny", "--train_dataset", str(train), "--test_dataset", str(test),
         "--patch_size", "32", "--batch_size", "2", "--save_dir", str(save_dir), "--recon_count", "1",
         "--progress", "false", "--num_workers", "0", *extra])

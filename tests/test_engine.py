@@ -12,7 +12,7 @@ import torch
 
 from common.checkpoint import load_file
 from common.train.engine import Callback, Trainer
-from common.train.options import build_parser
+from common.train.options import parse_config
 from tests.helpers import REPO, write_image_dirs
 
 
@@ -23,7 +23,7 @@ def image_dirs(tmp_path_factory):
 
 def train_args(image_dirs, save_dir, *extra):
     train, test = image_dirs
-    return build_parser().parse_args([
+    return parse_config([
         "--model", "bmshj2018-factorized-tiny", "--train_dataset", str(train), "--test_dataset", str(test),
         "--patch_size", "32",
         "--batch_size", "2", "--lr", "1e-3", "--save_dir", str(save_dir), "--recon_count", "2",

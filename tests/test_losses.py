@@ -10,7 +10,8 @@ from compressai.losses import RateDistortionLoss as CompressAIRateDistortionLoss
 
 from common import losses
 from common.errors import UserError
-from tests.helpers import parsed_flags
+from common.flags import add_loss_arguments
+from common.train.config import LossConfig
 
 
 def noisy_pair(shape, noise=0.05, seed=0):
@@ -34,8 +35,8 @@ def fake_output(x_hat, seed=1, hpcm=False):
     return out
 
 
-def loss_args(**overrides):
-    return parsed_flags(losses.add_arguments, **overrides)
+def loss_args(**overrides) -> LossConfig:
+    return LossConfig(**overrides)
 
 
 # ---------------------------------------------------------------------------------- MS-SSIM
@@ -220,7 +221,7 @@ def test_cli_flags_and_validation():
     assert (args.loss_type, args.lmbda, args.alpha_l1, args.lambda_bpp, args.hierarchical_tasks) == \
         ("mse", 0.013, 0.4, 0.01, False)
     parser = argparse.ArgumentParser()
-    losses.add_arguments(parser)
+    add_loss_arguments(parser)
     parsed = parser.parse_args(["--loss_type", "rd", "--lambda", "0.0483", "--hierarchical_tasks", "true"])
     assert parsed.lmbda == 0.0483 and parsed.hierarchical_tasks
     assert isinstance(losses.criterion_from_args(loss_args(loss_type="recon")), losses.ReconstructionLoss)

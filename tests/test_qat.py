@@ -9,6 +9,7 @@ from common import qat
 from common.checkpoint import atomic_save
 from common.cli import OneLineErrorParser
 from common.errors import UserError
+from common.flags import add_qat_arguments
 from common.assembly import load_model
 from common.replace import apply_config, make_config
 
@@ -21,7 +22,7 @@ def q1_model(replace=None, seed=0):
 
 def parse(*argv):
     parser = OneLineErrorParser()
-    qat.add_arguments(parser)
+    add_qat_arguments(parser)
     return qat.config_from_args(parser.parse_args(list(argv)))
 
 

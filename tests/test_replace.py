@@ -12,7 +12,8 @@ from torch import nn
 
 from common.cli import OneLineErrorParser
 from common.errors import UserError
-from common.replace import (ECA, GDNishLiteDec, GDNishLiteEnc, UpsampleConv, add_arguments, apply_config,
+from common.flags import add_replace_arguments
+from common.replace import (ECA, GDNishLiteDec, GDNishLiteEnc, UpsampleConv, apply_config,
                             aux_parameters, build_student_from_teacher, config_from_args, make_config, replace_gdn,
                             set_trainable, upconv_from_deconv)
 
@@ -27,7 +28,7 @@ def q1_model(seed=0):
 
 def parse(*argv):
     parser = OneLineErrorParser()
-    add_arguments(parser)
+    add_replace_arguments(parser)
     return config_from_args(parser.parse_args(list(argv)))
 
 

@@ -52,7 +52,7 @@ def test_a_flag_the_chosen_variant_ignores_is_one_line_error(image_dirs, tmp_pat
 
 def test_layer_replacement_on_a_model_without_gdn_is_refused(image_dirs, tmp_path):  # noqa: F811
     args = train_args(image_dirs, tmp_path, "--steps", "1", "--act", "relu")
-    args.model = "hpcm-tiny"
+    args.model.model = "hpcm-tiny"
     with pytest.raises(UserError, match="found no GDN/IGDN layer to replace"):
         Trainer(args)
 
@@ -68,7 +68,7 @@ def test_gdnish_options_without_act_choose_gdnish_as_seed_003_does(image_dirs, t
 def test_pretrained_weights_of_a_model_that_has_none_is_one_line_error(image_dirs, tmp_path):  # noqa: F811
     # It was a TypeError traceback: build_hpcm_tiny() got an unexpected keyword argument 'quality'.
     args = train_args(image_dirs, tmp_path, "--steps", "1", "--pretrained")
-    args.model = "hpcm-tiny"
+    args.model.model = "hpcm-tiny"
     with pytest.raises(UserError, match="hpcm-tiny has no published weights; pass its weights with --checkpoint"):
         Trainer(args)
     assert models.entry("bmshj2018-factorized").published_weights
@@ -144,18 +144,43 @@ def test_qat_with_amp_warns_and_without_it_does_not(image_dirs, tmp_path):  # no
 
 
 def test_resume_without_flags_continues_the_run_as_it_was_configured(image_dirs, tmp_path):  # noqa: F811
-    from common.train.options import parse_args
+    from common.train.options import parse_config
 
     train, test = image_dirs
     first = ["--model", "bmshj2018-factorized-tiny", "--train_dataset", str(train), "--test_dataset", str(test),
              "--patch_size", "32", "--batch_size", "2", "--lr", "2e-3", "--use_balanced", "--gamma", "0.01", "0.02",
              "--steps", "2", "--save_dir", str(tmp_path), "--progress", "false", "--num_workers", "0",
              "--recon_every", "0"]
-    Trainer(parse_args(first)).fit()
-    resumed = parse_args(["--save_dir", str(tmp_path), "--resume", "--steps", "3"])
-    assert (resumed.model, resumed.lr, resumed.gamma, resumed.optimizer) == (
+    Trainer(parse_config(first)).fit()
+    resumed = parse_config(["--save_dir", str(tmp_path), "--resume", "--steps", "3"])
+    assert (resumed.model.model, resumed.schedule.lr, resumed.optim.gamma, resumed.optim.optimizer) == (
         "bmshj2018-factorized-tiny", 2e-3, [0.01, 0.02], "balanced")
     Trainer(resumed).fit()
     assert torch.load(tmp_path / "last.pt", weights_only=True)["progress"]["step"] == 3
     with pytest.raises(UserError, match="gamma"):  # a recorded list flag may not change either
-        Trainer(parse_args(["--save_dir", str(tmp_path), "--resume", "--gamma", "0.05"]))
+        Trainer(parse_config(["--save_dir", str(tmp_path), "--resume", "--gamma", "0.05"]))
+
+
+def test_typed_config_defaults_are_the_flags_defaults():
+    from common.train.config import TrainConfig
+    from common.train.options import build_parser
+
+    assert TrainConfig().flat() == vars(build_parser().parse_args([]))
+
+
+def test_config_round_trips_through_its_flat_record_and_refuses_unknown_options():
+    from common.train.config import TrainConfig
+    from common.train.options import parse_config
+
+    config = parse_config(["--lambda", "0.0067", "--use_balanced", "--gamma", "0.01", "0.02", "--act", "relu"])
+    assert TrainConfig.from_flat(config.flat()) == config
+    assert (config.loss.lmbda, config.optim.gamma, config.replace.act) == (0.0067, [0.01, 0.02], "relu")
+    with pytest.raises(ValueError, match="unknown training option"):
+        TrainConfig.from_flat({"lamda": 0.1})
+
+
+def test_trainer_takes_a_typed_config(image_dirs, tmp_path):  # noqa: F811
+    import argparse
+
+    with pytest.raises(TypeError, match="TrainConfig"):
+        Trainer(argparse.Namespace(model="bmshj2018-factorized-tiny"))

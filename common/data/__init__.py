@@ -20,21 +20,22 @@ HPCM's training size); the seeds' COCO recipes use 224 (``--patch_size 224``, th
 """
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from common.cli import bool_flag, number
 from common.data.datasets import (ImageFileDataset, find_images, hash_split, hash_subset, is_validation,
                                   readable_images, recon_subset, split_key, warn)
-from common.data.images import (DEFAULT_MAX_IMAGE_PIXELS, list_images, load_rgb, load_rgb_tensor,
-                                set_max_image_pixels, to_tensor)
+from common.data.images import list_images, load_rgb, load_rgb_tensor, set_max_image_pixels, to_tensor
 from common.data.samples import sample_dirs
 from common.errors import UserError
 
-__all__ = ["ImageFileDataset", "add_arguments", "add_pixel_limit_argument", "build_datasets", "find_images", "hash_split", "hash_subset",
+if TYPE_CHECKING:
+    from common.train.config import DataConfig
+
+__all__ = ["ImageFileDataset", "build_datasets", "find_images", "hash_split", "hash_subset",
            "is_validation", "list_images", "load_rgb", "load_rgb_tensor", "recon_subset", "sample_dirs",
            "split_key", "to_tensor"]
 
@@ -43,50 +44,9 @@ DEFAULT_PATCH_SIZE = 256
 DEFAULT_CACHE_MB = 512.0
 
 
-class _PatchSizeAction(argparse.Action):
-    """``--patch_size 256`` or the seeds' ``--patch-size 256 256``; stores one int (square patches)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if len(values) > 2 or len(set(values)) != 1:
-            parser.error(f"{option_string}: give one size or two equal sizes (square patches), got "
-                         f"{' '.join(map(str, values))}")
-        setattr(namespace, self.dest, values[0])
-
-
-def add_arguments(parser) -> None:
-    """Add the data flags to ``parser`` (an ArgumentParser or an argument group)."""
-    parser.add_argument("-tr_d", "--train_dataset", metavar="DIR",
-                        help="folder of training images (recursive)")
-    parser.add_argument("-te_d", "--test_dataset", metavar="DIR",
-                        help="folder of validation images (recursive)")
-    parser.add_argument("--coco_dir", metavar="DIR",
-                        help="COCO 2017 root with train2017/ (+ val2017/), or coco_prepare's output "
-                             "with --use_prepared true")
-    bool_flag(parser, "--use_prepared", False, "--coco_dir holds coco_prepare crops (train/, val/)")
-    parser.add_argument("--val_ratio", type=number(float, minimum=0, below=1), default=None, metavar="R",
-                        help="validate on a deterministic hash split (fraction R) of the training images "
-                             f"(if not given: the source's validation folder, else {DEFAULT_VAL_RATIO})")
-    parser.add_argument("--max_images", type=number(int, minimum=1), default=None, metavar="N",
-                        help="use at most N training-source images (a fixed pseudo-random subset)")
-    parser.add_argument("--patch_size", "--patch-size", type=number(int, minimum=1), nargs="+", action=_PatchSizeAction,
-                        default=DEFAULT_PATCH_SIZE, metavar="N",
-                        help="square crop size (the seeds' COCO recipes use 224)")
-    parser.add_argument("--val_patch_size", type=number(int, minimum=1), default=None, metavar="N",
-                        help="side of the centre crops validated on (default: --patch_size); larger crops judge "
-                             "a model trained on small patches more like whole-image evaluation")
-    parser.add_argument("--num_workers", "--num-workers", type=number(int, minimum=0), default=min(4, os.cpu_count() or 1),
-                        help="DataLoader worker processes")
-    bool_flag(parser, "--strict", False, "stop at the first unreadable image instead of skipping it")
-    add_pixel_limit_argument(parser)
-    parser.add_argument("--cache_images_mb", type=number(float, minimum=0), default=DEFAULT_CACHE_MB, metavar="MB",
-                        help="keep decoded training and validation images in memory up to this size, per "
-                             "process (DataLoader workers each have their own); 0 decodes every time")
-
-
-def add_pixel_limit_argument(parser) -> None:
-    parser.add_argument("--max_image_pixels", type=number(int, minimum=1), default=None, metavar="N",
-                        help=f"refuse images of more pixels, as possible decompression bombs (default: Pillow's "
-                             f"{DEFAULT_MAX_IMAGE_PIXELS}); training skips them with a warning")
+def default_num_workers() -> int:
+    """DataLoader workers when not told: up to 4, no more than the machine's CPUs."""
+    return min(4, os.cpu_count() or 1)
 
 
 def _existing_dir(path: str | os.PathLike, flag: str) -> Path:
@@ -113,7 +73,7 @@ def _coco_roots(coco_dir: Path, use_prepared: bool) -> tuple[Path, Path | None]:
     return coco_dir / train, (coco_dir / val if (coco_dir / val).is_dir() else None)
 
 
-def _training_source(args) -> tuple[Path, Path | None, str]:
+def _training_source(args: DataConfig) -> tuple[Path, Path | None, str]:
     """(training folder, the source's own validation folder or None, description)."""
     if args.train_dataset and args.coco_dir:
         raise UserError("pass either --train_dataset or --coco_dir, not both")
@@ -135,7 +95,7 @@ def _check_prepared_size(files: list[Path], patch_size: int) -> None:
              f"reflect-padded; pass --patch_size {min(width, height)}")
 
 
-def build_datasets(args: argparse.Namespace, seed: int = 0,
+def build_datasets(args: DataConfig, seed: int = 0,
                    report: bool = True) -> tuple[ImageFileDataset, ImageFileDataset]:
     """``(train_dataset, val_dataset)`` from the flags of :func:`add_arguments` (rules: module docstring).
 

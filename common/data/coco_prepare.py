@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from common.cli import OneLineErrorParser, bool_flag, number, run_main
 from common.data.datasets import MAX_NAMED_SKIPS, hash_subset, is_validation, reflect_pad_to, split_key
-from common.data import add_pixel_limit_argument
+from common.flags import add_pixel_limit_argument
 from common.data.images import list_images, load_rgb, set_max_image_pixels
 from common.paths import output_dir
 from common.errors import UserError

@@ -13,7 +13,7 @@ import torch
 
 from common import replace
 from common.cli import OneLineErrorParser, bool_flag, number, run_main
-from common.data import add_pixel_limit_argument
+from common.flags import add_pixel_limit_argument, add_replace_arguments
 from common.data.images import list_images, set_max_image_pixels
 from common.errors import UserError
 from common.paths import output_file
@@ -62,7 +62,7 @@ def build_parser() -> OneLineErrorParser:
     bool_flag(parser, "--trust_checkpoint", False,
               "allow pickled Python objects in checkpoints (only for files you trust)")
     # Only needed for raw state dicts of replaced models; our training checkpoints record their recipe.
-    replace.add_arguments(parser, trainable_scopes=False)
+    add_replace_arguments(parser, trainable_scopes=False)
     return parser
 
 

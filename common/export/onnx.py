@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from common import replace
 from common.cli import OneLineErrorParser, bool_flag, number, run_main
+from common.flags import add_replace_arguments
 from common.errors import UserError
 from common.paths import output_file
 
@@ -242,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quality", type=number(int, minimum=1), default=1, help="quality for raw state dicts when it cannot be "
                                                                 "inferred (default: %(default)s)")
     bool_flag(parser, "--trust_checkpoint", False, "allow pickled objects in --ckpt (only for files you trust)")
-    replace.add_arguments(parser, trainable_scopes=False)
+    add_replace_arguments(parser, trainable_scopes=False)
     return parser
 
 

@@ -17,19 +17,21 @@ alone replaces in both transforms (seed 003's default ``all``); ``--train_scope`
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import copy
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from common.cli import bool_flag, str2bool
 from common.errors import UserError
 from common.replace.blocks import ACT_TYPES, ECA, GDNishLiteDec, GDNishLiteEnc
 from common.replace.registry import available_blocks, import_block_modules, register_block
 from common.replace.scope import TRAIN_SCOPES, aux_parameters, set_trainable, trainable_names
 from common.replace.transforms import (PARTS, UPSAMPLE_MODES, UpsampleConv, is_replaced, replace_decoder_deconv,
                                        replace_gdn, upconv_from_deconv)
+
+if TYPE_CHECKING:
+    from common.train.config import ReplaceConfig
 
 __all__ = [
     "ECA", "GDNishLiteDec", "GDNishLiteEnc", "UpsampleConv", "add_arguments", "apply_config", "architecture", "aux_parameters",
@@ -42,58 +44,6 @@ ENC_DEFAULTS = {"t": 2.0, "k_dw": 3, "use_eca": True, "residual": True, "eca_ker
                 "act_type": "relu6", "bn": False}
 DEC_DEFAULTS = {"k": 3, "g_min": 0.5, "g_max": 2.0, "residual": True, "act_type": "relu6", "use_bn": False,
                 "init_identity": True}
-
-
-def add_arguments(parser: argparse.ArgumentParser, trainable_scopes: bool = True) -> None:
-    """Add the replacement flags and, unless ``trainable_scopes`` is False (export, evaluation), the
-    trainable-scope flags (names as in seeds 000-003)."""
-    # A caller may pass its own argument group (argparse deprecates nesting groups).
-    group = parser if isinstance(parser, argparse._ArgumentGroup) else parser.add_argument_group("architecture replacement (seeds 000-003)")
-    group.add_argument("--replace_parts", choices=tuple(PARTS), default=None,
-                       help="where GDN/IGDN are replaced: encoder (g_a), decoder (g_s), all, none "
-                            "(default: all if --act is given, else none)")
-    group.add_argument("--act", default=None,
-                       help=f"replacement block: {', '.join(available_blocks())} or a block registered by "
-                            "--act_module (default: relu if --replace_parts is given)")
-    group.add_argument("--act_module", action="append", default=[], metavar="MODULE",
-                       help="import MODULE first (it calls common.replace.register_block); repeatable")
-    group.add_argument("--act_opt", action="append", default=[], metavar="KEY=VALUE",
-                       help="keyword option passed to a custom block's factories; repeatable")
-    # The GDNishLite options default to None so that a given one (even at its default value) chooses the block.
-    enc, dec = ENC_DEFAULTS, DEC_DEFAULTS
-    group.add_argument("--enc_t", type=float, help=f"GDNishLiteEnc 1x1 expansion ratio (default: {enc['t']})")
-    group.add_argument("--enc_kdw", type=int, help=f"GDNishLiteEnc depthwise kernel (default: {enc['k_dw']})")
-    _optional_bool(group, "--enc_eca", enc["use_eca"], "GDNishLiteEnc: ECA channel gate")
-    _optional_bool(group, "--enc_residual", enc["residual"], "GDNishLiteEnc: residual connection")
-    group.add_argument("--enc_eca_kernel", type=int, help=f"GDNishLiteEnc: ECA 1-D kernel width (default: "
-                                                          f"{enc['eca_kernel']})")
-    group.add_argument("--enc_act", choices=ACT_TYPES, help=f"GDNishLiteEnc activation (default: {enc['act_type']})")
-    _optional_bool(group, "--enc_bn", enc["bn"], "GDNishLiteEnc: BatchNorm after the first two convs")
-    _optional_bool(group, "--enc_init_identity", enc["init_identity"], "GDNishLiteEnc: identity init")
-    group.add_argument("--dec_k", type=int, help=f"GDNishLiteDec depthwise kernel (default: {dec['k']})")
-    group.add_argument("--dec_gmin", type=float, help=f"GDNishLiteDec lowest gain (default: {dec['g_min']})")
-    group.add_argument("--dec_gmax", type=float, help=f"GDNishLiteDec highest gain (default: {dec['g_max']})")
-    _optional_bool(group, "--dec_residual", dec["residual"], "GDNishLiteDec: residual connection")
-    group.add_argument("--dec_act", choices=ACT_TYPES, help=f"GDNishLiteDec activation (default: {dec['act_type']})")
-    _optional_bool(group, "--dec_bn", dec["use_bn"], "GDNishLiteDec: BatchNorm after the 1x1 conv")
-    _optional_bool(group, "--dec_init_identity", dec["init_identity"], "GDNishLiteDec: identity init")
-    bool_flag(group, "--decoder_upsample", False,
-              "replace g_s ConvTranspose2d by Upsample(x2)+Conv2d(k5,p2) fitted to the deconv (seed 001)")
-    group.add_argument("--upsample_mode", choices=UPSAMPLE_MODES, default="nearest",
-                       help="interpolation of --decoder_upsample")
-    if not trainable_scopes:
-        return
-    group.add_argument("--train_scope", choices=TRAIN_SCOPES, default=None,
-                       help="replaced: replaced layers only; replaced+hyper: plus the entropy model; all "
-                            "(default: replaced if anything is replaced, else all)")
-    bool_flag(group, "--train_igdn", False, "also train the decoder IGDN layers (seed 001)")
-    bool_flag(group, "--freeze_igdn", False, "freeze every GDN/IGDN layer (seed 001)")
-    bool_flag(group, "--unfreeze_all", False, "train every layer (same as --train_scope all; seed 001)")
-
-
-def _optional_bool(group, name: str, default: bool, help: str) -> None:
-    group.add_argument(name, type=str2bool, nargs="?", const=True, default=None, metavar="{true,false}",
-                       help=f"{help} (default: {str(default).lower()})")
 
 
 def _parse_option(text: str) -> tuple[str, object]:
@@ -165,7 +115,7 @@ def _check_gdnish(enc: dict, dec: dict) -> None:
             raise UserError(f"--{part}_act must be one of {', '.join(ACT_TYPES)}, got {options['act_type']!r}")
 
 
-def config_from_args(args: argparse.Namespace) -> dict | None:
+def config_from_args(args: ReplaceConfig) -> dict | None:
     """Replace config from parsed flags, or None when no replacement/scope flag was given.
 
     Each block reads its own options: GDNishLite the --enc_*/--dec_* flags, a registered block --act_opt;

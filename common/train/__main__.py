@@ -8,9 +8,9 @@ from common.cli import run_main
 
 def main(argv: Sequence[str] | None = None) -> int:
     from common.train.engine import Trainer
-    from common.train.options import parse_args
+    from common.train.options import parse_config
 
-    Trainer(parse_args(argv)).fit()
+    Trainer(parse_config(argv)).fit()
     return 0
 
 

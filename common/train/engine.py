@@ -5,7 +5,7 @@ HPCM. What a recipe changes is configuration, never a copy of this loop.
 """
 from __future__ import annotations
 
-import argparse
+import copy
 import json
 import math
 import random
@@ -32,7 +32,7 @@ from common.paths import output_dir
 from common.train import convergence, distributed, optimizers, precision
 from common.train.ema import WeightEMA
 from common.train.logging import MetricsLog, WandbRun
-from common.train.options import flag_defaults
+from common.train.config import DistillConfig, ModelConfig, TrainConfig
 from common.train.plots import plot_task_weights
 from common.train.recon import ReconWriter
 from common.train.sampler import ResumableSampler
@@ -80,9 +80,9 @@ class TeacherTarget(nn.Module):
         return self.loss(output, target)
 
 
-def checkpoint_names(args: argparse.Namespace) -> dict[str, str]:
+def checkpoint_names(distill: DistillConfig) -> dict[str, str]:
     """File names of the run's checkpoints; seed 001's fine-tuning stage (``--resume_student``) uses ft_*."""
-    if args.resume_student:
+    if distill.resume_student:
         return {"last": "ft_last.pt", "best_msssim": "ft_best.pt", "best_loss": "ft_best_loss.pt"}
     return {"last": "last.pt", "best_msssim": "best_msssim.pt", "best_loss": "best_loss.pt"}
 
@@ -104,20 +104,13 @@ def resolve_amp(mode: str, device: torch.device) -> bool:
     return device.type == "cuda" if mode == "auto" else mode == "true"
 
 
-def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def model_kwargs(model: ModelConfig) -> dict[str, Any]:
     """The architecture arguments of ``--model`` that the run was given (weights excluded)."""
-    if not models.accepts(args.model, "quality"):
-        if args.quality is not None:
-            raise UserError(f"--quality does not apply to {args.model}; drop it")
+    if not models.accepts(model.model, "quality"):
+        if model.quality is not None:
+            raise UserError(f"--quality does not apply to {model.model}; drop it")
         return {}
-    return {"quality": 1 if args.quality is None else args.quality}
-
-
-def recordable_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The run's flags as plain data (numbers, strings, lists of them), as checkpoints record them."""
-    plain = (str, int, float, bool, type(None))
-    return {name: list(value) if isinstance(value, (list, tuple)) else value for name, value in vars(args).items()
-            if isinstance(value, plain) or (isinstance(value, (list, tuple)) and all(isinstance(v, plain) for v in value))}
+    return {"quality": 1 if model.quality is None else model.quality}
 
 
 def seed_everything(seed: int) -> None:
@@ -174,19 +167,22 @@ class Callback:
 class Trainer:
     """Builds everything a run needs from parsed flags and runs it (``fit``), calling ``callbacks`` on the way."""
 
-    def __init__(self, args: argparse.Namespace, callbacks: Sequence[Callback] = ()):
-        self.args = args
+    def __init__(self, config: TrainConfig, callbacks: Sequence[Callback] = ()):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"Trainer takes a TrainConfig (common.train.config), got {type(config).__name__}; "
+                            "from flags, build it with common.train.options.parse_config")
+        self.cfg = cfg = copy.deepcopy(config)  # the run completes it (optimizer name, --resume_student)
         self.callbacks = list(callbacks)
-        self.device = resolve_device(args.device)
+        self.device = resolve_device(cfg.schedule.device)
         self.dist = distributed.init_from_env(self.device.type)
         self.main = self.dist.is_main
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
-        self.use_amp = resolve_amp(args.amp, self.device)
-        self.amp_dtype = precision.amp_dtype(args.amp_dtype)
-        self.save_dir = Path(args.save_dir)
-        self.names = checkpoint_names(args)
+        self.use_amp = resolve_amp(cfg.precision.amp, self.device)
+        self.amp_dtype = precision.amp_dtype(cfg.precision.amp_dtype)
+        self.save_dir = Path(cfg.output.save_dir)
+        self.names = checkpoint_names(cfg.distill)
         self.teacher: nn.Module | None = None
         self._check_args()
         if self.main:
@@ -194,10 +190,10 @@ class Trainer:
             self._check_existing_run()
             for name in self.names.values():
                 remove_stale_temporaries(self.save_dir, name)
-        seed_everything(args.seed)  # the same initial weights on every rank
+        seed_everything(cfg.schedule.seed)  # the same initial weights on every rank
 
-        self.replace_config = replace.config_from_args(args)
-        self.qat_config = qat.config_from_args(args)
+        self.replace_config = replace.config_from_args(cfg.replace)
+        self.qat_config = qat.config_from_args(cfg.qat)
         if self.qat_config and self.use_amp:
             warnings.warn("QAT with AMP is not recommended (seed 002: it invites NaNs); consider --amp false. "
                           "Fake quantization itself runs in float32.", stacklevel=2)
@@ -205,24 +201,24 @@ class Trainer:
         self.model = self._build_model(resume_ckpt)
         self.model_kwargs = (resume_ckpt["model"]["kwargs"] if resume_ckpt is not None
                              else self._architecture_kwargs())
-        self.criterion = losses.criterion_from_args(args)
+        self.criterion = losses.criterion_from_args(cfg.loss)
         if self.teacher is not None:
-            self.criterion = TeacherTarget(self.teacher, losses.DistillationLoss(args.distill_l1, args.distill_msssim))
-        self.train_set, self.val_set = data.build_datasets(args, seed=args.seed, report=self.main)
+            self.criterion = TeacherTarget(self.teacher, losses.DistillationLoss(cfg.distill.distill_l1, cfg.distill.distill_msssim))
+        self.train_set, self.val_set = data.build_datasets(cfg.data, seed=cfg.schedule.seed, report=self.main)
         self._check_sizes()
-        self.sampler = ResumableSampler(len(self.train_set), args.batch_size, args.seed,
+        self.sampler = ResumableSampler(len(self.train_set), cfg.schedule.batch_size, cfg.schedule.seed,
                                         self.dist.rank, self.dist.world_size)
-        self.loader = DataLoader(self.train_set, batch_size=args.batch_size, sampler=self.sampler,
-                                 num_workers=args.num_workers, drop_last=True,
+        self.loader = DataLoader(self.train_set, batch_size=cfg.schedule.batch_size, sampler=self.sampler,
+                                 num_workers=cfg.data.num_workers, drop_last=True,
                                  pin_memory=self.device.type == "cuda",
                                  # Restarting workers every epoch costs more than a whole step when an
                                  # epoch is a few batches; the dataset reads its epoch from shared memory.
-                                 persistent_workers=args.num_workers > 0,
+                                 persistent_workers=cfg.data.num_workers > 0,
                                  # A private generator keeps the global RNG (used by the model's
                                  # quantisation noise) untouched when a new epoch iterator starts.
-                                 generator=torch.Generator().manual_seed(args.seed))
-        self.val_every = args.val_every or max(1, math.ceil(VALIDATION_STEPS / self.sampler.batches_per_epoch))
-        self.recon_every = self.val_every if args.recon_every is None else args.recon_every
+                                 generator=torch.Generator().manual_seed(cfg.schedule.seed))
+        self.val_every = cfg.output.val_every or max(1, math.ceil(VALIDATION_STEPS / self.sampler.batches_per_epoch))
+        self.recon_every = self.val_every if cfg.output.recon_every is None else cfg.output.recon_every
         self.total_steps = self._total_steps()
         self.convergence_start = convergence.window_start(self.total_steps)
         self.convergence: convergence.Convergence | None = None
@@ -235,66 +231,67 @@ class Trainer:
         if not self.net_params:
             raise UserError("no trainable parameters: check --train_scope / --replace_parts")
         self.optimizer, self.update_rule = optimizers.build_optimizer(
-            self.net_params, args, n_tasks=len(self.criterion.task_names), lr=args.lr,
+            self.net_params, cfg.optim, n_tasks=len(self.criterion.task_names), lr=cfg.schedule.lr,
             task_names=self.criterion.task_names)
-        self.step_options = optimizers.step_options(args)
-        self.aux_optimizer = (torch.optim.Adam(self.quantiles, lr=args.eb_aux_lr)
-                              if args.eb_aux and self.quantiles else None)
+        self.step_options = optimizers.step_options(cfg.optim)
+        self.aux_optimizer = (torch.optim.Adam(self.quantiles, lr=cfg.optim.eb_aux_lr)
+                              if cfg.optim.eb_aux and self.quantiles else None)
         self.scheduler = self._build_scheduler()
-        self.gamma_schedule = optimizers.build_gamma_schedule(args, self.optimizer, self.total_epochs)
+        self.gamma_schedule = optimizers.build_gamma_schedule(cfg.optim, self.optimizer, self.total_epochs)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.qat_controller = qat.QATController(self.model, self.qat_config) if self.qat_config else None
         if self.use_amp:
-            precision.apply_local_fp32(self.model, args.local_fp32, args.local_fp32_custom, self.device.type)
+            precision.apply_local_fp32(self.model, cfg.precision.local_fp32, cfg.precision.local_fp32_custom, self.device.type)
         self.ddp_model = distributed.wrap_ddp(self.model, self.dist, self.device)
-        self.ema = WeightEMA(self.model, args.ema_decay) if args.ema_decay else None
-        seed_everything(args.seed + self.dist.rank)  # independent quantisation noise per rank
+        self.ema = WeightEMA(self.model, cfg.schedule.ema_decay) if cfg.schedule.ema_decay else None
+        seed_everything(cfg.schedule.seed + self.dist.rank)  # independent quantisation noise per rank
 
         self.progress = Progress()
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
         resume_step = self.progress.step if resume_ckpt is not None else None
-        recon_dir = Path(args.recon_dir) if args.recon_dir else self.save_dir / (
-            "recon_ft" if args.resume_student else "recon")
+        recon_dir = Path(cfg.output.recon_dir) if cfg.output.recon_dir else self.save_dir / (
+            "recon_ft" if cfg.distill.resume_student else "recon")
         self.recon = ReconWriter(recon_dir,
-                                 self.val_set, args.recon_count) if self.main and self.recon_every > 0 else None
+                                 self.val_set, cfg.output.recon_count) if self.main and self.recon_every > 0 else None
         if self.main:
             self.save_dir.mkdir(parents=True, exist_ok=True)
             self.train_log = MetricsLog(self.save_dir, "train_log", resume_step)
             self.val_log = MetricsLog(self.save_dir, "val_log", resume_step)
-            self.wandb = WandbRun(args.wandb, self.save_dir, args.wandb_project, vars(args).copy(),
+            self.wandb = WandbRun(cfg.output.wandb, self.save_dir, cfg.output.wandb_project, cfg.flat(),
                                   self.progress.wandb_id)
             self.progress.wandb_id = self.wandb.run_id
 
     # ------------------------------------------------------------------ setup
     def _check_args(self) -> None:
-        args = self.args
-        optimizers.check_flags(args, flag_defaults())
-        losses.check_flags(args, flag_defaults())
-        args.optimizer = optimizers.optimizer_name(args)
-        for name, least in (("batch_size", 1), ("val_every", 1), ("recon_count", 0), ("recon_every", 0)):
-            if getattr(args, name) is not None and getattr(args, name) < least:
-                raise UserError(f"--{name} must be at least {least}, got {getattr(args, name)}")
-        if args.steps is not None and args.steps < 1:
-            raise UserError(f"--steps must be at least 1, got {args.steps}")
-        if args.epochs is not None and args.epochs < 1:
-            raise UserError(f"--epochs must be at least 1, got {args.epochs}")
-        if not (math.isfinite(args.lr) and args.lr > 0):
-            raise UserError(f"--lr must be a positive number, got {args.lr}")
-        if args.sched == "onecycle" and args.lr_warmup_steps:
+        cfg = self.cfg
+        optimizers.check_flags(cfg.optim)
+        losses.check_flags(cfg.loss, distill=cfg.distill.distill)
+        cfg.optim.optimizer = optimizers.optimizer_name(cfg.optim)
+        for section, name, least in ((cfg.schedule, "batch_size", 1), (cfg.output, "val_every", 1),
+                                     (cfg.output, "recon_count", 0), (cfg.output, "recon_every", 0)):
+            if getattr(section, name) is not None and getattr(section, name) < least:
+                raise UserError(f"--{name} must be at least {least}, got {getattr(section, name)}")
+        if cfg.schedule.steps is not None and cfg.schedule.steps < 1:
+            raise UserError(f"--steps must be at least 1, got {cfg.schedule.steps}")
+        if cfg.schedule.epochs is not None and cfg.schedule.epochs < 1:
+            raise UserError(f"--epochs must be at least 1, got {cfg.schedule.epochs}")
+        if not (math.isfinite(cfg.schedule.lr) and cfg.schedule.lr > 0):
+            raise UserError(f"--lr must be a positive number, got {cfg.schedule.lr}")
+        if cfg.schedule.sched == "onecycle" and cfg.schedule.lr_warmup_steps:
             raise UserError("--lr_warmup_steps does not combine with --sched onecycle (it has its own warm-up)")
-        if args.resume_student:
-            if args.checkpoint or args.pretrained or args.distill:
+        if cfg.distill.resume_student:
+            if cfg.model.checkpoint or cfg.model.pretrained or cfg.distill.distill:
                 raise UserError("--resume_student starts from the student's weights; drop --checkpoint, "
                                 "--pretrained and --distill")
-            args.checkpoint = args.resume_student
-        if args.distill and not (args.checkpoint or args.pretrained):
+            cfg.model.checkpoint = cfg.distill.resume_student
+        if cfg.distill.distill and not (cfg.model.checkpoint or cfg.model.pretrained):
             raise UserError("--distill needs the teacher's weights: --pretrained or --checkpoint PATH")
 
     def _check_existing_run(self) -> None:
         """Refuse to start a new run over an existing one unless asked to (--resume continues it)."""
-        if self.args.resume is not None or self.args.overwrite:
+        if self.cfg.output.resume is not None or self.cfg.output.overwrite:
             return
         found = [name for name in (self.names["last"], "train_log.jsonl") if (self.save_dir / name).exists()]
         if found:
@@ -303,22 +300,22 @@ class Trainer:
 
     def _check_sizes(self) -> None:
         multiple = getattr(self.model, "forward_multiple", 1)
-        for flag, size in (("--patch_size", self.args.patch_size), ("--val_patch_size", self.val_set.patch_size)):
+        for flag, size in (("--patch_size", self.cfg.data.patch_size), ("--val_patch_size", self.val_set.patch_size)):
             if size % multiple:
-                raise UserError(f"{flag} {size} must be a multiple of {multiple} for {self.args.model}")
-        if len(self.train_set) < self.args.batch_size * self.dist.world_size:
+                raise UserError(f"{flag} {size} must be a multiple of {multiple} for {self.cfg.model.model}")
+        if len(self.train_set) < self.cfg.schedule.batch_size * self.dist.world_size:
             raise UserError(f"the training set has {len(self.train_set)} images, fewer than one batch "
-                            f"(--batch_size {self.args.batch_size} x {self.dist.world_size} processes)")
+                            f"(--batch_size {self.cfg.schedule.batch_size} x {self.dist.world_size} processes)")
 
     def _total_steps(self) -> int:
-        if self.args.steps is not None:
-            return self.args.steps
-        return (self.args.epochs or DEFAULT_EPOCHS) * self.sampler.batches_per_epoch
+        if self.cfg.schedule.steps is not None:
+            return self.cfg.schedule.steps
+        return (self.cfg.schedule.epochs or DEFAULT_EPOCHS) * self.sampler.batches_per_epoch
 
     def _resume_path(self) -> Path | None:
-        if self.args.resume is None:
+        if self.cfg.output.resume is None:
             return None
-        path = self.save_dir / self.names["last"] if self.args.resume == "auto" else Path(self.args.resume)
+        path = self.save_dir / self.names["last"] if self.cfg.output.resume == "auto" else Path(self.cfg.output.resume)
         if not path.is_file():
             raise UserError(f"nothing to resume: {path} does not exist (drop --resume to start a new run)")
         return path
@@ -327,78 +324,79 @@ class Trainer:
         path = self._resume_path()
         if path is None:
             return None
-        ckpt = load_file(path, trust=self.args.trust_checkpoint)
+        ckpt = load_file(path, trust=self.cfg.model.trust_checkpoint)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "progress" not in ckpt:
             raise UserError(f"{path} is not a training checkpoint of this toolkit; to start from its weights "
                             "use --checkpoint instead of --resume")
-        if ckpt["model"]["name"] != self.args.model:
-            raise UserError(f"{path} was trained with --model {ckpt['model']['name']}, not {self.args.model}")
+        if ckpt["model"]["name"] != self.cfg.model.model:
+            raise UserError(f"{path} was trained with --model {ckpt['model']['name']}, not {self.cfg.model.model}")
         recorded = ckpt.get("args", {})
-        changed = [name for name, value in vars(self.args).items()
+        current = self.cfg.flat()
+        changed = [name for name, value in current.items()
                    if name in recorded and recorded[name] != value and name not in RESUME_OVERRIDES + RESUME_FREE]
         if changed:
-            shown = ", ".join(f"--{n} {recorded[n]!r} (now {getattr(self.args, n)!r})" for n in changed[:3])
+            shown = ", ".join(f"--{n} {recorded[n]!r} (now {current[n]!r})" for n in changed[:3])
             raise UserError(f"{path} was trained with {shown}{' and more' if len(changed) > 3 else ''}; resume "
                             "with its flags (only --lr, --steps/--epochs and output flags may change) or start a "
                             "new run")
         return ckpt
 
     def _build_model(self, resume_ckpt: dict | None) -> nn.Module:
-        args = self.args
+        cfg = self.cfg
         if resume_ckpt is not None:
             recipe = Recipe.read(resume_ckpt, self._resume_path())
             self.replace_config, self.qat_config = recipe.replace, recipe.qat
             model = assemble(recipe)
             model.load_state_dict(resume_ckpt["state_dict"])
-            if args.distill:
-                self.teacher = load_model(args.model, quality=model_kwargs(args).get("quality", 1),
-                                          pretrained=args.pretrained, checkpoint=args.checkpoint,
-                                          trust=args.trust_checkpoint).to(self.device)
+            if cfg.distill.distill:
+                self.teacher = load_model(cfg.model.model, quality=model_kwargs(cfg.model).get("quality", 1),
+                                          pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint,
+                                          trust=cfg.model.trust_checkpoint).to(self.device)
                 self.teacher.requires_grad_(False)
             return model.to(self.device)
-        if not (args.checkpoint or args.pretrained):
-            return assemble(Recipe(args.model, model_kwargs(args), self.replace_config, self.qat_config)).to(self.device)
-        quality = model_kwargs(args).get("quality")
-        if args.distill:
+        if not (cfg.model.checkpoint or cfg.model.pretrained):
+            return assemble(Recipe(cfg.model.model, model_kwargs(cfg.model), self.replace_config, self.qat_config)).to(self.device)
+        quality = model_kwargs(cfg.model).get("quality")
+        if cfg.distill.distill:
             # The loaded weights are the teacher; the student is a copy with the replaced decoder.
-            self.teacher = load_model(args.model, quality=quality, pretrained=args.pretrained,
-                                      checkpoint=args.checkpoint, trust=args.trust_checkpoint).to(self.device)
+            self.teacher = load_model(cfg.model.model, quality=quality, pretrained=cfg.model.pretrained,
+                                      checkpoint=cfg.model.checkpoint, trust=cfg.model.trust_checkpoint).to(self.device)
             self.replace_config = self.replace_config or replace.make_config(decoder_upsample=True)
             student = replace.build_student_from_teacher(self.teacher, self.replace_config)
             return (qat.prepare(student, self.qat_config) if self.qat_config else student).to(self.device)
         model, self.replace_config, self.qat_config = start_from_weights(
-            args.model, quality, pretrained=args.pretrained, checkpoint=args.checkpoint,
-            trust=args.trust_checkpoint, replace=self.replace_config, qat_config=self.qat_config)
+            cfg.model.model, quality, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint,
+            trust=cfg.model.trust_checkpoint, replace=self.replace_config, qat_config=self.qat_config)
         return model.to(self.device)
 
     def _architecture_kwargs(self) -> dict[str, Any]:
         """What rebuilds this model: the flags, or for loaded weights without --quality the quality they have."""
-        kwargs = model_kwargs(self.args)
-        loaded = self.args.checkpoint and not self.args.pretrained
-        if "quality" in kwargs and self.args.quality is None and loaded:
+        kwargs = model_kwargs(self.cfg.model)
+        loaded = self.cfg.model.checkpoint and not self.cfg.model.pretrained
+        if "quality" in kwargs and self.cfg.model.quality is None and loaded:
             n, m = getattr(self.model, "N", None), getattr(self.model, "M", None)
-            kwargs["quality"] = models.entry(self.args.model).quality_of(self.model.state_dict())
+            kwargs["quality"] = models.entry(self.cfg.model.model).quality_of(self.model.state_dict())
             if kwargs["quality"] is None:
-                raise UserError(f"{self.args.checkpoint} holds a {self.args.model} with N={n}, M={m}, the channels of "
+                raise UserError(f"{self.cfg.model.checkpoint} holds a {self.cfg.model.model} with N={n}, M={m}, the channels of "
                                 "no quality 1-8; if it is a smaller model, train it as "
-                                f"{self.args.model}-small (64, 96), -mini (32, 48) or -tiny (16, 24)")
+                                f"{self.cfg.model.model}-small (64, 96), -mini (32, 48) or -tiny (16, 24)")
         return kwargs
 
     def _build_scheduler(self):
-        args, opt = self.args, self.optimizer
-        if args.sched == "cosine":
+        cfg, opt = self.cfg, self.optimizer
+        if cfg.schedule.sched == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.total_epochs))
-        if args.sched == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=self.total_steps,
-                                                       pct_start=args.onecycle_pct_start)
-        if args.sched == "plateau":
+        if cfg.schedule.sched == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.schedule.lr, total_steps=self.total_steps,
+                                                       pct_start=cfg.schedule.onecycle_pct_start)
+        if cfg.schedule.sched == "plateau":
             return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min")
         return None
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> dict[str, Any]:
         return {
-            **Recipe(self.args.model, self.model_kwargs, self.replace_config, self.qat_config).record(),
+            **Recipe(self.cfg.model.model, self.model_kwargs, self.replace_config, self.qat_config).record(),
             "state_dict": self.model.state_dict(),
             "ema_state_dict": self.ema.synced(self.model).state_dict() if self.ema else None,
             "ema_updates": self.ema.updates if self.ema else 0,
@@ -411,7 +409,7 @@ class Trainer:
             "progress": asdict(self.progress),
             "step": self.progress.step,
             "epoch": self.progress.epoch,
-            "args": recordable_flags(self.args),
+            "args": self.cfg.flat(),
         }
 
     def save(self, name: str, ckpt: dict | None = None) -> Path:
@@ -428,7 +426,7 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except ValueError as exc:
             raise UserError(f"the checkpoint's optimizer state does not fit --optimizer "
-                            f"{optimizers.optimizer_name(self.args)}: {exc}") from exc
+                            f"{self.cfg.optim.optimizer}: {exc}") from exc
         if self.aux_optimizer and ckpt.get("aux_optimizer"):
             self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
         if self.scheduler and ckpt.get("scheduler"):
@@ -442,7 +440,7 @@ class Trainer:
             self.ema.load(ckpt["ema_state_dict"], ckpt["ema_updates"])
         if self.dist.enabled:
             # Each rank draws its own quantisation noise; re-derive it from the resumed step.
-            seed_everything(self.args.seed + self.dist.rank + 7919 * ckpt["progress"]["step"])
+            seed_everything(self.cfg.schedule.seed + self.dist.rank + 7919 * ckpt["progress"]["step"])
         else:
             set_rng_state(ckpt["rng"])
         self.progress = Progress(**ckpt["progress"])
@@ -450,10 +448,10 @@ class Trainer:
 
     def _refit_schedule(self, recorded: dict) -> None:
         """Apply a new --lr or run length on --resume: the schedule continues as if it had been set so from the start."""
-        args, changes = self.args, []
+        cfg, changes, current = self.cfg, [], self.cfg.flat()
         for name in RESUME_OVERRIDES:
-            if name in recorded and recorded[name] != getattr(args, name):
-                changes.append(f"--{name} {getattr(args, name)} (was {recorded[name]})")
+            if name in recorded and recorded[name] != current[name]:
+                changes.append(f"--{name} {current[name]} (was {recorded[name]})")
         if not changes:
             return
         scheduler = self.scheduler
@@ -463,19 +461,19 @@ class Trainer:
             self.scheduler.step()
         elif isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             # The recursive cosine update continues exactly from the closed-form value at the current epoch.
-            scheduler.T_max, scheduler.base_lrs = max(1, self.total_epochs), [args.lr] * len(scheduler.base_lrs)
+            scheduler.T_max, scheduler.base_lrs = max(1, self.total_epochs), [cfg.schedule.lr] * len(scheduler.base_lrs)
             for group, lr in zip(self.optimizer.param_groups, scheduler._get_closed_form_lr()):
-                group["lr"], group["initial_lr"] = lr, args.lr
+                group["lr"], group["initial_lr"] = lr, cfg.schedule.lr
         else:
             for group in self.optimizer.param_groups:
-                group["lr"] = args.lr
+                group["lr"] = cfg.schedule.lr
         if self.main:
-            print(f"resuming at step {self.progress.step} with {', '.join(changes)}; the {args.sched} schedule now "
+            print(f"resuming at step {self.progress.step} with {', '.join(changes)}; the {cfg.schedule.sched} schedule now "
                   f"spans {self.total_steps} steps")
 
     # ------------------------------------------------------------------ one step
     def _check_outputs(self, out: dict[str, Any]) -> None:
-        if not self.args.overflow_check:
+        if not self.cfg.precision.overflow_check:
             return
         tensors = {"x_hat": out["x_hat"], **{f"likelihoods[{k}]": v for k, v in out["likelihoods"].items()}}
         for name, tensor in tensors.items():
@@ -483,8 +481,8 @@ class Trainer:
             if not torch.isfinite(tensor).all():
                 self._diverged(f"{name} has NaN/Inf")
             peak = tensor.abs().max().item()
-            if peak > self.args.overflow_tol:
-                self._diverged(f"max |{name}| = {peak:.3g} exceeds --overflow_tol {self.args.overflow_tol:g}")
+            if peak > self.cfg.precision.overflow_tol:
+                self._diverged(f"max |{name}| = {peak:.3g} exceeds --overflow_tol {self.cfg.precision.overflow_tol:g}")
 
     def _diverged(self, what: str) -> None:
         last = self.save_dir / self.names["last"]
@@ -494,7 +492,7 @@ class Trainer:
             "--lr_warmup_steps, --max_grad_norm or --local_fp32)")
 
     def _warmup_factor(self) -> float:
-        warm = self.args.lr_warmup_steps
+        warm = self.cfg.schedule.lr_warmup_steps
         return min(1.0, (self.progress.step + 1) / warm) if warm > 0 else 1.0
 
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
@@ -517,13 +515,13 @@ class Trainer:
         scheduled = [group["lr"] for group in self.optimizer.param_groups]
         for group, lr in zip(self.optimizer.param_groups, scheduled):
             group["lr"] = lr * factor
-        if self.args.w_lr_sched == "follow":
+        if self.cfg.optim.w_lr_sched == "follow":
             # Adam on the logits steps about w_lr whatever the size of delta, so under a constant w_lr the task
             # weights keep wandering after the model's lr has decayed; following the schedule lets them settle.
-            self.optimizer.w_lr = self.args.w_lr * scheduled[0] * factor / self.args.lr
+            self.optimizer.w_lr = self.cfg.optim.w_lr * scheduled[0] * factor / self.cfg.schedule.lr
         try:
             training_step(self.ddp_model, self.optimizer, x, task_losses, update=self.update_rule,
-                          clip_max_norm=self.args.max_grad_norm if self.args.max_grad_norm > 0 else None,
+                          clip_max_norm=self.cfg.schedule.max_grad_norm if self.cfg.schedule.max_grad_norm > 0 else None,
                           scaler=self.scaler if self.scaler.is_enabled() else None,
                           amp_dtype=self.amp_dtype if self.use_amp else None,
                           step_index=self.progress.step, **self.step_options)
@@ -635,13 +633,13 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, float]:
         """Train to ``total_steps``; returns the final validation metrics."""
-        args, progress = self.args, self.progress
+        cfg, progress = self.cfg, self.progress
         if self.recon is not None and progress.step == 0:
             self.recon.write_origin()
             self.recon.write(self.evaluated_model(), "pre_e000")
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=progress.step, desc="train", unit="step",
-                   disable=not (self.main and args.progress), dynamic_ncols=True)
+                   disable=not (self.main and cfg.output.progress), dynamic_ncols=True)
         val: dict[str, float] | None = None
         started = time.perf_counter()
         while progress.step < self.total_steps:
@@ -659,7 +657,7 @@ class Trainer:
                     self.wandb.log(row, progress.step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-                if args.save_every_steps and progress.step % args.save_every_steps == 0:
+                if cfg.output.save_every_steps and progress.step % cfg.output.save_every_steps == 0:
                     self.save(self.names["last"])
                 if progress.batch_in_epoch < self.sampler.batches_per_epoch:
                     self._validate_at_window_start()  # else after the epoch's own validation below
@@ -697,7 +695,7 @@ class Trainer:
             qat.finalize(self.model)
         ckpt = self.checkpoint()
         ckpt["finished"] = True  # what tells a finished run from an interrupted one (sweeps skip only these)
-        options = {"update_quantiles": True} if not self.args.eb_aux and self.quantiles else {}
+        options = {"update_quantiles": True} if not self.cfg.optim.eb_aux and self.quantiles else {}
         self.model.update(force=True, **options)
         ckpt["state_dict"] = self.model.state_dict()
         if self.ema is not None:

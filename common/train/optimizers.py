@@ -1,33 +1,33 @@
-"""The optimizer registry of the training engine, and the command-line flags of the Balanced R-D optimizers.
+"""The optimizer registry of the training engine.
 
-Each :class:`OptimizerEntry` builds one optimizer from the parsed flags, names the update rule that
+Each :class:`OptimizerEntry` builds one optimizer from an :class:`OptimizerConfig`, names the update rule that
 :func:`common.train.step.training_step` applies for it (``sum``, ``famo`` or ``qp``), and declares which
 optimizer flags it reads. A flag that the chosen optimizer does not read (``--gamma`` with ``--optimizer
 adam``) is refused with one line by :func:`check_flags`, instead of being silently dropped; the same holds
 for the options of the γ schedules (``--gamma_milestones`` belongs to ``--gamma_strategy step``).
 
-Adding an optimizer is one :func:`register_optimizer` call here (see ARCHITECTURE.md); flag names follow
-the seed scripts (``--use_balanced``, ``--gamma``, ``--w_lr``, ``--adaptive_gamma``, ``--gamma_strategy``).
+Adding an optimizer is one :func:`register_optimizer` call here and its flag in :mod:`common.flags` (see
+ARCHITECTURE.md); flag names follow the seed scripts (``--use_balanced``, ``--gamma``, ``--w_lr``).
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import torch
 
 from balanced_rd import Balanced, BalancedQP
-from balanced_rd.gamma import GAMMA_SCHEDULE_OPTIONS, GAMMA_STRATEGIES, GammaSchedule, make_gamma_schedule
-from common.cli import bool_flag, number
+from balanced_rd.gamma import GAMMA_SCHEDULE_OPTIONS, GammaSchedule, make_gamma_schedule
 from common.errors import UserError
+from common.train.config import OptimizerConfig
 
-Builder = Callable[[Iterable, argparse.Namespace, float, int, Sequence[str]], torch.optim.Optimizer]
+Builder = Callable[[Iterable, OptimizerConfig, float, int, Sequence[str]], torch.optim.Optimizer]
 
 
 @dataclass(frozen=True)
 class OptimizerEntry:
-    """One ``--optimizer`` choice: its builder, the step's update rule and the flags (argparse dests) it reads."""
+    """One ``--optimizer`` choice: its builder, the step's update rule and the options (OptimizerConfig fields) it reads."""
 
     name: str
     build: Builder
@@ -96,62 +96,7 @@ def update_rule(optimizer: torch.optim.Optimizer) -> str:
     return matches[0].update if matches else "sum"
 
 
-def _optional_float(value: str) -> float | None:
-    if value.strip().lower() in {"none", "inf"}:
-        return None
-    try:
-        return float(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {value!r}") from exc
-
-
-def add_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """Add the Balanced R-D flags to ``group`` (a parser or one of its argument groups)."""
-    bool_flag(group, "--use_balanced", False, "train with balanced_rd.Balanced (same as --optimizer balanced)")
-    group.add_argument("--gamma", type=number(float, minimum=0), nargs="+", default=[0.003],
-                       help="logit decay gamma: one value, or one per task (default: 0.003)")
-    group.add_argument("--w_lr", type=number(float, above=0), default=0.025, help="learning rate of the task-weight logits "
-                       "(default: 0.025)")
-    group.add_argument("--w_lr_sched", choices=("constant", "follow"), default="constant",
-                       help="follow = scale w_lr by the model's scheduled lr / --lr every step, so the task weights "
-                            "settle when the model's schedule decays (default: constant, as in the paper)")
-    group.add_argument("--min_losses", type=number(float), nargs="+", default=[-1.0],
-                       help="offsets m in log(loss - m): one value or one per task (default: -1)")
-    group.add_argument("--prior_weights", type=number(float, above=0), nargs="+", default=None,
-                       help="balanced: task weights to start from and decay towards, one per task "
-                            "(default: uniform)")
-    bool_flag(group, "--cautious", True, "sign-mask the model update (Cautious Adam); false = plain Adam")
-    group.add_argument("--max_mask_scale", type=_optional_float, default=10.0,
-                       help="cap on the cautious rescaling 1/mean(mask); 'none' = uncapped (default: 10)")
-    group.add_argument("--qp_eps", type=number(float, minimum=0), default=1e-6,
-                       help="balanced_qp: relative ridge on the gradient Gram matrix (default: 1e-6)")
-    bool_flag(group, "--adaptive_gamma", False,
-              "schedule gamma per epoch (strategy --gamma_strategy, cosine when not given)")
-    group.add_argument("--gamma_strategy", choices=GAMMA_STRATEGIES, default=None,
-                       help="per-epoch gamma schedule (default: constant, or cosine with --adaptive_gamma)")
-    group.add_argument("--gamma_final_ratio", type=number(float, minimum=0), default=0.2,
-                       help="final gamma / initial gamma of linear, cosine, adaptive; floor of step "
-                            "(default: 0.2)")
-    group.add_argument("--gamma_warmup_epochs", type=number(int, minimum=0), default=0,
-                       help="epochs at the initial gamma before linear/cosine/adaptive start (default: 0)")
-    group.add_argument("--gamma_milestones", type=number(int, minimum=0), nargs="+", default=[1000, 2000, 2500],
-                       help="epochs where the step schedule multiplies gamma by --gamma_step_factor "
-                            "(default: 1000 2000 2500)")
-    group.add_argument("--gamma_step_factor", type=number(float, above=0), default=0.5, help="step schedule factor (default: 0.5)")
-    group.add_argument("--gamma_min", type=number(float, minimum=0), default=None,
-                       help="absolute gamma floor of step/hpcm (default: final ratio * gamma; hpcm 0.0005)")
-    group.add_argument("--gamma_cv_window", type=number(int, minimum=2), default=50,
-                       help="adaptive: number of recent validation losses in the CV (default: 50)")
-    group.add_argument("--weight_update_every", type=number(int, minimum=1), default=1,
-                       help="cheaper delta: update the task weights every k-th step only (default: 1 = exact)")
-    group.add_argument("--delta_subset", type=number(int, minimum=0), default=0,
-                       help="cheaper delta: re-evaluate only the first N samples of the batch (default: 0 = "
-                            "whole batch)")
-    bool_flag(group, "--share_noise", False,
-              "re-evaluate the batch with the same quantisation noise as the training forward")
-
-
-def optimizer_name(args: argparse.Namespace) -> str:
+def optimizer_name(args: OptimizerConfig) -> str:
     """The optimizer to build: ``--use_balanced`` means ``--optimizer balanced`` and refuses any other choice."""
     name = getattr(args, "optimizer", None)
     if getattr(args, "use_balanced", False):
@@ -164,23 +109,23 @@ def optimizer_name(args: argparse.Namespace) -> str:
     return name
 
 
-def with_optimizer(args: argparse.Namespace, name: str, defaults: dict) -> argparse.Namespace:
-    """A copy of ``args`` that trains with optimizer ``name``, the flags only other optimizers read back at ``defaults``."""
-    values = vars(args).copy()
-    for dest in {dest for entry in OPTIMIZERS.values() for dest in entry.options} - set(OPTIMIZERS[name].options):
-        values[dest] = defaults[dest]
-    values.update(optimizer=name, use_balanced=False)
-    return argparse.Namespace(**values)
+def with_optimizer(config: OptimizerConfig, name: str) -> OptimizerConfig:
+    """A copy of ``config`` that trains with optimizer ``name``, the options only other optimizers read at their defaults."""
+    defaults = dataclasses.asdict(OptimizerConfig())
+    others = {dest for entry in OPTIMIZERS.values() for dest in entry.options} - set(OPTIMIZERS[name].options)
+    return dataclasses.replace(config, optimizer=name, use_balanced=False, **{dest: defaults[dest] for dest in others})
 
 
-def gamma_strategy(args: argparse.Namespace) -> str:
+def gamma_strategy(args: OptimizerConfig) -> str:
     return args.gamma_strategy or ("cosine" if args.adaptive_gamma else "constant")
 
 
-def check_flags(args: argparse.Namespace, defaults: dict) -> None:
-    """Refuse optimizer and γ-schedule flags that the chosen variant would ignore (values differing from ``defaults``)."""
+def check_flags(args: OptimizerConfig) -> None:
+    """Refuse optimizer and γ-schedule options that the chosen variant would ignore (values differing from the defaults)."""
+    defaults = dataclasses.asdict(OptimizerConfig())
+
     def given(dest: str) -> bool:
-        return dest in defaults and getattr(args, dest, defaults[dest]) != defaults[dest]
+        return getattr(args, dest, defaults[dest]) != defaults[dest]
 
     name = optimizer_name(args)
     used = set(OPTIMIZERS[name].options)
@@ -199,7 +144,7 @@ def check_flags(args: argparse.Namespace, defaults: dict) -> None:
                             f"--gamma_strategy {', '.join(owners)}); drop it or choose one of those")
 
 
-def build_optimizer(params: Iterable, args: argparse.Namespace, n_tasks: int, lr: float,
+def build_optimizer(params: Iterable, args: OptimizerConfig, n_tasks: int, lr: float,
                     task_names: Sequence[str] | None = None) -> tuple[torch.optim.Optimizer, str]:
     """The optimizer chosen by the flags over ``params`` (model parameters only, no quantiles) and its update rule."""
     entry = OPTIMIZERS[optimizer_name(args)]
@@ -209,7 +154,7 @@ def build_optimizer(params: Iterable, args: argparse.Namespace, n_tasks: int, lr
         raise UserError(f"--optimizer {entry.name}: {exc}") from exc
 
 
-def build_gamma_schedule(args: argparse.Namespace, optimizer: torch.optim.Optimizer,
+def build_gamma_schedule(args: OptimizerConfig, optimizer: torch.optim.Optimizer,
                          total_epochs: int | None = None) -> GammaSchedule | None:
     """The per-epoch gamma schedule for a Balanced optimizer (None for other optimizers)."""
     if not isinstance(optimizer, Balanced):
@@ -218,14 +163,14 @@ def build_gamma_schedule(args: argparse.Namespace, optimizer: torch.optim.Optimi
         return None
     strategy = gamma_strategy(args)
     keywords = {keyword: getattr(args, flag) for flag, keyword in _GAMMA_SCHEDULE_FLAGS.items()}
-    keywords["total_epochs"] = total_epochs if total_epochs is not None else getattr(args, "epochs", None)
+    keywords["total_epochs"] = total_epochs
     try:
         return make_gamma_schedule(strategy, optimizer, **keywords)
     except ValueError as exc:
         raise UserError(f"--gamma_strategy {strategy}: {exc}") from exc
 
 
-def step_options(args: argparse.Namespace) -> dict:
+def step_options(args: OptimizerConfig) -> dict:
     """Keyword arguments of :func:`common.train.step.training_step` chosen by the flags."""
     if args.weight_update_every < 1 or args.delta_subset < 0:
         raise UserError(f"--weight_update_every must be >= 1 and --delta_subset >= 0, got "

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
 from typing import Sequence
 
 from common.cli import DefaultsHelpFormatter, OneLineErrorParser, bool_flag, number, str2bool
+from common.train.config import TrainConfig
 from common.train.optimizers import OPTIMIZERS
 from common.train.precision import LOCAL_FP32_MODES
 
@@ -93,8 +93,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from common import data, losses, qat, replace
-    from common.train import optimizers
+    from common import flags
 
     parser = OneLineErrorParser(
         prog="python -m common.train",
@@ -102,11 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "R-D optimizer. With no data flag it trains on the embedded sample photos.",
         formatter_class=DefaultsHelpFormatter)
     add_engine_arguments(parser)
-    data.add_arguments(parser.add_argument_group("data"))
-    losses.add_arguments(parser.add_argument_group("loss"))
-    replace.add_arguments(parser.add_argument_group("layer replacement (NPU recipes)"))
-    qat.add_arguments(parser.add_argument_group("quantization-aware training"))
-    optimizers.add_arguments(parser.add_argument_group("balanced R-D optimizer"))
+    flags.add_data_arguments(parser.add_argument_group("data"))
+    flags.add_loss_arguments(parser.add_argument_group("loss"))
+    flags.add_replace_arguments(parser.add_argument_group("layer replacement (NPU recipes)"))
+    flags.add_qat_arguments(parser.add_argument_group("quantization-aware training"))
+    flags.add_optimizer_arguments(parser.add_argument_group("balanced R-D optimizer"))
     return parser
 
 
@@ -140,7 +139,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@functools.lru_cache(maxsize=1)
-def flag_defaults() -> dict:
-    """Every training flag's default (by argparse dest): a value that differs was given by the user."""
-    return vars(build_parser().parse_args([]))
+def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """The run's typed configuration from command-line flags (see :func:`parse_args` for ``--resume``)."""
+    return TrainConfig.from_flat(vars(parse_args(argv)))
