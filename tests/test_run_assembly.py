@@ -184,3 +184,10 @@ def test_trainer_takes_a_typed_config(image_dirs, tmp_path):  # noqa: F811
 
     with pytest.raises(TypeError, match="TrainConfig"):
         Trainer(argparse.Namespace(model="bmshj2018-factorized-tiny"))
+
+
+def test_quality_for_a_model_without_qualities_is_one_line_error(image_dirs, tmp_path):  # noqa: F811
+    args = train_args(image_dirs, tmp_path, "--steps", "1", "--quality", "3")
+    args.model.model = "bmshj2018-factorized-tiny"
+    with pytest.raises(UserError, match="--quality does not apply to bmshj2018-factorized-tiny; drop it"):
+        Trainer(args)
