@@ -21,7 +21,7 @@ from pathlib import Path
 from torch import nn
 
 from common import qat
-from common.checkpoint import CHECKPOINT_FORMAT, extract_state_dict, load_file
+from common.checkpoint import CHECKPOINT_FORMAT, extract_state_dict, load_file, load_state_dict
 from common.errors import UserError
 from common.models import build, entry
 from common.replace import apply_config, architecture
@@ -29,6 +29,42 @@ from common.replace import apply_config, architecture
 DEFAULT_MODEL = "bmshj2018-factorized"
 # Keyword arguments that describe where weights came from, not the architecture.
 _SOURCE_KWARGS = ("pretrained", "checkpoint", "trust_checkpoint")
+
+
+def build_with_weights(name: str, *, pretrained: bool = False, checkpoint: str | None = None, trust: bool = False,
+                       metric: str = "mse", **kwargs) -> nn.Module:
+    """Model ``name`` with published weights (``pretrained``, of ``metric``) or those of a state-dict file.
+
+    The registry's facts decide how: where the published weights are, how foreign key names convert, and
+    for models whose size the weights decide, which model fits them (``kwargs`` are then unused). Weights
+    load strictly; every failure is one line naming the file.
+    """
+    model_entry = entry(name)
+    if pretrained and checkpoint:
+        raise UserError("give either pretrained weights or --checkpoint, not both")
+    if pretrained:
+        if model_entry.published_weights is None:
+            raise UserError(f"{name} has no published weights; pass its weights with --checkpoint PATH")
+        path = model_entry.published_weights(kwargs.get("quality", 1), metric)
+        if not path.is_file():
+            raise UserError(f"pretrained weights not found: put {path.name} (from compressai's model zoo) in "
+                            f"{path.parent}/ or pass --checkpoint PATH")
+    else:
+        path = Path(checkpoint)
+    state = load_state_dict(path, trust=trust)
+    if model_entry.convert_state_dict:
+        state = model_entry.convert_state_dict(state)
+    if model_entry.from_state_dict and not pretrained:
+        try:
+            return model_entry.from_state_dict(state)
+        except UserError as exc:
+            raise UserError(f"{path} does not fit {name}: {exc}") from exc
+    model = model_entry.build(**kwargs)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{path} does not fit {name} ({' '.join(str(exc).split())[:300]})") from exc
+    return model
 
 
 def is_training_checkpoint(obj) -> bool:
@@ -89,17 +125,17 @@ def load_model(name: str | None = None, *, quality: int | None = None, pretraine
 
     - ``checkpoint`` is one of our training checkpoints: name, kwargs, replace and QAT configs come from it
       (``name``, if given, must agree; ``replace`` must be None).
-    - ``checkpoint`` is a raw/zoo state dict: ``build(name, checkpoint=...)``; with ``replace`` the
+    - ``checkpoint`` is a raw/zoo state dict: :func:`build_with_weights`; with ``replace`` the
       replaced architecture is rebuilt first (quality inferred from the conv sizes for bmshj2018); if the
       weights are those of the unreplaced model, they load first and the replacement follows (warning).
-    - no checkpoint: ``build(name, quality=quality, pretrained=pretrained)``, then ``replace`` if given.
+    - no checkpoint: the architecture at ``quality``, with its published weights if ``pretrained``, then ``replace``.
     """
     if checkpoint is None:
         name = name or DEFAULT_MODEL
         if pretrained and not entry(name).published_weights:
             raise UserError(f"{name} has no published weights; pass its weights with --checkpoint PATH")
-        source = {"pretrained": True} if pretrained else {}
-        model = build(name, **_architecture_kwargs(name, quality), **source)
+        model = (build_with_weights(name, pretrained=True, **_architecture_kwargs(name, quality)) if pretrained
+                 else build(name, **_architecture_kwargs(name, quality)))
         return apply_config(model, replace).eval()
     if pretrained:
         raise UserError("give either pretrained weights or a checkpoint, not both")
@@ -109,7 +145,7 @@ def load_model(name: str | None = None, *, quality: int | None = None, pretraine
     name = name or DEFAULT_MODEL
     if replace is None:
         try:
-            return build(name, checkpoint=checkpoint, trust_checkpoint=trust).eval()
+            return build_with_weights(name, checkpoint=checkpoint, trust=trust).eval()
         except UserError as exc:
             raise UserError(f"{exc}; if these are weights of a replaced model, pass the --replace_parts/--act/"
                             "--decoder_upsample flags it was trained with") from exc
@@ -121,7 +157,7 @@ def load_model(name: str | None = None, *, quality: int | None = None, pretraine
         # Weights of the original architecture (e.g. a zoo GDN model): load them, then replace (seed 003's
         # "apply --replace_parts before export"); the new layers keep their own initialisation.
         try:
-            model = apply_config(build(name, checkpoint=checkpoint, trust_checkpoint=trust), replace)
+            model = apply_config(build_with_weights(name, checkpoint=checkpoint, trust=trust), replace)
         except UserError:
             raise replaced_error from None
         warnings.warn(f"{checkpoint} holds weights of the unreplaced model; the replaced layers are freshly "

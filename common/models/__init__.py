@@ -6,13 +6,16 @@ Every registered model has ``forward(x) -> {"x_hat", "likelihoods": {...}}``, ``
 - ``forward_multiple``: H and W given to ``forward`` must be multiples of it;
 - ``eval_pad_multiple``: evaluation pads images to a multiple of it (the published protocol).
 
-Each :class:`ModelEntry` also states the facts that loaders need about the model: whether published weights
-exist for it and how a state dict tells its quality level (models with qualities only).
+Builders only build architectures (no file I/O). Each :class:`ModelEntry` also states the facts that
+loaders need about the model: where its published weights are, how a state dict tells its quality level,
+how a state dict decides its size, how foreign key names convert. :func:`build` with ``pretrained`` or
+``checkpoint`` hands the loading to :mod:`common.assembly`.
 """
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from torch import nn
@@ -25,10 +28,14 @@ class ModelEntry:
 
     name: str
     build: Callable[..., nn.Module]
-    # build(pretrained=True) loads published weights from the local torch.hub cache (never downloaded).
-    published_weights: bool = False
+    # Where the published weights of (quality, metric) are in the local torch.hub cache (never downloaded).
+    published_weights: Callable[[int, str], Path] | None = None
     # The quality level a state dict of this model was built at (None: no quality matches), for models with one.
     quality_of: Callable[[dict], int | None] | None = None
+    # The model that fits a state dict, for models whose size the weights decide.
+    from_state_dict: Callable[[dict], nn.Module] | None = None
+    # Key names of other releases (e.g. compressai's zoo) converted to this model's.
+    convert_state_dict: Callable[[dict], dict] | None = None
 
     @property
     def has_quality(self) -> bool:
@@ -38,14 +45,13 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, published_weights: bool = False,
-                   quality_of: Callable[[dict], int | None] | None = None):
-    """Decorator that adds a model builder to the registry under ``name``, with its facts."""
+def register_model(name: str, **facts):
+    """Decorator that adds a model builder to the registry under ``name``, with its facts (see ModelEntry)."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, published_weights, quality_of)
+        _REGISTRY[name] = ModelEntry(name, builder, **facts)
         return builder
 
     return decorator
@@ -72,9 +78,21 @@ def accepts(name: str, argument: str) -> bool:
     return argument in inspect.signature(entry(name).build).parameters
 
 
-def build(name: str, **kwargs) -> nn.Module:
-    """Build the registered model ``name``; unknown names raise a one-line :class:`UserError`."""
-    return entry(name).build(**kwargs)
+def build(name: str, *, pretrained: bool = False, checkpoint: str | None = None, trust_checkpoint: bool = False,
+          metric: str = "mse", **kwargs) -> nn.Module:
+    """Build the registered model ``name`` with architecture ``kwargs``, fresh or with weights.
+
+    ``pretrained`` loads the published weights of ``metric`` from the torch.hub cache, ``checkpoint`` a state
+    dict or one of our checkpoints (see :func:`common.assembly.build_with_weights`). Unknown names raise a
+    one-line :class:`UserError`.
+    """
+    model = entry(name)
+    if pretrained or checkpoint:
+        from common.assembly import build_with_weights
+
+        return build_with_weights(name, pretrained=pretrained, checkpoint=checkpoint, trust=trust_checkpoint,
+                                  metric=metric, **kwargs)
+    return model.build(**kwargs)
 
 
 # Registration happens on import of each model module.

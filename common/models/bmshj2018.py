@@ -8,7 +8,6 @@ from compressai.models import FactorizedPrior
 from compressai.zoo import load_state_dict as zoo_convert_state_dict
 from compressai.zoo.image import cfgs, model_urls
 
-from common.checkpoint import load_state_dict
 from common.errors import UserError
 from common.models import register_model
 
@@ -64,42 +63,29 @@ def _annotate(model: FactorizedPrior) -> FactorizedPrior:
     return model
 
 
-@register_model(ARCH, published_weights=True, quality_of=quality_of_state_dict)
-def build_bmshj2018_factorized(quality: int = 1, pretrained: bool = False, checkpoint: str | None = None,
-                               metric: str = "mse", trust_checkpoint: bool = False) -> FactorizedPrior:
-    """Build the model at ``quality`` (1–8).
+def from_state_dict(state_dict: dict) -> FactorizedPrior:
+    """The FactorizedPrior whose N and M are those of ``state_dict`` (our key names), with its weights."""
+    try:
+        return _annotate(FactorizedPrior.from_state_dict(state_dict))
+    except (KeyError, RuntimeError) as exc:
+        raise UserError(f"not a {ARCH} state dict ({str(exc).splitlines()[0]})") from exc
 
-    ``pretrained`` loads compressai's published weights from the torch.hub cache (never downloads);
-    ``checkpoint`` loads a state dict or one of our training checkpoints (its N/M decide the size).
-    """
-    if pretrained and checkpoint:
-        raise UserError("give either pretrained weights or --checkpoint, not both")
-    if checkpoint:
-        state = zoo_convert_state_dict(load_state_dict(checkpoint, trust=trust_checkpoint))
-        try:
-            model = FactorizedPrior.from_state_dict(state)
-        except (KeyError, RuntimeError) as exc:
-            raise UserError(f"{checkpoint} is not a {ARCH} checkpoint ({str(exc).splitlines()[0]})") from exc
-        return _annotate(model)
-    n, m = channels(quality)
-    model = FactorizedPrior(n, m)
-    if pretrained:
-        path = pretrained_path(quality, metric)
-        if not path.is_file():
-            raise UserError(f"pretrained weights not found: put {path.name} (from compressai's model zoo) in "
-                            f"{path.parent}/ or pass --checkpoint PATH")
-        model.load_state_dict(zoo_convert_state_dict(load_state_dict(path, trust=trust_checkpoint)))
-    return _annotate(model)
+
+_WEIGHT_FACTS = dict(from_state_dict=from_state_dict, convert_state_dict=zoo_convert_state_dict)
+
+
+@register_model(ARCH, published_weights=pretrained_path, quality_of=quality_of_state_dict, **_WEIGHT_FACTS)
+def build_bmshj2018_factorized(quality: int = 1) -> FactorizedPrior:
+    """The model at ``quality`` (1–8), freshly initialised."""
+    return _annotate(FactorizedPrior(*channels(quality)))
 
 
 def _register_size(suffix: str, sizes: tuple[int, int], summary: str) -> None:
-    def build(checkpoint: str | None = None, trust_checkpoint: bool = False) -> FactorizedPrior:
-        if checkpoint:
-            return build_bmshj2018_factorized(checkpoint=checkpoint, trust_checkpoint=trust_checkpoint)
+    def build() -> FactorizedPrior:
         return _annotate(FactorizedPrior(*sizes))
 
     build.__doc__ = f"bmshj2018-factorized with N={sizes[0]}, M={sizes[1]}: {summary}"
-    register_model(f"{ARCH}-{suffix}")(build)
+    register_model(f"{ARCH}-{suffix}", **_WEIGHT_FACTS)(build)
 
 
 _register_size("tiny", TINY_CHANNELS, "the same layer structure at about 1 % of quality 1's MACs (tests)")
