@@ -22,14 +22,14 @@ adaptive   clip(cosine(e) * k, r * gamma0, 1.5 * gamma0), k = 0.8 if CV < ``cv_l
 """
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 
-GAMMA_STRATEGIES = ("constant", "linear", "cosine", "step", "hpcm", "adaptive")
 HPCM_MILESTONES = (500, 1500, 2750)
 HPCM_MIN_GAMMA = 0.0005
 
@@ -171,33 +171,52 @@ class AdaptiveGamma(_AnnealedGamma):
         super().load_state_dict(state)
 
 
-# The keyword arguments of make_gamma_schedule each strategy reads (the others it ignores).
+def _constant(optimizer) -> GammaSchedule:
+    return ConstantGamma(optimizer)
+
+
+def _linear(optimizer, total_epochs: int | None = None, final_ratio: float = 0.2,
+            warmup_epochs: int = 0) -> GammaSchedule:
+    return LinearGamma(optimizer, total_epochs, final_ratio, warmup_epochs)
+
+
+def _cosine(optimizer, total_epochs: int | None = None, final_ratio: float = 0.2,
+            warmup_epochs: int = 0) -> GammaSchedule:
+    return CosineGamma(optimizer, total_epochs, final_ratio, warmup_epochs)
+
+
+def _step(optimizer, milestones: Sequence[int] = (1000, 2000, 2500), step_factor: float = 0.5,
+          final_ratio: float = 0.2, min_gamma: float | None = None) -> GammaSchedule:
+    return StepGamma(optimizer, milestones, step_factor, final_ratio, min_gamma)
+
+
+def _hpcm(optimizer, final_ratio: float = 0.2, min_gamma: float | None = None) -> GammaSchedule:
+    return StepGamma(optimizer, HPCM_MILESTONES, 0.5, final_ratio, HPCM_MIN_GAMMA if min_gamma is None else min_gamma)
+
+
+def _adaptive(optimizer, total_epochs: int | None = None, final_ratio: float = 0.2, warmup_epochs: int = 0,
+              cv_window: int = 50) -> GammaSchedule:
+    return AdaptiveGamma(optimizer, total_epochs, final_ratio, warmup_epochs, cv_window)
+
+
+# The registry: each strategy's builder; its keyword arguments are the options it reads.
+GAMMA_SCHEDULES: dict[str, Callable[..., GammaSchedule]] = {
+    "constant": _constant, "linear": _linear, "cosine": _cosine, "step": _step, "hpcm": _hpcm,
+    "adaptive": _adaptive}
+GAMMA_STRATEGIES = tuple(GAMMA_SCHEDULES)
 GAMMA_SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "constant": (),
-    "linear": ("total_epochs", "final_ratio", "warmup_epochs"),
-    "cosine": ("total_epochs", "final_ratio", "warmup_epochs"),
-    "step": ("milestones", "step_factor", "final_ratio", "min_gamma"),
-    "hpcm": ("final_ratio", "min_gamma"),
-    "adaptive": ("total_epochs", "final_ratio", "warmup_epochs", "cv_window"),
-}
+    name: tuple(inspect.signature(builder).parameters)[1:] for name, builder in GAMMA_SCHEDULES.items()}
 
 
-def make_gamma_schedule(name: str, optimizer, total_epochs: int | None = None, final_ratio: float = 0.2,
-                        warmup_epochs: int = 0, milestones: Sequence[int] = (1000, 2000, 2500),
-                        step_factor: float = 0.5, min_gamma: float | None = None, cv_window: int = 50
-                        ) -> GammaSchedule:
-    """Build the schedule ``name`` (one of :data:`GAMMA_STRATEGIES`) for ``optimizer``."""
-    if name == "constant":
-        return ConstantGamma(optimizer, final_ratio)
-    if name == "linear":
-        return LinearGamma(optimizer, total_epochs, final_ratio, warmup_epochs)
-    if name == "cosine":
-        return CosineGamma(optimizer, total_epochs, final_ratio, warmup_epochs)
-    if name == "step":
-        return StepGamma(optimizer, milestones, step_factor, final_ratio, min_gamma)
-    if name == "hpcm":
-        return StepGamma(optimizer, HPCM_MILESTONES, 0.5, final_ratio,
-                         HPCM_MIN_GAMMA if min_gamma is None else min_gamma)
-    if name == "adaptive":
-        return AdaptiveGamma(optimizer, total_epochs, final_ratio, warmup_epochs, cv_window)
-    raise ValueError(f"unknown gamma strategy {name!r}; choose one of: {', '.join(GAMMA_STRATEGIES)}")
+def make_gamma_schedule(name: str, optimizer, **options) -> GammaSchedule:
+    """Build the schedule ``name`` (one of :data:`GAMMA_STRATEGIES`) for ``optimizer``.
+
+    ``options`` are keyword arguments of the strategies (:data:`GAMMA_SCHEDULE_OPTIONS`); each strategy takes
+    the ones it reads and ignores the others.
+    """
+    if name not in GAMMA_SCHEDULES:
+        raise ValueError(f"unknown gamma strategy {name!r}; choose one of: {', '.join(GAMMA_STRATEGIES)}")
+    known = {option for names in GAMMA_SCHEDULE_OPTIONS.values() for option in names}
+    if set(options) - known:
+        raise TypeError(f"unknown gamma schedule option(s): {', '.join(sorted(set(options) - known))}")
+    return GAMMA_SCHEDULES[name](optimizer, **{k: v for k, v in options.items() if k in GAMMA_SCHEDULE_OPTIONS[name]})

@@ -12,7 +12,7 @@ from balanced_rd.gamma import GAMMA_STRATEGIES
 from common.cli import bool_flag, number, str2bool
 from common.data import DEFAULT_CACHE_MB, DEFAULT_PATCH_SIZE, DEFAULT_VAL_RATIO, default_num_workers
 from common.data.images import DEFAULT_MAX_IMAGE_PIXELS
-from common.losses import LOSS_TYPES
+from common.losses import CRITERIA
 from common.qat import ACT_OBSERVERS, EMA_AVERAGING_CONSTANT, QAT_SCOPES
 from common.qat import DEFAULTS as QAT_DEFAULTS
 from common.replace import (ACT_TYPES, DEC_DEFAULTS, ENC_DEFAULTS, PARTS, TRAIN_SCOPES, UPSAMPLE_MODES,
@@ -67,7 +67,7 @@ def add_pixel_limit_argument(parser) -> None:
 
 def add_loss_arguments(parser) -> None:
     """Add the loss flags to ``parser`` (an ArgumentParser or an argument group)."""
-    parser.add_argument("--loss_type", choices=LOSS_TYPES, default="mse",
+    parser.add_argument("--loss_type", choices=tuple(CRITERIA), default="mse",
                         help="mse: lambda*255^2*MSE + bpp; recon: a*L1 + (1-a)(1-MS-SSIM); "
                              "rd: recon + lambda_bpp*bpp")
     parser.add_argument("--lambda", dest="lmbda", type=number(float, minimum=0), default=0.0130,

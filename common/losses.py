@@ -24,6 +24,7 @@ MS-SSIM inputs are clamped to [0, 1] (seed 003); L1 and MSE use the raw reconstr
 """
 from __future__ import annotations
 
+import inspect
 import math
 from contextlib import contextmanager
 from typing import Mapping
@@ -41,7 +42,6 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MS_SSIM_WINDOW = 11
 MS_SSIM_SIGMA = 1.5
 HPCM_RATE_PARTS = ("z", "y_s1", "y_s2", "y_s3")
-LOSS_TYPES = ("mse", "recon", "rd")
 
 
 @contextmanager
@@ -270,8 +270,26 @@ class DistillationLoss(_TaskCriterion):
 # ---------------------------------------------------------------------------------- CLI
 
 
-# The LossConfig fields (flag names) each --loss_type reads; --hierarchical_tasks is checked by the criteria themselves.
-LOSS_OPTIONS = {"mse": ("lmbda",), "recon": ("alpha_l1",), "rd": ("alpha_l1", "lambda_bpp")}
+def _mse(lmbda: float, hierarchical_tasks: bool) -> _TaskCriterion:
+    return RateDistortionLoss(lmbda, hierarchical_tasks)
+
+
+def _recon(alpha_l1: float, hierarchical_tasks: bool) -> _TaskCriterion:
+    if hierarchical_tasks:
+        raise UserError("--hierarchical_tasks splits the rate, but --loss_type recon has no rate term: "
+                        "use --loss_type mse or rd")
+    return ReconstructionLoss(alpha_l1)
+
+
+def _recon_rate(alpha_l1: float, lambda_bpp: float, hierarchical_tasks: bool) -> _TaskCriterion:
+    return ReconRateLoss(alpha_l1, lambda_bpp, hierarchical_tasks)
+
+
+# The registry of --loss_type: each criterion's builder; its keyword arguments are the LossConfig fields it
+# reads (every criterion gets hierarchical_tasks, which decides how the rate is split into tasks).
+CRITERIA = {"mse": _mse, "recon": _recon, "rd": _recon_rate}
+LOSS_OPTIONS = {name: tuple(p for p in inspect.signature(builder).parameters if p != "hierarchical_tasks")
+                for name, builder in CRITERIA.items()}
 
 
 def check_flags(config: LossConfig, distill: bool = False) -> None:
@@ -292,16 +310,12 @@ def check_flags(config: LossConfig, distill: bool = False) -> None:
 
 
 def criterion_from_args(args: LossConfig) -> _TaskCriterion:
-    """The criterion selected by the flags of :func:`add_arguments`."""
+    """The criterion of ``args.loss_type`` (a :data:`CRITERIA` entry) with the options it reads."""
     if args.lmbda < 0 or args.lambda_bpp < 0:
         raise UserError("--lambda and --lambda_bpp must be >= 0")
     if not 0.0 <= args.alpha_l1 <= 1.0:
         raise UserError(f"--alpha_l1 must be in [0, 1], got {args.alpha_l1}")
-    if args.loss_type == "mse":
-        return RateDistortionLoss(args.lmbda, args.hierarchical_tasks)
-    if args.loss_type == "recon":
-        if args.hierarchical_tasks:
-            raise UserError("--hierarchical_tasks splits the rate, but --loss_type recon has no rate term: "
-                            "use --loss_type mse or rd")
-        return ReconstructionLoss(args.alpha_l1)
-    return ReconRateLoss(args.alpha_l1, args.lambda_bpp, args.hierarchical_tasks)
+    if args.loss_type not in CRITERIA:
+        raise UserError(f"unknown --loss_type {args.loss_type!r}; choose one of: {', '.join(CRITERIA)}")
+    builder = CRITERIA[args.loss_type]
+    return builder(**{name: getattr(args, name) for name in inspect.signature(builder).parameters})
