@@ -24,7 +24,7 @@ from common import qat
 from common.checkpoint import CHECKPOINT_FORMAT, extract_state_dict, load_file, load_state_dict
 from common.errors import UserError
 from common.models import build, entry
-from common.replace import apply_config, architecture
+from common.replace import apply_config, architecture, with_scope
 
 DEFAULT_MODEL = "bmshj2018-factorized"
 # Keyword arguments that describe where weights came from, not the architecture.
@@ -193,9 +193,13 @@ def start_from_weights(name: str, quality: int | None, *, pretrained: bool, chec
     model = load_model(name, quality=quality, pretrained=pretrained, checkpoint=checkpoint, trust=trust)
     inherited = load_file(checkpoint, trust=trust) if checkpoint else None
     applied = {key: inherited.get(key) if is_training_checkpoint(inherited) else None for key in ("replace", "qat")}
-    for key, wanted, flag in (("replace", replace, "--replace_parts/--act"), ("qat", qat_config, "--qat")):
-        if applied[key] and wanted and wanted != applied[key]:
-            raise UserError(f"{checkpoint} was trained with another {key} recipe; drop {flag}")
+    if applied["replace"] and replace:
+        # The recorded architecture stays; what trains is the new run's choice (e.g. --freeze_igdn).
+        if architecture(replace) not in (None, architecture(applied["replace"])):
+            raise UserError(f"{checkpoint} was trained with another replace recipe; drop --replace_parts/--act")
+        applied["replace"] = with_scope(applied["replace"], replace)
+    if applied["qat"] and qat_config and qat_config != applied["qat"]:
+        raise UserError(f"{checkpoint} was trained with another qat recipe; drop --qat")
     if replace and not applied["replace"]:
         if applied["qat"]:
             raise UserError(f"{checkpoint} is a QAT model; layers cannot be replaced after QAT")

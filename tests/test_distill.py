@@ -60,6 +60,25 @@ def test_distill_then_finetune(teacher):
     assert {"g_s.0.conv.weight", "g_s.6.conv.weight"} <= set(student["state_dict"])
 
 
+def test_finetune_with_frozen_igdns_as_the_readme_documents(teacher):
+    # README: the fine-tuning command plus "--decoder_upsample true --freeze_igdn true" freezes the IGDNs. It
+    # failed with "was trained with another replace recipe": the student's recorded scope was compared too.
+    root, train, test = teacher
+    distill_dir = root / "distill_frozen"
+    Trainer(flags(train, test, distill_dir, "--distill", "--checkpoint", str(root / "teacher/last.pt"),
+                  "--steps", "2", "--lr", "2e-3", "--val_every", "1")).fit()
+    trainer = Trainer(flags(train, test, root / "ft_frozen", "--resume_student", str(distill_dir / "best_msssim.pt"),
+                            "--loss_type", "recon", "--steps", "2", "--decoder_upsample", "true",
+                            "--freeze_igdn", "true"))
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.endswith((".beta", ".gamma")) for n in trainable)  # no GDN/IGDN trains
+    assert trainer.replace_config["decoder_upsample"] and trainer.replace_config["freeze_igdn"]
+    trainer.fit()
+    with pytest.raises(Exception, match="another replace recipe"):  # a different architecture is still refused
+        Trainer(flags(train, test, root / "ft_relu", "--resume_student", str(distill_dir / "best_msssim.pt"),
+                      "--steps", "1", "--act", "relu", "--replace_parts", "decoder"))
+
+
 def test_distill_needs_teacher_weights(teacher):
     root, train, test = teacher
     with pytest.raises(Exception, match="teacher"):

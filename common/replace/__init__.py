@@ -176,6 +176,14 @@ def apply_config(model: nn.Module, config: dict | None) -> nn.Module:
     return model
 
 
+SCOPE_KEYS = ("train_scope", "train_igdn", "freeze_igdn", "unfreeze_all")
+
+
+def with_scope(config: dict, scope_of: dict) -> dict:
+    """``config``'s architecture with the trainable scope of ``scope_of`` (both replace configs)."""
+    return {**config, **{key: scope_of[key] for key in SCOPE_KEYS}}
+
+
 def architecture(config: dict | None) -> dict | None:
     """The part of a replace config that determines the architecture (not the trainable scope)."""
     if config is None or (config["replace_parts"] == "none" and not config["decoder_upsample"]):
