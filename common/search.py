@@ -9,7 +9,10 @@ at the same λ compare directly. A space is ``name=log:LOW:HIGH``, ``name=float:
 ``name=int:LOW:HIGH`` or ``name=choice:A,B,C``; with ``--sampler grid`` every space must be a choice list
 and the study runs the full grid (the seed's phase-1 γ × w_lr search is a grid of 4 × 3).
 Interrupted studies continue where they stopped (same ``--out_dir``); a finished study only reprints its
-table. Results: ``study.db``, ``trials.csv`` and the printed table.
+table. A resumed TPE study draws new values (its sampler seed counts the trials already in the study).
+``--storage URL`` takes any optuna RDB URL (default: ``sqlite:///OUT_DIR/study.db``): several processes or
+machines given the same URL and ``--study_name`` work on one study, and each stops once the study holds
+``--trials`` finished trials (a trial another process has started still finishes). Results: the study, ``trials.csv``, ``trials.md`` (ranked) and the printed table.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Sequence
 from common.cli import OneLineErrorParser, number, parse_with_train_flags, run_main
 from common.paths import output_dir
 from common.errors import UserError
+from common.rd import format_markdown
 
 KINDS = ("log", "float", "int", "choice")
 
@@ -65,6 +69,9 @@ def search_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out_dir", default="runs/search")
     parser.add_argument("--study_name", default="search")
     parser.add_argument("--search_seed", type=int, default=0, help="sampler seed")
+    parser.add_argument("--storage", default=None, metavar="URL",
+                        help="optuna RDB URL shared by every process of the study, e.g. "
+                             "postgresql://user@host/db (default: sqlite:///OUT_DIR/study.db)")
     return parser
 
 
@@ -88,21 +95,30 @@ def run_study(args: argparse.Namespace, train_argv: list[str]):
     # Validates the pass-through flags, and the search's first values, up front.
     build_parser().parse_args(train_argv + [f"--{name}={values[0]}" for name, _, values in spaces])
     out_dir = output_dir(args.out_dir, "--out_dir")
-    if args.sampler == "grid":
-        if any(kind != "choice" for _, kind, _ in spaces):
-            raise UserError("--sampler grid needs choice spaces only (name=choice:a,b,c)")
-        sampler = optuna.samplers.GridSampler({name: values for name, _, values in spaces}, seed=args.search_seed)
-        total = math.prod(len(values) for _, _, values in spaces)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=args.search_seed)
-        total = args.trials or 10
+    if args.sampler == "grid" and any(kind != "choice" for _, kind, _ in spaces):
+        raise UserError("--sampler grid needs choice spaces only (name=choice:a,b,c)")
+    total = math.prod(len(values) for _, _, values in spaces) if args.sampler == "grid" else args.trials or 10
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=args.study_name, storage=f"sqlite:///{out_dir / 'study.db'}",
-                                sampler=sampler, direction="minimize", load_if_exists=True)
-    # A trial killed mid-run stays RUNNING in the database; it is counted as failed and run again.
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    storage = args.storage or f"sqlite:///{out_dir / 'study.db'}"
+    try:
+        study = optuna.create_study(study_name=args.study_name, storage=storage, direction="minimize",
+                                    load_if_exists=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to open the user's storage URL (driver, dialect, access)
+        raise UserError(f"--storage {storage}: {' '.join(str(exc).split())[:200]}") from exc
+    if args.sampler == "grid":
+        study.sampler = optuna.samplers.GridSampler({name: values for name, _, values in spaces},
+                                                    seed=args.search_seed)
+    else:
+        # Seeded by how many trials the study holds, so that a resumed (or second) process does not draw
+        # the same values as the first one did.
+        study.sampler = optuna.samplers.TPESampler(seed=args.search_seed + len(study.get_trials(deepcopy=False)))
+    # A trial killed mid-run stays RUNNING in the database; it is counted as failed and run again. (With
+    # several processes on one study, start them together: a late start would fail the others' running trials.)
+    if args.storage is None:
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=finished_states))
 
     def objective(trial) -> float:
         values = [f"--{name}={suggest(trial, name, kind, v)}" for name, kind, v in spaces]
@@ -122,7 +138,9 @@ def run_study(args: argparse.Namespace, train_argv: list[str]):
         return val["loss"]
 
     if done < total:
-        study.optimize(objective, n_trials=total - done)
+        # Every process stops once the study as a whole holds ``total`` finished trials.
+        study.optimize(objective, n_trials=total - done,
+                       callbacks=[optuna.study.MaxTrialsCallback(total, states=finished_states)])
     return study
 
 
@@ -136,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = table.sort_values("value")
     path = Path(args.out_dir) / "trials.csv"
     table.to_csv(path, index=False)
+    ranked = table.astype(object).where(table.notna(), float("nan"))
+    (Path(args.out_dir) / "trials.md").write_text(format_markdown(ranked.to_dict("records")) + "\n")
     print(table.to_string(index=False))
     import optuna
 
