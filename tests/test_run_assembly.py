@@ -191,3 +191,23 @@ def test_quality_for_a_model_without_qualities_is_one_line_error(image_dirs, tmp
     args.model.model = "bmshj2018-factorized-tiny"
     with pytest.raises(UserError, match="--quality does not apply to bmshj2018-factorized-tiny; drop it"):
         Trainer(args)
+
+
+def test_the_official_hpcm_train_flags_are_accepted(image_dirs, tmp_path):  # noqa: F811
+    # python train.py --model_name HPCM_Base -e E -lr LR -n N --lambda L -bs B --test-batch-size 1
+    #   --save_path P --clip_max_norm C (the official script; here with a tiny model and a 1-step run)
+    from common.train.options import parse_config
+
+    train, test = image_dirs
+    config = parse_config(["--model_name", "HPCM_Base", "-tr_d", str(train), "-te_d", str(test), "-e", "1",
+                           "-lr", "5e-5", "-n", "0", "--lambda", "0.0067", "-bs", "2", "--test-batch-size", "1",
+                           "--save_path", str(tmp_path), "--clip_max_norm", "0.5", "--aux-learning-rate", "2e-3"])
+    assert (config.model.model, config.schedule.epochs, config.schedule.lr, config.data.num_workers,
+            config.loss.lmbda, config.schedule.batch_size, config.output.save_dir, config.schedule.max_grad_norm,
+            config.optim.eb_aux_lr) == ("hpcm-base", 1, 5e-5, 0, 0.0067, 2, str(tmp_path), 0.5, 2e-3)
+    config.model.model = "hpcm-tiny"  # HPCM-Base is too large for a test; the flags are what is checked
+    config.data.patch_size, config.schedule.steps, config.output.progress = 64, 1, False
+    Trainer(config).fit()
+    assert (tmp_path / "last.pt").is_file()
+    with pytest.raises(SystemExit):
+        parse_config(["--test-batch-size", "8"])

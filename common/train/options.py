@@ -20,9 +20,28 @@ def amp_mode(text: str) -> str:
     return str(str2bool(text)).lower()
 
 
+# The official HPCM train.py names its models after their modules.
+_OFFICIAL_MODEL_NAMES = {"HPCM_Base": "hpcm-base", "HPCM_Large": "hpcm-large"}
+
+
+def _official_model_name(text: str) -> str:
+    return _OFFICIAL_MODEL_NAMES.get(text, text)
+
+
+class _ValidationBatchAction(argparse.Action):
+    """``--test-batch-size`` of the official scripts: validation here is one image at a time, so only 1 fits."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value != 1:
+            parser.error(f"{option_string} {value}: validation runs one image at a time (whole images of any "
+                         "size); drop the flag or pass 1")
+
+
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="bmshj2018-factorized", help="registry name")
+    model.add_argument("--model_name", dest="model", type=_official_model_name, metavar="NAME",
+                       help="the official HPCM train.py's spelling: HPCM_Base, HPCM_Large (or a registry name)")
     model.add_argument("--quality", type=int, default=None,
                        help="quality level of models that have one (bmshj2018-factorized: 1-8, default 1)")
     bool_flag(model, "--pretrained", False, "start from published weights found in the torch.hub cache")
@@ -40,10 +59,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                               "ft_last.pt/ft_best.pt and recon_ft/")
 
     run = parser.add_argument_group("schedule")
-    run.add_argument("--epochs", type=number(int, minimum=1), default=None, help="epochs to train (default 10 unless --steps)")
+    run.add_argument("--epochs", "-e", type=number(int, minimum=1), default=None,
+                     help="epochs to train (default 10 unless --steps)")
     run.add_argument("--steps", type=number(int, minimum=1), default=None, help="total optimizer steps (overrides --epochs)")
-    run.add_argument("--batch_size", type=number(int, minimum=1), default=8)
-    run.add_argument("--lr", type=number(float, above=0), default=1e-4)
+    run.add_argument("--batch_size", "-bs", "--batch-size", type=number(int, minimum=1), default=8)
+    run.add_argument("--test-batch-size", "--test_batch_size", action=_ValidationBatchAction, type=number(int, minimum=1),
+                     default=argparse.SUPPRESS,
+                     help="accepted for the official HPCM train.py: validation runs one image at a time, so only "
+                          "1 is allowed")
+    run.add_argument("--lr", "-lr", "--learning-rate", type=number(float, above=0), default=1e-4)
     run.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=None,
                      help="adam unless --use_balanced (options of each: ARCHITECTURE.md)")
     run.add_argument("--weight_decay", type=number(float, minimum=0), default=0.0)
@@ -51,12 +75,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                      help="cosine/plateau step per epoch, onecycle per step")
     run.add_argument("--onecycle_pct_start", type=number(float, above=0, below=1), default=0.1)
     run.add_argument("--lr_warmup_steps", type=number(int, minimum=0), default=0, help="linear warm-up (not with onecycle)")
-    run.add_argument("--max_grad_norm", type=number(float), default=1.0, help="gradient clipping; <= 0 disables")
+    run.add_argument("--max_grad_norm", "--clip_max_norm", type=number(float), default=1.0, help="gradient clipping; <= 0 disables")
     run.add_argument("--ema_decay", type=number(float, minimum=0, below=1), default=0.0,
                      help="keep an exponential moving average of the weights with this decay (e.g. 0.999, as the "
                           "Balanced R-D reference) and make it the run's model; 0 = off")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--cuda", dest="device", action="store_const", const="cuda",
+                     help="the official HPCM train.py's spelling of --device cuda")
 
     precision = parser.add_argument_group("precision")
     precision.add_argument("--amp", type=amp_mode, default="auto", metavar="{true,false,auto}",
@@ -71,10 +97,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     entropy = parser.add_argument_group("entropy bottleneck")
     bool_flag(entropy, "--eb_aux", True, "train the EntropyBottleneck quantiles with the aux loss "
                                           "(false: re-solve them by bisection when the run ends)")
-    entropy.add_argument("--eb_aux_lr", type=number(float, above=0), default=1e-3)
+    entropy.add_argument("--eb_aux_lr", "--aux-learning-rate", type=number(float, above=0), default=1e-3)
 
     out = parser.add_argument_group("outputs")
-    out.add_argument("--save_dir", default="runs/train", help="run folder: checkpoints, logs, plots")
+    out.add_argument("--save_dir", "--save_path", default="runs/train", help="run folder: checkpoints, logs, plots")
     out.add_argument("--recon_dir", default=None, help="reconstruction PNGs (default: SAVE_DIR/recon)")
     out.add_argument("--val_every", type=number(int, minimum=1), default=None,
                      help="validate (and write best_*.pt) every N epochs (default: every epoch, but no more often "
