@@ -211,3 +211,10 @@ def test_the_official_hpcm_train_flags_are_accepted(image_dirs, tmp_path):  # no
     assert (tmp_path / "last.pt").is_file()
     with pytest.raises(SystemExit):
         parse_config(["--test-batch-size", "8"])
+
+
+def test_recon_subdir_names_the_reconstruction_folder_as_in_seed_001(image_dirs, tmp_path):  # noqa: F811
+    Trainer(train_args(image_dirs, tmp_path, "--steps", "1", "--recon_subdir", "recon_ft_custom")).fit()
+    assert (tmp_path / "recon_ft_custom" / "origin").is_dir() and not (tmp_path / "recon").exists()
+    with pytest.raises(UserError, match="--recon_dir and --recon_subdir"):
+        Trainer(train_args(image_dirs, tmp_path / "b", "--recon_subdir", "r", "--recon_dir", str(tmp_path / "c")))

@@ -176,6 +176,7 @@ class OutputConfig:
 
     save_dir: str = "runs/train"
     recon_dir: str | None = None
+    recon_subdir: str | None = None
     val_every: int | None = None
     recon_every: int | None = None
     recon_count: int = 8

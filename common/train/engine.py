@@ -47,7 +47,7 @@ VALIDATION_STEPS = 500
 # to a resumed run. Any other difference from the checkpoint's flags is refused.
 RESUME_OVERRIDES = ("lr", "steps", "epochs")
 RESUME_FREE = ("resume", "overwrite", "checkpoint", "pretrained", "trust_checkpoint", "progress", "wandb",
-               "wandb_project", "val_every", "recon_every", "recon_count", "recon_dir", "save_every_steps",
+               "wandb_project", "val_every", "recon_every", "recon_count", "recon_dir", "recon_subdir", "save_every_steps",
                "num_workers", "device", "cache_images_mb", "max_image_pixels", "save_dir", "strict")
 
 
@@ -251,8 +251,9 @@ class Trainer:
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
         resume_step = self.progress.step if resume_ckpt is not None else None
-        recon_dir = Path(cfg.output.recon_dir) if cfg.output.recon_dir else self.save_dir / (
-            "recon_ft" if cfg.distill.resume_student else "recon")
+        default_recon = "recon_ft" if cfg.distill.resume_student else "recon"
+        recon_dir = (Path(cfg.output.recon_dir) if cfg.output.recon_dir
+                     else self.save_dir / (cfg.output.recon_subdir or default_recon))
         self.recon = ReconWriter(recon_dir,
                                  self.val_set, cfg.output.recon_count) if self.main and self.recon_every > 0 else None
         if self.main:
@@ -279,6 +280,8 @@ class Trainer:
             raise UserError(f"--epochs must be at least 1, got {cfg.schedule.epochs}")
         if not (math.isfinite(cfg.schedule.lr) and cfg.schedule.lr > 0):
             raise UserError(f"--lr must be a positive number, got {cfg.schedule.lr}")
+        if cfg.output.recon_dir and cfg.output.recon_subdir:
+            raise UserError("--recon_dir and --recon_subdir both name the reconstruction folder; pass one")
         if cfg.schedule.sched == "onecycle" and cfg.schedule.lr_warmup_steps:
             raise UserError("--lr_warmup_steps does not combine with --sched onecycle (it has its own warm-up)")
         if cfg.distill.resume_student:

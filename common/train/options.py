@@ -102,6 +102,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("outputs")
     out.add_argument("--save_dir", "--save_path", default="runs/train", help="run folder: checkpoints, logs, plots")
     out.add_argument("--recon_dir", default=None, help="reconstruction PNGs (default: SAVE_DIR/recon)")
+    out.add_argument("--recon_subdir", default=None, metavar="NAME",
+                     help="seed 001's spelling: reconstruction PNGs in SAVE_DIR/NAME")
     out.add_argument("--val_every", type=number(int, minimum=1), default=None,
                      help="validate (and write best_*.pt) every N epochs (default: every epoch, but no more often "
                           "than every 500 steps when epochs are short); the last step is always validated")
