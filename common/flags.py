@@ -17,6 +17,7 @@ from common.qat import ACT_OBSERVERS, EMA_AVERAGING_CONSTANT, QAT_SCOPES
 from common.qat import DEFAULTS as QAT_DEFAULTS
 from common.replace import (ACT_TYPES, DEC_DEFAULTS, ENC_DEFAULTS, PARTS, TRAIN_SCOPES, UPSAMPLE_MODES,
                             available_blocks)
+from common.train.optimizers import SEED_SCALE_GAMMAS
 
 
 class _PatchSizeAction(argparse.Action):
@@ -168,6 +169,10 @@ def add_optimizer_arguments(group: argparse.ArgumentParser | argparse._ArgumentG
     bool_flag(group, "--use_balanced", False, "train with balanced_rd.Balanced (same as --optimizer balanced)")
     group.add_argument("--gamma", type=number(float, minimum=0), nargs="+", default=[0.003],
                        help="logit decay gamma: one value, or one per task (default: 0.003)")
+    for scale, default in zip((1, 2, 3), SEED_SCALE_GAMMAS):
+        group.add_argument(f"--gamma_s{scale}", type=number(float, minimum=0), default=None,
+                           help=f"seed 004's phase 3: gamma of the scale-{scale} y rate of --hierarchical_tasks "
+                                f"(default {default} when another --gamma_sN is given); distortion and z keep --gamma")
     group.add_argument("--w_lr", type=number(float, above=0), default=0.025, help="learning rate of the task-weight logits "
                        "(default: 0.025)")
     group.add_argument("--w_lr_sched", choices=("constant", "follow"), default="constant",

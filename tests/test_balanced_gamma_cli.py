@@ -191,3 +191,15 @@ def test_plot_task_weights(tmp_path):
     (tmp_path / "bad.csv").write_text("step,loss\n0,1.0\n")
     with pytest.raises(UserError, match="weight_"):
         plot_task_weights(tmp_path / "bad.csv", tmp_path / "x.png")
+
+
+def test_seed_004_per_scale_gammas_fill_the_hierarchical_gamma_vector():
+    params = [nn.Parameter(torch.zeros(3))]
+    five = build(params, parse(["--use_balanced", "--gamma", "0.003", "--gamma_s1", "0.01", "--gamma_s3", "0.002"]), 5)
+    torch.testing.assert_close(five.gamma, torch.tensor([0.003, 0.003, 0.01, 0.006, 0.002]))  # s2: seed default
+    with pytest.raises(UserError, match="--hierarchical_tasks true"):
+        build(params, parse(["--use_balanced", "--gamma_s1", "0.01"]), 2)
+    with pytest.raises(UserError, match="per-task --gamma"):
+        build(params, parse(["--use_balanced", "--gamma", *["0.003"] * 5, "--gamma_s1", "0.01"]), 5)
+    with pytest.raises(UserError, match="--gamma_s2 is an option of --optimizer balanced, not of --optimizer adam"):
+        check_flags(parse(["--gamma_s2", "0.01"]))

@@ -65,6 +65,9 @@ class OptimizerConfig:
     eb_aux_lr: float = 0.001
     use_balanced: bool = False
     gamma: list[float] = field(default_factory=lambda: [0.003])
+    gamma_s1: float | None = None
+    gamma_s2: float | None = None
+    gamma_s3: float | None = None
     w_lr: float = 0.025
     w_lr_sched: str = "constant"
     min_losses: list[float] = field(default_factory=lambda: [-1.0])

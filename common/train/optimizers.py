@@ -40,7 +40,7 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {}
 
 # Flags of the task-weighting optimizers (Balanced, BalancedQP): shared, then each one's own.
 _TASK_WEIGHTING = ("min_losses", "cautious", "max_mask_scale")
-_FAMO = ("gamma", "w_lr", "w_lr_sched", "prior_weights", "weight_update_every", "delta_subset", "share_noise",
+_FAMO = ("gamma", "gamma_s1", "gamma_s2", "gamma_s3", "w_lr", "w_lr_sched", "prior_weights", "weight_update_every", "delta_subset", "share_noise",
          "adaptive_gamma", "gamma_strategy", "gamma_final_ratio", "gamma_warmup_epochs", "gamma_milestones",
          "gamma_step_factor", "gamma_min", "gamma_cv_window")
 # The γ-schedule flags and the keyword of make_gamma_schedule each one fills.
@@ -76,9 +76,27 @@ def _task_weighting_kwargs(args, n_tasks, task_names) -> dict:
                 max_mask_scale=args.max_mask_scale, task_names=task_names)
 
 
+# Seed 004's phase-3 defaults of --gamma_s1/2/3.
+SEED_SCALE_GAMMAS = (0.008, 0.006, 0.004)
+
+
+def _gamma(args: OptimizerConfig, n_tasks: int) -> float | list[float]:
+    """One gamma, one per task, or (seed 004's --gamma_sN) --gamma for distortion and z and one per y scale."""
+    scales = (args.gamma_s1, args.gamma_s2, args.gamma_s3)
+    if all(value is None for value in scales):
+        return args.gamma[0] if len(args.gamma) == 1 else args.gamma
+    if n_tasks != 5:
+        raise UserError("--gamma_s1/--gamma_s2/--gamma_s3 set the gamma of the three y scales of "
+                        "--hierarchical_tasks true (5 tasks); without it give --gamma only")
+    if len(args.gamma) != 1:
+        raise UserError("--gamma_sN and a per-task --gamma both set the scales' gamma; give --gamma one value "
+                        "(distortion and z) with --gamma_sN, or five values alone")
+    return [args.gamma[0]] * 2 + [default if value is None else value for value, default in zip(scales, SEED_SCALE_GAMMAS)]
+
+
 @register_optimizer("balanced", update="famo", cls=Balanced, options=_TASK_WEIGHTING + _FAMO)
 def _balanced(params, args, lr, n_tasks, task_names):
-    gamma = args.gamma[0] if len(args.gamma) == 1 else args.gamma
+    gamma = _gamma(args, n_tasks)
     return Balanced(params, lr, gamma=gamma, w_lr=args.w_lr, prior_weights=args.prior_weights,
                     **_task_weighting_kwargs(args, n_tasks, task_names))
 
