@@ -51,7 +51,9 @@ def add_data_arguments(parser) -> None:
     parser.add_argument("--val_patch_size", type=number(int, minimum=1), default=None, metavar="N",
                         help="side of the centre crops validated on (default: --patch_size); larger crops judge "
                              "a model trained on small patches more like whole-image evaluation")
-    parser.add_argument("--num_workers", "--num-workers", "-n", type=number(int, minimum=0), default=default_num_workers(),
+    parser.add_argument("-n", dest="num_workers", type=number(int, minimum=0), default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)  # the official HPCM train.py's spelling
+    parser.add_argument("--num_workers", "--num-workers", type=number(int, minimum=0), default=default_num_workers(),
                         help="DataLoader worker processes")
     bool_flag(parser, "--strict", False, "stop at the first unreadable image instead of skipping it")
     add_pixel_limit_argument(parser)

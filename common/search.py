@@ -9,7 +9,8 @@ at the same λ compare directly. A space is ``name=log:LOW:HIGH``, ``name=float:
 ``name=int:LOW:HIGH`` or ``name=choice:A,B,C``; with ``--sampler grid`` every space must be a choice list
 and the study runs the full grid (the seed's phase-1 γ × w_lr search is a grid of 4 × 3).
 Interrupted studies continue where they stopped (same ``--out_dir``); a finished study only reprints its
-table. A resumed TPE study draws new values (its sampler seed counts the trials already in the study).
+table. A resumed TPE study draws new values (its sampler seed counts the trials already in the study; processes
+sharing a study add a random salt each).
 ``--storage URL`` takes any optuna RDB URL (default: ``sqlite:///OUT_DIR/study.db``): several processes or
 machines given the same URL and ``--study_name`` work on one study, and each stops once the study holds
 ``--trials`` finished trials (a trial another process has started still finishes). Results: the study, ``trials.csv``, ``trials.md`` (ranked) and the printed table.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 from pathlib import Path
 from typing import Sequence
 
@@ -109,9 +111,13 @@ def run_study(args: argparse.Namespace, train_argv: list[str]):
         study.sampler = optuna.samplers.GridSampler({name: values for name, _, values in spaces},
                                                     seed=args.search_seed)
     else:
-        # Seeded by how many trials the study holds, so that a resumed (or second) process does not draw
-        # the same values as the first one did.
-        study.sampler = optuna.samplers.TPESampler(seed=args.search_seed + len(study.get_trials(deepcopy=False)))
+        # Seeded by how many trials the study holds, so that a resumed process does not draw the values the
+        # first one drew. Processes sharing a study (--storage) start together with the same counts and
+        # usually the same --search_seed, so each also draws a salt of its own (such a study is not
+        # reproducible anyway: its order depends on timing).
+        salt = random.SystemRandom().randrange(2**31) if args.storage else 0
+        study.sampler = optuna.samplers.TPESampler(
+            seed=(args.search_seed + len(study.get_trials(deepcopy=False)) + salt) % 2**32)
     # A trial killed mid-run stays RUNNING in the database; it is counted as failed and run again. (With
     # several processes on one study, start them together: a late start would fail the others' running trials.)
     if args.storage is None:

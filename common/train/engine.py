@@ -380,9 +380,11 @@ class Trainer:
             n, m = getattr(self.model, "N", None), getattr(self.model, "M", None)
             kwargs["quality"] = models.entry(self.cfg.model.model).quality_of(self.model.state_dict())
             if kwargs["quality"] is None:
-                raise UserError(f"{self.cfg.model.checkpoint} holds a {self.cfg.model.model} with N={n}, M={m}, the channels of "
-                                "no quality 1-8; if it is a smaller model, train it as "
-                                f"{self.cfg.model.model}-small (64, 96), -mini (32, 48) or -tiny (16, 24)")
+                name = self.cfg.model.model
+                sizes = [other for other in models.available_models() if other.startswith(f"{name}-")]
+                hint = f"; if it is a smaller model, train it as one of: {', '.join(sizes)}" if sizes else ""
+                raise UserError(f"{self.cfg.model.checkpoint} holds a {name} with N={n}, M={m}, the channels of "
+                                f"no quality 1-8{hint}")
         return kwargs
 
     def _build_scheduler(self):

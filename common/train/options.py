@@ -37,6 +37,11 @@ class _ValidationBatchAction(argparse.Action):
                          "size); drop the flag or pass 1")
 
 
+def _alias(group, dest: str, *names: str, **options) -> None:
+    """Other spellings of a flag (the official HPCM train.py's), kept out of --help and of its error messages."""
+    group.add_argument(*names, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **options)
+
+
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="bmshj2018-factorized", help="registry name")
@@ -59,15 +64,18 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                               "ft_last.pt/ft_best.pt and recon_ft/")
 
     run = parser.add_argument_group("schedule")
-    run.add_argument("--epochs", "-e", type=number(int, minimum=1), default=None,
+    run.add_argument("--epochs", type=number(int, minimum=1), default=None,
                      help="epochs to train (default 10 unless --steps)")
+    _alias(run, "epochs", "-e", type=number(int, minimum=1))
     run.add_argument("--steps", type=number(int, minimum=1), default=None, help="total optimizer steps (overrides --epochs)")
-    run.add_argument("--batch_size", "-bs", "--batch-size", type=number(int, minimum=1), default=8)
+    run.add_argument("--batch_size", type=number(int, minimum=1), default=8)
+    _alias(run, "batch_size", "-bs", "--batch-size", type=number(int, minimum=1))
     run.add_argument("--test-batch-size", "--test_batch_size", action=_ValidationBatchAction, type=number(int, minimum=1),
                      default=argparse.SUPPRESS,
                      help="accepted for the official HPCM train.py: validation runs one image at a time, so only "
                           "1 is allowed")
-    run.add_argument("--lr", "-lr", "--learning-rate", type=number(float, above=0), default=1e-4)
+    run.add_argument("--lr", type=number(float, above=0), default=1e-4)
+    _alias(run, "lr", "-lr", "--learning-rate", type=number(float, above=0))
     run.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=None,
                      help="adam unless --use_balanced (options of each: ARCHITECTURE.md)")
     run.add_argument("--weight_decay", type=number(float, minimum=0), default=0.0)
@@ -75,7 +83,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                      help="cosine/plateau step per epoch, onecycle per step")
     run.add_argument("--onecycle_pct_start", type=number(float, above=0, below=1), default=0.1)
     run.add_argument("--lr_warmup_steps", type=number(int, minimum=0), default=0, help="linear warm-up (not with onecycle)")
-    run.add_argument("--max_grad_norm", "--clip_max_norm", type=number(float), default=1.0, help="gradient clipping; <= 0 disables")
+    _alias(run, "max_grad_norm", "--clip_max_norm", type=number(float))
+    run.add_argument("--max_grad_norm", type=number(float), default=1.0, help="gradient clipping; <= 0 disables")
     run.add_argument("--ema_decay", type=number(float, minimum=0, below=1), default=0.0,
                      help="keep an exponential moving average of the weights with this decay (e.g. 0.999, as the "
                           "Balanced R-D reference) and make it the run's model; 0 = off")
@@ -97,10 +106,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     entropy = parser.add_argument_group("entropy bottleneck")
     bool_flag(entropy, "--eb_aux", True, "train the EntropyBottleneck quantiles with the aux loss "
                                           "(false: re-solve them by bisection when the run ends)")
-    entropy.add_argument("--eb_aux_lr", "--aux-learning-rate", type=number(float, above=0), default=1e-3)
+    entropy.add_argument("--eb_aux_lr", type=number(float, above=0), default=1e-3)
+    _alias(entropy, "eb_aux_lr", "--aux-learning-rate", type=number(float, above=0))
 
     out = parser.add_argument_group("outputs")
-    out.add_argument("--save_dir", "--save_path", default="runs/train", help="run folder: checkpoints, logs, plots")
+    out.add_argument("--save_dir", default="runs/train", help="run folder: checkpoints, logs, plots")
+    _alias(out, "save_dir", "--save_path")
     out.add_argument("--recon_dir", default=None, help="reconstruction PNGs (default: SAVE_DIR/recon)")
     out.add_argument("--recon_subdir", default=None, metavar="NAME",
                      help="seed 001's spelling: reconstruction PNGs in SAVE_DIR/NAME")
