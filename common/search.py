@@ -169,7 +169,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"no trial completed (see {path}); every setting diverged or failed")
     best = study.best_trial
     print(f"best trial {best.number}: loss {best.value:.4f} with {best.params}\ntable: {path}")
+    for figure in plot_study(study, Path(args.out_dir)):
+        print(f"figure: {figure}")
     return 0
+
+
+def plot_study(study, out_dir: Path) -> list[Path]:
+    """The figures a finished study supports: a loss heatmap over its first two parameters when they form a
+    grid (every pair tried, as --sampler grid does), and the parameters' importance (fANOVA) when it can be
+    estimated (two or more parameters, three or more completed trials)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    names = sorted({name for trial in complete for name in trial.params})
+    written = []
+    if len(names) >= 2:
+        first, second = names[:2]
+        rows = sorted({trial.params[first] for trial in complete}, key=float)
+        columns = sorted({trial.params[second] for trial in complete}, key=float)
+        losses = {(trial.params[first], trial.params[second]): trial.value for trial in complete}
+        if len(losses) == len(rows) * len(columns) and len(rows) * len(columns) > 1:
+            figure, axes = plt.subplots(figsize=(1.2 * len(columns) + 2.5, 0.8 * len(rows) + 1.8))
+            grid = [[losses[(row, column)] for column in columns] for row in rows]
+            image = axes.imshow(grid, cmap="viridis_r", aspect="auto")
+            axes.set_xticks(range(len(columns)), [str(c) for c in columns])
+            axes.set_yticks(range(len(rows)), [str(r) for r in rows])
+            axes.set_xlabel(second)
+            axes.set_ylabel(first)
+            low, high = min(map(min, grid)), max(map(max, grid))
+            for i, row in enumerate(grid):
+                for j, value in enumerate(row):
+                    dark = high > low and (value - low) / (high - low) > 0.5  # viridis_r: high losses are dark
+                    axes.text(j, i, f"{value:.4g}", ha="center", va="center", fontsize=8,
+                              color="white" if dark else "black")
+            figure.colorbar(image, label="final validation loss (lower is better)")
+            axes.set_title(f"{study.study_name}: validation loss per setting")
+            written.append(out_dir / "heatmap.png")
+            figure.savefig(written[-1], dpi=120, bbox_inches="tight")
+            plt.close(figure)
+    if len(names) >= 2 and len(complete) >= 3:
+        importance = optuna.importance.get_param_importances(study)
+        figure, axes = plt.subplots(figsize=(5, 0.5 * len(importance) + 1.5))
+        axes.barh(list(importance), list(importance.values()), color="#4c72b0")
+        axes.invert_yaxis()
+        axes.set_xlabel("importance for the validation loss (fANOVA, sums to 1)")
+        axes.set_title(f"{study.study_name}: parameter importance ({len(complete)} trials)")
+        written.append(out_dir / "importance.png")
+        figure.savefig(written[-1], dpi=120, bbox_inches="tight")
+        plt.close(figure)
+    return written
 
 
 def cli() -> None:

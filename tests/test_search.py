@@ -56,3 +56,20 @@ def test_two_processes_share_one_study_through_storage(image_dirs, tmp_path):  #
 def test_a_bad_storage_url_is_one_line_error(image_dirs, tmp_path):  # noqa: F811
     with pytest.raises(search.UserError, match="--storage nosuchdb://x"):
         search.main(search_argv(image_dirs, tmp_path, "--trials", "1", "--storage", "nosuchdb://x"))
+
+
+def test_a_grid_study_draws_its_heatmap_and_the_importance_of_its_parameters(image_dirs, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    train, test = image_dirs
+    assert search.main(["--space", "lr=choice:0.001,0.003", "--space", "w_lr=choice:0.01,0.05", "--sampler", "grid",
+                        "--out_dir", str(tmp_path), "--use_balanced", "--model", "bmshj2018-factorized-tiny",
+                        "--train_dataset", str(train), "--test_dataset", str(test), "--patch_size", "32",
+                        "--batch_size", "2", "--steps", "1", "--num_workers", "0", "--progress", "false",
+                        "--recon_every", "0"]) == 0
+    for name in ("heatmap.png", "importance.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.size[0] > 200 and image.size[1] > 150
+    # A 2 x 2 grid: the heatmap's four cells are the four trials' losses (ranked table, lowest first).
+    ranked = (tmp_path / "trials.md").read_text().splitlines()[2:]
+    assert len(ranked) == 4
