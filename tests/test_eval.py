@@ -253,7 +253,7 @@ def test_pretrained_weights_missing_is_a_user_error(dataset, tmp_path, monkeypat
     with pytest.raises(UserError, match="pretrained weights not found: put bmshj2018-factorized-prior-2-"):
         main(["--model", "bmshj2018-factorized", "--pretrained", "--quality", "2", "--dataset", str(dataset),
               "--output", str(tmp_path / "o.json")])
-    with pytest.raises(UserError, match="--pretrained is available for bmshj2018-factorized only"):
+    with pytest.raises(UserError, match="--pretrained is available for bmshj2018-factorized, mbt2018-mean only"):
         main(["--model", "hpcm-tiny", "--pretrained", "--dataset", str(dataset), "--output", str(tmp_path / "o.json")])
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA device"):
