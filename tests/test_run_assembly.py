@@ -50,10 +50,14 @@ def test_a_flag_the_chosen_variant_ignores_is_one_line_error(image_dirs, tmp_pat
         Trainer(train_args(image_dirs, tmp_path, "--steps", "1", *extra))
 
 
-def test_layer_replacement_on_a_model_without_gdn_is_refused(image_dirs, tmp_path):  # noqa: F811
-    args = train_args(image_dirs, tmp_path, "--steps", "1", "--act", "relu")
-    args.model.model = "hpcm-tiny"
-    with pytest.raises(UserError, match="found no GDN/IGDN layer to replace"):
+@pytest.mark.parametrize("model, extra, message", [
+    ("hpcm-tiny", ("--act", "relu"), "found no GDN/IGDN layer to replace"),
+    ("bmshj2018-factorized-tiny", ("--quality", "3"), "--quality does not apply to bmshj2018-factorized-tiny; drop it"),
+])
+def test_a_model_option_the_model_lacks_is_refused(image_dirs, tmp_path, model, extra, message):  # noqa: F811
+    args = train_args(image_dirs, tmp_path, "--steps", "1", *extra)
+    args.model.model = model
+    with pytest.raises(UserError, match=message):
         Trainer(args)
 
 
@@ -184,13 +188,6 @@ def test_trainer_takes_a_typed_config(image_dirs, tmp_path):  # noqa: F811
 
     with pytest.raises(TypeError, match="TrainConfig"):
         Trainer(argparse.Namespace(model="bmshj2018-factorized-tiny"))
-
-
-def test_quality_for_a_model_without_qualities_is_one_line_error(image_dirs, tmp_path):  # noqa: F811
-    args = train_args(image_dirs, tmp_path, "--steps", "1", "--quality", "3")
-    args.model.model = "bmshj2018-factorized-tiny"
-    with pytest.raises(UserError, match="--quality does not apply to bmshj2018-factorized-tiny; drop it"):
-        Trainer(args)
 
 
 def test_the_official_hpcm_train_flags_are_accepted(image_dirs, tmp_path):  # noqa: F811

@@ -73,11 +73,6 @@ def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def accepts(name: str, argument: str) -> bool:
-    """Whether the builder of model ``name`` takes keyword ``argument`` (e.g. ``quality``)."""
-    return argument in inspect.signature(entry(name).build).parameters
-
-
 def build(name: str, *, pretrained: bool = False, checkpoint: str | None = None, trust_checkpoint: bool = False,
           metric: str = "mse", **kwargs) -> nn.Module:
     """Build the registered model ``name`` with architecture ``kwargs``, fresh or with weights.

@@ -106,7 +106,7 @@ def resolve_amp(mode: str, device: torch.device) -> bool:
 
 def model_kwargs(model: ModelConfig) -> dict[str, Any]:
     """The architecture arguments of ``--model`` that the run was given (weights excluded)."""
-    if not models.accepts(model.model, "quality"):
+    if not models.entry(model.model).has_quality:
         if model.quality is not None:
             raise UserError(f"--quality does not apply to {model.model}; drop it")
         return {}

@@ -106,6 +106,11 @@ def _balanced_qp(params, args, lr, n_tasks, task_names):
     return BalancedQP(params, lr, qp_eps=args.qp_eps, **_task_weighting_kwargs(args, n_tasks, task_names))
 
 
+def _options_only_of_others(name: str) -> set[str]:
+    """The options other optimizers read and ``name`` does not."""
+    return {dest for entry in OPTIMIZERS.values() for dest in entry.options} - set(OPTIMIZERS[name].options)
+
+
 def update_rule(optimizer: torch.optim.Optimizer) -> str:
     """The update rule of the registered optimizer class ``optimizer`` is an instance of (``sum`` otherwise)."""
     matches = [entry for entry in OPTIMIZERS.values() if isinstance(optimizer, entry.cls)]
@@ -130,7 +135,7 @@ def optimizer_name(args: OptimizerConfig) -> str:
 def with_optimizer(config: OptimizerConfig, name: str) -> OptimizerConfig:
     """A copy of ``config`` that trains with optimizer ``name``, the options only other optimizers read at their defaults."""
     defaults = dataclasses.asdict(OptimizerConfig())
-    others = {dest for entry in OPTIMIZERS.values() for dest in entry.options} - set(OPTIMIZERS[name].options)
+    others = _options_only_of_others(name)
     return dataclasses.replace(config, optimizer=name, use_balanced=False, **{dest: defaults[dest] for dest in others})
 
 
@@ -146,8 +151,7 @@ def check_flags(args: OptimizerConfig) -> None:
         return getattr(args, dest, defaults[dest]) != defaults[dest]
 
     name = optimizer_name(args)
-    used = set(OPTIMIZERS[name].options)
-    for dest in sorted({dest for entry in OPTIMIZERS.values() for dest in entry.options} - used):
+    for dest in sorted(_options_only_of_others(name)):
         if given(dest):
             owners = [entry.name for entry in OPTIMIZERS.values() if dest in entry.options]
             raise UserError(f"--{dest} is an option of --optimizer {' or '.join(owners)}, not of --optimizer {name}; "
