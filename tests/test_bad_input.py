@@ -309,10 +309,18 @@ def test_kills_during_checkpoint_writes_then_resume_give_the_uninterrupted_weigh
     rng, kills, steps_at_kill, deadline = random.Random(7), 0, [], time.monotonic() + 120
     while time.monotonic() < deadline:
         extra = ("--resume",) if (run / "last.pt").is_file() else ("--overwrite",)
+        log = run / "train_log.jsonl"
+        logged = len(log.read_text().splitlines()) if log.is_file() else 0
         child = context.Process(target=_train_in_child, args=(train_args(image_dirs, run, *flags, *extra),))
         child.start()
-        # Every step writes last.pt, so a kill while training often lands inside a checkpoint write.
-        child.join(timeout=rng.uniform(0.1, 0.4) if kills < 20 else 60)
+        if kills < 20:
+            # Wait until the child trains (its start-up time depends on the machine and its load), then kill it
+            # at a random moment: every step writes last.pt, so the kill often lands inside a checkpoint write.
+            started = time.monotonic()
+            while child.is_alive() and time.monotonic() - started < 30 and (
+                    not log.is_file() or len(log.read_text().splitlines()) <= logged):
+                time.sleep(0.005)
+        child.join(timeout=rng.uniform(0.0, 0.3) if kills < 20 else 60)
         if child.exitcode == 0:
             break
         os.kill(child.pid, signal.SIGKILL)
