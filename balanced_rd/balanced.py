@@ -97,6 +97,7 @@ class Balanced(TaskWeightedOptimizer):
         self.skipped_weight_updates = 0  # updates dropped because delta was not finite
         self._prev_losses: Tensor | None = None
         self._model_step_taken = False
+        self._frozen = torch.zeros(self.n_tasks, dtype=torch.bool)
 
     # ----------------------------------------------------------------------------------- properties
     @property
@@ -126,6 +127,21 @@ class Balanced(TaskWeightedOptimizer):
     def task_weights(self) -> Tensor:
         """z = softmax(logits), a detached copy."""
         return torch.softmax(self.logits, dim=0)
+
+    def freeze_tasks(self, indices: Sequence[int]) -> None:
+        """Keep the weights of these tasks where they are from now on; the other tasks share the rest.
+
+        Used to stop re-balancing a task that no longer changes (seed 004's per-scale early stopping).
+        """
+        for index in indices:
+            if not 0 <= index < self.n_tasks:
+                raise ValueError(f"task index {index} out of range for {self.n_tasks} tasks")
+            self._frozen[index] = True
+        if bool(self._frozen.all()):
+            raise ValueError("every task weight would be frozen; leave at least one task free")
+
+    def frozen_task_names(self) -> list[str]:
+        return [name for name, frozen in zip(self.task_names, self._frozen.tolist()) if frozen]
 
     @property
     def model_step_taken(self) -> bool:
@@ -209,7 +225,14 @@ class Balanced(TaskWeightedOptimizer):
         self._logit_exp_avg.lerp_(grad, 1 - beta1)
         self._logit_exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = (self._logit_exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** self._logit_step)).add_(_LOGIT_EPS)
+        before = self.logits.clone()
         self.logits.addcdiv_(self._logit_exp_avg, denom, value=-self.w_lr / (1 - beta1 ** self._logit_step))
+        frozen = self._frozen.to(self.logits.device)
+        if frozen.any():
+            # Shift the free logits so that their softmax mass, hence every frozen weight, is unchanged.
+            free = ~frozen
+            shift = torch.logsumexp(before[free], 0) - torch.logsumexp(self.logits[free], 0)
+            self.logits = torch.where(frozen, before, self.logits + shift)
 
     def _famo_on(self, device: torch.device) -> Tensor:
         """Move the FAMO state to ``device`` (created on the CPU; follows the losses); returns min_losses."""
@@ -240,6 +263,7 @@ class Balanced(TaskWeightedOptimizer):
             "gamma": gamma,
             "w_lr": self.w_lr,
             "skipped_weight_updates": self.skipped_weight_updates,
+            "frozen": self._frozen.tolist(),
         }
         return state
 
@@ -264,6 +288,7 @@ class Balanced(TaskWeightedOptimizer):
         self.gamma = famo["gamma"]
         self.w_lr = famo["w_lr"]
         self.skipped_weight_updates = int(famo["skipped_weight_updates"])
+        self._frozen = torch.tensor(famo.get("frozen", [False] * self.n_tasks), dtype=torch.bool)
         self._prev_losses, self._model_step_taken = None, False
 
 

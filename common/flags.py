@@ -79,6 +79,8 @@ def add_loss_arguments(parser) -> None:
     parser.add_argument("--lambda_bpp", type=number(float, minimum=0), default=0.01, help="bpp weight of --loss_type rd")
     bool_flag(parser, "--hierarchical_tasks", False,
               "balance 5 tasks (distortion + the rates of z and the 3 HPCM y scales) instead of 2")
+    parser.add_argument("--use_hierarchical", dest="hierarchical_tasks", action="store_const", const=True,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # seed 004's phase 3/4 spelling
 
 
 def _optional_bool(group, name: str, default: bool, help: str) -> None:

@@ -106,6 +106,23 @@ class ScheduleConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Seed 004's fine-tuning tools (:mod:`common.train.finetune`): parameter groups with their own learning rates,
+    frozen and progressively unfrozen groups, per-scale task-weight stopping and the fine-tune restart."""
+
+    finetune: bool = False
+    finetune_lr: float = 1e-05
+    group_lr: list[str] = field(default_factory=list)
+    context_lr_ratio: float | None = None
+    freeze_entropy: bool = False
+    unfreeze_at: list[str] = field(default_factory=list)
+    progressive_unfreeze: bool = False
+    scale_early_stopping: bool = False
+    early_stopping_patience: int = 50
+    early_stopping_tol: float = 0.01
+
+
+@dataclass
 class PrecisionConfig:
     """Mixed precision (``amp``: true, false or auto) and the overflow check."""
 
@@ -200,6 +217,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    tune: FinetuneConfig = field(default_factory=FinetuneConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     replace: ReplaceConfig = field(default_factory=ReplaceConfig)
     qat: QATConfig = field(default_factory=QATConfig)

@@ -42,6 +42,15 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def broadcast_object(info: DistInfo, value):
+    """Rank 0's ``value`` on every rank (a decision made from files only rank 0 writes)."""
+    if not info.enabled:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -29,10 +29,11 @@ from common.checkpoint import (CHECKPOINT_FORMAT, atomic_link, atomic_save, atom
                                remove_stale_temporaries)
 from common.errors import UserError
 from common.paths import output_dir
-from common.train import convergence, distributed, optimizers, precision
+from common.train import convergence, distributed, finetune, optimizers, precision
+from common.train.callbacks import Callback
 from common.train.ema import WeightEMA
 from common.train.logging import MetricsLog, WandbRun
-from common.train.config import DistillConfig, ModelConfig, TrainConfig
+from common.train.config import DistillConfig, ModelConfig, ScheduleConfig, TrainConfig
 from common.train.plots import plot_task_weights
 from common.train.recon import ReconWriter
 from common.train.sampler import ResumableSampler
@@ -147,23 +148,6 @@ def split_parameters(model: nn.Module, trainable: list[nn.Parameter]) -> tuple[l
     return [p for p in trainable if id(p) not in quantile_ids], quantiles
 
 
-class Callback:
-    """Hooks into :meth:`Trainer.fit` (override what you need); tests, benchmarks and tools use them instead of
-    subclassing the trainer. ``trainer.progress.step`` counts the steps done so far."""
-
-    def on_step_start(self, trainer: "Trainer") -> None:
-        """Before each optimizer step."""
-
-    def on_step_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
-        """After each step, with the logged terms of that step."""
-
-    def on_epoch_end(self, trainer: "Trainer", epoch: int, val: dict[str, float] | None, seconds: float) -> None:
-        """After the end-of-epoch work (schedules, validation when due, checkpoints), which took ``seconds``."""
-
-    def on_validation(self, trainer: "Trainer", val: dict[str, float]) -> None:
-        """After each validation has been logged (and the best checkpoints written)."""
-
-
 class Trainer:
     """Builds everything a run needs from parsed flags and runs it (``fit``), calling ``callbacks`` on the way."""
 
@@ -227,11 +211,13 @@ class Trainer:
 
         trainable = (replace.set_trainable(self.model, self.replace_config) if self.replace_config
                      else [p for p in self.model.parameters() if p.requires_grad])
-        self.net_params, self.quantiles = split_parameters(self.model, trainable)
+        self.parameter_plan = finetune.ParameterPlan(self.model, trainable, cfg.tune)
+        self.net_params, self.quantiles = split_parameters(self.model, self.parameter_plan.trainable())
         if not self.net_params:
-            raise UserError("no trainable parameters: check --train_scope / --replace_parts")
+            raise UserError("no trainable parameters: check --train_scope / --replace_parts / --freeze_entropy")
+        self.parameter_plan.apply_epoch(0)
         self.optimizer, self.update_rule = optimizers.build_optimizer(
-            self.net_params, cfg.optim, n_tasks=len(self.criterion.task_names), lr=cfg.schedule.lr,
+            self.parameter_plan.optimizer_params(self.net_params, cfg.schedule.lr), cfg.optim, n_tasks=len(self.criterion.task_names), lr=cfg.schedule.lr,
             task_names=self.criterion.task_names)
         self.step_options = optimizers.step_options(cfg.optim)
         self.aux_optimizer = (torch.optim.Adam(self.quantiles, lr=cfg.optim.eb_aux_lr)
@@ -245,6 +231,9 @@ class Trainer:
             precision.apply_local_fp32(self.model, cfg.precision.local_fp32, cfg.precision.local_fp32_custom, self.device.type)
         self.ddp_model = distributed.wrap_ddp(self.model, self.dist, self.device)
         self.ema = WeightEMA(self.model, cfg.schedule.ema_decay) if cfg.schedule.ema_decay else None
+        if cfg.tune.scale_early_stopping:
+            self.callbacks.append(finetune.ScaleEarlyStopping(cfg.tune.early_stopping_patience,
+                                                              cfg.tune.early_stopping_tol))
         seed_everything(cfg.schedule.seed + self.dist.rank)  # independent quantisation noise per rank
 
         self.progress = Progress()
@@ -270,6 +259,9 @@ class Trainer:
         optimizers.check_flags(cfg.optim)
         losses.check_flags(cfg.loss, distill=cfg.distill.distill)
         cfg.optim.optimizer = optimizers.optimizer_name(cfg.optim)
+        finetune.check_flags(cfg.tune, cfg.loss.hierarchical_tasks, cfg.optim.optimizer)
+        if cfg.tune.finetune:
+            self._start_finetune()
         for section, name, least in ((cfg.schedule, "batch_size", 1), (cfg.output, "val_every", 1),
                                      (cfg.output, "recon_count", 0), (cfg.output, "recon_every", 0)):
             if getattr(section, name) is not None and getattr(section, name) < least:
@@ -291,6 +283,17 @@ class Trainer:
             cfg.model.checkpoint = cfg.distill.resume_student
         if cfg.distill.distill and not (cfg.model.checkpoint or cfg.model.pretrained):
             raise UserError("--distill needs the teacher's weights: --pretrained or --checkpoint PATH")
+
+    def _start_finetune(self) -> None:
+        """Seed 004's --finetune: a new run (epoch 0, a fresh schedule) from given weights at --finetune_lr."""
+        cfg = self.cfg
+        if not (cfg.model.checkpoint or cfg.model.pretrained or cfg.distill.resume_student):
+            raise UserError("--finetune starts a new run from given weights: add --checkpoint PATH (or --pretrained)")
+        default_lr = ScheduleConfig().lr
+        if cfg.schedule.lr not in (default_lr, cfg.tune.finetune_lr):
+            raise UserError(f"--finetune trains at --finetune_lr ({cfg.tune.finetune_lr}); drop --lr {cfg.schedule.lr} "
+                            "or give it as --finetune_lr")
+        cfg.schedule.lr = cfg.tune.finetune_lr
 
     def _check_existing_run(self) -> None:
         """Refuse to start a new run over an existing one unless asked to (--resume continues it)."""
@@ -392,11 +395,22 @@ class Trainer:
         if cfg.schedule.sched == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.total_epochs))
         if cfg.schedule.sched == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.schedule.lr, total_steps=self.total_steps,
+            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self._group_lrs(), total_steps=self.total_steps,
                                                        pct_start=cfg.schedule.onecycle_pct_start)
         if cfg.schedule.sched == "plateau":
             return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min")
         return None
+
+    def _group_lrs(self) -> list[float]:
+        """--lr times each param group's multiplier (--group_lr)."""
+        return [self.cfg.schedule.lr * mult for mult in finetune.lr_multipliers(self.optimizer)]
+
+    def _schedule_factor(self, scheduled: Sequence[float]) -> float:
+        """The schedule's current lr / --lr, read from a param group whose multiplier is not 0."""
+        for lr, mult in zip(scheduled, finetune.lr_multipliers(self.optimizer)):
+            if mult > 0:
+                return lr / (self.cfg.schedule.lr * mult)
+        return 0.0
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> dict[str, Any]:
@@ -466,12 +480,12 @@ class Trainer:
             self.scheduler.step()
         elif isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             # The recursive cosine update continues exactly from the closed-form value at the current epoch.
-            scheduler.T_max, scheduler.base_lrs = max(1, self.total_epochs), [cfg.schedule.lr] * len(scheduler.base_lrs)
-            for group, lr in zip(self.optimizer.param_groups, scheduler._get_closed_form_lr()):
-                group["lr"], group["initial_lr"] = lr, cfg.schedule.lr
+            scheduler.T_max, scheduler.base_lrs = max(1, self.total_epochs), self._group_lrs()
+            for group, lr, initial in zip(self.optimizer.param_groups, scheduler._get_closed_form_lr(), self._group_lrs()):
+                group["lr"], group["initial_lr"] = lr, initial
         else:
-            for group in self.optimizer.param_groups:
-                group["lr"] = cfg.schedule.lr
+            for group, lr in zip(self.optimizer.param_groups, self._group_lrs()):
+                group["lr"] = lr
         if self.main:
             print(f"resuming at step {self.progress.step} with {', '.join(changes)}; the {cfg.schedule.sched} schedule now "
                   f"spans {self.total_steps} steps")
@@ -523,7 +537,7 @@ class Trainer:
         if self.cfg.optim.w_lr_sched == "follow":
             # Adam on the logits steps about w_lr whatever the size of delta, so under a constant w_lr the task
             # weights keep wandering after the model's lr has decayed; following the schedule lets them settle.
-            self.optimizer.w_lr = self.cfg.optim.w_lr * scheduled[0] * factor / self.cfg.schedule.lr
+            self.optimizer.w_lr = self.cfg.optim.w_lr * self._schedule_factor(scheduled) * factor
         try:
             training_step(self.ddp_model, self.optimizer, x, task_losses, update=self.update_rule,
                           clip_max_norm=self.cfg.schedule.max_grad_norm if self.cfg.schedule.max_grad_norm > 0 else None,
@@ -536,7 +550,7 @@ class Trainer:
             group["lr"] = lr
         row = {name: float(value.detach()) for name, value in first.items()
                if torch.is_tensor(value) and value.ndim == 0}
-        row["lr"] = scheduled[0] * factor
+        row["lr"] = self.cfg.schedule.lr * self._schedule_factor(scheduled) * factor
         if self.aux_optimizer is not None:
             self.aux_optimizer.zero_grad(set_to_none=True)
             aux_loss = self.model.aux_loss()
@@ -652,6 +666,7 @@ class Trainer:
             if hasattr(self.train_set, "set_epoch"):
                 self.train_set.set_epoch(progress.epoch)
             for x in self.loader:
+                self._apply_unfreeze_schedule()
                 self._notify("on_step_start")
                 row = self.train_step(x.to(self.device, non_blocking=True))
                 progress.step += 1
@@ -689,6 +704,14 @@ class Trainer:
             atomic_write_text(self.save_dir / "convergence.json", json.dumps(self.convergence.to_dict(), indent=2))
             tqdm.write(self.convergence.summary())
         return val
+
+    def _apply_unfreeze_schedule(self) -> None:
+        """Freeze or unfreeze the --unfreeze_at groups for the current epoch (DDP re-registers what trains)."""
+        if self.parameter_plan.apply_epoch(self.progress.epoch) and self.progress.step > 0:
+            if self.main:
+                tqdm.write(f"epoch {self.progress.epoch}: training {', '.join(self.parameter_plan.training_groups())}")
+            if self.dist.enabled:
+                self.ddp_model = distributed.wrap_ddp(self.model, self.dist, self.device)
 
     def _notify(self, hook: str, *values) -> None:
         for callback in self.callbacks:

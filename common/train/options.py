@@ -93,6 +93,25 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--cuda", dest="device", action="store_const", const="cuda",
                      help="the official HPCM train.py's spelling of --device cuda")
 
+    tune = parser.add_argument_group("fine-tuning (seed 004; groups: python -m common.train.finetune MODEL)")
+    bool_flag(tune, "--finetune", False, "start a new run (epoch 0, fresh schedule) from --checkpoint at --finetune_lr")
+    tune.add_argument("--finetune_lr", type=number(float, above=0), default=1e-5, help="learning rate of --finetune")
+    tune.add_argument("--group_lr", nargs="+", default=[], metavar="GROUP=MULT",
+                      help="lr multiplier of a parameter group: analysis, synthesis, hyper, context, entropy")
+    tune.add_argument("--context_lr_ratio", type=number(float, minimum=0), default=None,
+                      help="seed 004's spelling of --group_lr context=R")
+    bool_flag(tune, "--freeze_entropy", False, "keep the z entropy model (and its quantiles) as loaded")
+    tune.add_argument("--unfreeze_at", nargs="+", default=[], metavar="GROUP=EPOCH",
+                      help="keep GROUP frozen until EPOCH (progressive unfreezing)")
+    bool_flag(tune, "--progressive_unfreeze", False, "seed 004's schedule: --unfreeze_at hyper=100 context=200")
+    bool_flag(tune, "--scale_early_stopping", False,
+              "freeze the task weight of each HPCM y scale once its validation rate has plateaued "
+              "(hierarchical Balanced)")
+    tune.add_argument("--early_stopping_patience", type=number(int, minimum=1), default=50, metavar="EPOCHS",
+                      help="epochs a scale's rate must stay within --early_stopping_tol to count as plateaued")
+    tune.add_argument("--early_stopping_tol", type=number(float, above=0), default=0.01,
+                      help="relative band of a plateaued rate")
+
     precision = parser.add_argument_group("precision")
     precision.add_argument("--amp", type=amp_mode, default="auto", metavar="{true,false,auto}",
                            help="mixed precision; auto = on for CUDA, off for CPU")
