@@ -42,10 +42,23 @@ def parse_lambdas(text: str) -> list[float]:
     return values
 
 
+DEFAULT_LAMBDAS = "0.0035,0.013,0.0483"
+
+
+def sweep_lambdas(text: str | None, config: TrainConfig) -> list[float]:
+    """--lambdas, else the ladder of the run's --recipe, else the default ladder."""
+    from common.train.recipes import load_recipe
+
+    if text is None and config.model.recipe:
+        return list(load_recipe(config.model.recipe, set(config.flat())).lambdas)
+    return parse_lambdas(text or DEFAULT_LAMBDAS)
+
+
 def sweep_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="python -m baselines.sweep", add_help=False,
                                 description="Train and evaluate one model per λ (other flags go to common.train).")
-    parser.add_argument("--lambdas", default="0.0035,0.013,0.0483", help="comma-separated λ values")
+    parser.add_argument("--lambdas", default=None,
+                        help=f"comma-separated λ values (default: the --recipe's ladder, else {DEFAULT_LAMBDAS})")
     parser.add_argument("--out_dir", default="runs/sweep")
     parser.add_argument("--name", default=None, help="curve name (default: model and optimizer)")
     parser.add_argument("--warm_start_steps", type=number(int, minimum=0), default=0,
@@ -107,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(flag in train_argv for flag in ("--lambda", "--save_dir", "--resume")):
         raise UserError("--lambda, --save_dir and --resume are set by the sweep; use --lambdas and --out_dir")
     config = parse_config(train_argv)
-    lambdas = parse_lambdas(args.lambdas)
+    lambdas = sweep_lambdas(args.lambdas, config)
     out_dir = Path(args.out_dir)
     name = args.name or f"{config.model.model}-{optimizer_name(config.optim)}"
 

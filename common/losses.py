@@ -208,6 +208,25 @@ class RateDistortionLoss(_TaskCriterion):
         return {"mse_loss": mse, "distortion": distortion, **named, "tasks": [distortion, *rates]}
 
 
+class MSSSIMRateDistortionLoss(_TaskCriterion):
+    """λ·(1 − MS-SSIM) + bpp: CompressAI's and HPCM's ``--metric ms-ssim`` objective (λ ladder 2.4 … 60.5).
+
+    MS-SSIM is taken on the unclamped reconstruction, as CompressAI's loss does, so that pixels outside
+    [0, 1] still get a gradient.
+    """
+
+    def __init__(self, lmbda: float = 8.73, hierarchical: bool = False):
+        super().__init__()
+        self.lmbda, self.hierarchical = lmbda, hierarchical
+        self.task_names = self._names(hierarchical)
+
+    def terms(self, output, x_hat, target):
+        similarity = ms_ssim(x_hat, target, data_range=1.0)
+        distortion = self.lmbda * (1.0 - similarity)
+        named, rates = self.rate_tasks(output, target, 1.0, self.hierarchical)
+        return {"ms_ssim_loss": similarity, "distortion": distortion, **named, "tasks": [distortion, *rates]}
+
+
 class ReconstructionLoss(_TaskCriterion):
     """α·L1 + (1 − α)·(1 − MS-SSIM); one task. ``bpp_loss`` is reported (detached) when available."""
 
@@ -274,6 +293,10 @@ def _mse(lmbda: float, hierarchical_tasks: bool) -> _TaskCriterion:
     return RateDistortionLoss(lmbda, hierarchical_tasks)
 
 
+def _ms_ssim_rd(lmbda: float, hierarchical_tasks: bool) -> _TaskCriterion:
+    return MSSSIMRateDistortionLoss(lmbda, hierarchical_tasks)
+
+
 def _recon(alpha_l1: float, hierarchical_tasks: bool) -> _TaskCriterion:
     if hierarchical_tasks:
         raise UserError("--hierarchical_tasks splits the rate, but --loss_type recon has no rate term: "
@@ -287,7 +310,7 @@ def _recon_rate(alpha_l1: float, lambda_bpp: float, hierarchical_tasks: bool) ->
 
 # The registry of --loss_type: each criterion's builder; its keyword arguments are the LossConfig fields it
 # reads (every criterion gets hierarchical_tasks, which decides how the rate is split into tasks).
-CRITERIA = {"mse": _mse, "recon": _recon, "rd": _recon_rate}
+CRITERIA = {"mse": _mse, "ms-ssim": _ms_ssim_rd, "recon": _recon, "rd": _recon_rate}
 LOSS_OPTIONS = {name: tuple(p for p in inspect.signature(builder).parameters if p != "hierarchical_tasks")
                 for name, builder in CRITERIA.items()}
 

@@ -24,6 +24,7 @@ class ModelConfig:
     pretrained: bool = False
     checkpoint: str | None = None
     trust_checkpoint: bool = False
+    recipe: str | None = None
 
 
 @dataclass
@@ -98,6 +99,9 @@ class ScheduleConfig:
     lr: float = 0.0001
     sched: str = "none"
     onecycle_pct_start: float = 0.1
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_factors: list[float] = field(default_factory=list)
+    lr_milestone_unit: str = "epoch"
     lr_warmup_steps: int = 0
     max_grad_norm: float = 1.0
     ema_decay: float = 0.0

@@ -274,6 +274,7 @@ class Trainer:
             raise UserError(f"--lr must be a positive number, got {cfg.schedule.lr}")
         if cfg.output.recon_dir and cfg.output.recon_subdir:
             raise UserError("--recon_dir and --recon_subdir both name the reconstruction folder; pass one")
+        self._check_multistep()
         if cfg.schedule.sched == "onecycle" and cfg.schedule.lr_warmup_steps:
             raise UserError("--lr_warmup_steps does not combine with --sched onecycle (it has its own warm-up)")
         if cfg.distill.resume_student:
@@ -283,6 +284,26 @@ class Trainer:
             cfg.model.checkpoint = cfg.distill.resume_student
         if cfg.distill.distill and not (cfg.model.checkpoint or cfg.model.pretrained):
             raise UserError("--distill needs the teacher's weights: --pretrained or --checkpoint PATH")
+
+    def _check_multistep(self) -> None:
+        sched = self.cfg.schedule
+        given = sched.lr_milestones or sched.lr_factors or sched.lr_milestone_unit != ScheduleConfig().lr_milestone_unit
+        if sched.sched != "multistep":
+            if given:
+                raise UserError("--lr_milestones/--lr_factors/--lr_milestone_unit belong to --sched multistep; "
+                                "add it or drop them")
+            return
+        if not sched.lr_milestones or len(sched.lr_milestones) != len(sched.lr_factors):
+            raise UserError("--sched multistep needs --lr_milestones and as many --lr_factors (e.g. --lr_milestones "
+                            "2750 2850 2950 --lr_factors 0.3 0.1 0.01)")
+        if any(b <= a for a, b in zip(sched.lr_milestones, sched.lr_milestones[1:])):
+            raise UserError(f"--lr_milestones must increase, got {' '.join(map(str, sched.lr_milestones))}")
+
+    def multistep_factor(self, t: int) -> float:
+        """--lr_factors of the last milestone reached at epoch or step ``t`` (1 before the first)."""
+        sched = self.cfg.schedule
+        passed = sum(t >= milestone for milestone in sched.lr_milestones)
+        return sched.lr_factors[passed - 1] if passed else 1.0
 
     def _start_finetune(self) -> None:
         """Seed 004's --finetune: a new run (epoch 0, a fresh schedule) from given weights at --finetune_lr."""
@@ -399,7 +420,15 @@ class Trainer:
                                                        pct_start=cfg.schedule.onecycle_pct_start)
         if cfg.schedule.sched == "plateau":
             return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min")
+        if cfg.schedule.sched == "multistep":
+            return torch.optim.lr_scheduler.LambdaLR(opt, self.multistep_factor)
         return None
+
+    @property
+    def steps_lr_per_step(self) -> bool:
+        """Whether the scheduler moves every optimizer step (else once per epoch)."""
+        sched = self.cfg.schedule
+        return sched.sched == "onecycle" or (sched.sched == "multistep" and sched.lr_milestone_unit == "step")
 
     def _group_lrs(self) -> list[float]:
         """--lr times each param group's multiplier (--group_lr)."""
@@ -478,6 +507,10 @@ class Trainer:
             self.scheduler = self._build_scheduler()  # its phases are fixed at construction
             self.scheduler.last_epoch = self.progress.step - 1
             self.scheduler.step()
+        elif isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            scheduler.base_lrs = self._group_lrs()
+            for group, base in zip(self.optimizer.param_groups, self._group_lrs()):
+                group["lr"], group["initial_lr"] = base * self.multistep_factor(scheduler.last_epoch), base
         elif isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             # The recursive cosine update continues exactly from the closed-form value at the current epoch.
             scheduler.T_max, scheduler.base_lrs = max(1, self.total_epochs), self._group_lrs()
@@ -559,7 +592,7 @@ class Trainer:
             row["aux_loss"] = float(aux_loss.detach())
         if self.ema is not None:  # after the aux step: the average includes the entropy bottleneck's quantiles
             self.ema.update(self.model)
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+        if self.scheduler is not None and self.steps_lr_per_step:
             self.scheduler.step()
         if isinstance(self.optimizer, TaskWeightedOptimizer):
             row.update(self.optimizer.task_weight_dict())
@@ -604,7 +637,7 @@ class Trainer:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             if val is not None:
                 self.scheduler.step(val["loss"])
-        elif isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        elif self.scheduler is not None and not self.steps_lr_per_step:
             self.scheduler.step()
         if self.gamma_schedule is not None:
             self.gamma_schedule.step(val_loss=val["loss"] if val is not None else None)

@@ -9,8 +9,9 @@ from common.cli import DefaultsHelpFormatter, OneLineErrorParser, bool_flag, num
 from common.train.config import TrainConfig
 from common.train.optimizers import OPTIMIZERS
 from common.train.precision import LOCAL_FP32_MODES
+from common.train.recipes import load_recipe
 
-SCHEDULERS = ("none", "cosine", "onecycle", "plateau")
+SCHEDULERS = ("none", "cosine", "onecycle", "plateau", "multistep")
 
 
 def amp_mode(text: str) -> str:
@@ -80,8 +81,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                      help="adam unless --use_balanced (options of each: ARCHITECTURE.md)")
     run.add_argument("--weight_decay", type=number(float, minimum=0), default=0.0)
     run.add_argument("--sched", choices=SCHEDULERS, default="none",
-                     help="cosine/plateau step per epoch, onecycle per step")
+                     help="cosine/plateau step per epoch, onecycle per step, multistep per --lr_milestone_unit")
     run.add_argument("--onecycle_pct_start", type=number(float, above=0, below=1), default=0.1)
+    run.add_argument("--lr_milestones", type=number(int, minimum=1), nargs="+", default=[], metavar="N",
+                     help="--sched multistep: where the lr drops (official HPCM: 2750 2850 2950 epochs)")
+    run.add_argument("--lr_factors", type=number(float, above=0), nargs="+", default=[], metavar="F",
+                     help="--sched multistep: lr = --lr x F_k from milestone k on (official HPCM: 0.3 0.1 0.01)")
+    run.add_argument("--lr_milestone_unit", choices=("epoch", "step"), default="epoch",
+                     help="--sched multistep: milestones count epochs or optimizer steps")
     run.add_argument("--lr_warmup_steps", type=number(int, minimum=0), default=0, help="linear warm-up (not with onecycle)")
     _alias(run, "max_grad_norm", "--clip_max_norm", type=number(float))
     run.add_argument("--max_grad_norm", type=number(float), default=1.0, help="gradient clipping; <= 0 disables")
@@ -127,6 +134,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                                           "(false: re-solve them by bisection when the run ends)")
     entropy.add_argument("--eb_aux_lr", type=number(float, above=0), default=1e-3)
     _alias(entropy, "eb_aux_lr", "--aux-learning-rate", type=number(float, above=0))
+
+    model.add_argument("--recipe", default=None, metavar="NAME|FILE",
+                       help="take the flags of a training recipe (common/train/recipes/: "
+                            "hpcm-base-mse, bmshj2018-factorized-ms-ssim, ...) as defaults; given flags win")
 
     out = parser.add_argument_group("outputs")
     out.add_argument("--save_dir", default="runs/train", help="run folder: checkpoints, logs, plots")
@@ -183,6 +194,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.recipe is not None:
+        parser.set_defaults(**load_recipe(args.recipe, set(vars(args))).flags)
+        args = parser.parse_args(argv)
     if args.resume is None:
         return args
     path = Path(args.save_dir) / checkpoint_names(args)["last"] if args.resume == "auto" else Path(args.resume)
