@@ -212,3 +212,28 @@ def test_best_checkpoints_hold_the_model_only_and_share_one_file(image_dirs, tmp
     assert "optimizer" not in best and "rng" not in best and best["state_dict"].keys() == \
         load_file(tmp_path / "last.pt")["state_dict"].keys()
     assert best_msssim.stat().st_size < 0.6 * (tmp_path / "last.pt").stat().st_size
+
+
+def test_kept_checkpoints_and_the_run_readme(image_dirs, tmp_path):
+    # 3 steps per epoch, validation every epoch and where the convergence window starts: steps 3, 6, 9, 10, 12.
+    run = tmp_path / "run"
+    Trainer(train_args(image_dirs, run, "--steps", "12", "--val_every", "1", "--keep_last", "2",
+                       "--keep_best", "2")).fit()
+    kept = run / "checkpoints"
+    val = [json.loads(line) for line in (run / "val_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in val] == [3, 6, 9, 10, 12]
+    assert sorted(p.name for p in kept.glob("last_step_*.pt")) == ["last_step_00000010.pt", "last_step_00000012.pt"]
+    infos = {p.name: json.loads(p.read_text()) for p in kept.glob("*.json")}
+    assert infos["last_step_00000012.json"]["step"] == 12 and infos["last_step_00000012.json"]["config"]["keep_last"] == 2
+    best_two = sorted(val, key=lambda row: row["val_loss"])[:2]
+    assert sorted(p.name for p in kept.glob("best_step_*.pt")) == sorted(
+        f"best_step_{row['step']:08d}.pt" for row in best_two)
+    for row in best_two:
+        assert infos[f"best_step_{row['step']:08d}.json"]["metrics"]["loss"] == row["val_loss"]
+    # A kept last-k checkpoint resumes; a best-k one holds weights only.
+    assert "optimizer" in load_file(kept / "last_step_00000010.pt")
+    assert "optimizer" not in load_file(next(kept.glob("best_step_*.pt")))
+    readme = (run / "README.md").read_text()
+    for listed in ("`last.pt`", "`best_loss.pt`", "`checkpoints`", "`convergence.json`", "`recon`", "`--keep_best`: `2`"):
+        assert listed in readme, listed
+    assert "task_weights.png" not in readme  # Adam: no such file, so not listed

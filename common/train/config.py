@@ -205,6 +205,8 @@ class OutputConfig:
     recon_every: int | None = None
     recon_count: int = 8
     save_every_steps: int = 0
+    keep_last: int = 0
+    keep_best: int = 0
     resume: str | None = None
     overwrite: bool = False
     wandb: bool = False

@@ -29,7 +29,7 @@ from common.checkpoint import (CHECKPOINT_FORMAT, atomic_link, atomic_save, atom
                                remove_stale_temporaries)
 from common.errors import UserError
 from common.paths import output_dir
-from common.train import convergence, distributed, finetune, optimizers, precision
+from common.train import convergence, distributed, finetune, optimizers, precision, run_folder
 from common.train.callbacks import Callback
 from common.train.ema import WeightEMA
 from common.train.logging import MetricsLog, WandbRun
@@ -676,6 +676,8 @@ class Trainer:
                 for name in best[1:]:
                     atomic_link(written, self.save_dir / name)
         if self.main:
+            run_folder.keep_checkpoints(self.save_dir, ckpt, val, self.cfg.output.keep_last, self.cfg.output.keep_best,
+                                        self.progress.step, self.epoch_index(), self.cfg.flat())
             self.val_log.write(row)
             self.wandb.log(row, self.progress.step)
             tqdm.write(f"epoch {self.epoch_index()} step {self.progress.step}: "
@@ -736,6 +738,7 @@ class Trainer:
             self.convergence = convergence.assess(self.val_log.rows(), self.total_steps)
             atomic_write_text(self.save_dir / "convergence.json", json.dumps(self.convergence.to_dict(), indent=2))
             tqdm.write(self.convergence.summary())
+            run_folder.write_readme(self.save_dir, self.cfg.flat(), self.recon.folder if self.recon else None)
         return val
 
     def _apply_unfreeze_schedule(self) -> None:
@@ -766,6 +769,7 @@ class Trainer:
         self.save(self.names["last"], ckpt)
         if isinstance(self.optimizer, TaskWeightedOptimizer) and self.main:
             plot_task_weights(self.save_dir / "train_log.csv", self.save_dir / "task_weights.png")
+
         distributed.barrier(self.dist)
         if self.main:
             self.wandb.finish()

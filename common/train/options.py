@@ -152,6 +152,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                      help="save reconstructions every N epochs (0: never; default: with each validation)")
     out.add_argument("--recon_count", type=number(int, minimum=0), default=8, help="validation images to reconstruct")
     out.add_argument("--save_every_steps", type=number(int, minimum=0), default=0, help="also write last.pt every N steps")
+    out.add_argument("--keep_last", type=number(int, minimum=0), default=0, metavar="K",
+                     help="also keep the checkpoints of the last K validations (SAVE_DIR/checkpoints, with an info JSON)")
+    out.add_argument("--keep_best", type=number(int, minimum=0), default=0, metavar="K",
+                     help="also keep the weights of the K validations with the lowest loss (SAVE_DIR/checkpoints)")
     out.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                      help="continue a run (default file: SAVE_DIR/last.pt)")
     bool_flag(out, "--overwrite", False, "start a new run in a SAVE_DIR that already holds one, replacing its "
