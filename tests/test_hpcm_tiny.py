@@ -191,6 +191,18 @@ def test_training_forward_backward_and_rate_split():
     assert model.g_a.branch[0].weight.grad.abs().sum() > 0  # straight-through rounding passes gradients
 
 
+@pytest.mark.parametrize("quirk", [False, True])
+def test_a_model_evaluated_under_inference_mode_still_trains(quirk):
+    # The schedule cache must not hand tensors made under inference_mode to a later training forward.
+    model = build("hpcm-tiny", official_s2_hyper_quirk=quirk)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        model.eval()(x)
+    out = model.train()(x)
+    sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values()).backward()
+    assert model.g_a.branch[0].weight.grad.abs().sum() > 0
+
+
 def test_rate_split_float64_exact_and_scale_fractions():
     model = fill_parity_weights(build("hpcm-tiny"), salt=1).double().eval()
     with torch.no_grad():

@@ -109,8 +109,12 @@ class ProgressiveContextCodec:
 
     # ------------------------------------------------------------------ schedule helpers
     def _schedule(self, height: int, width: int, device: torch.device) -> dict:
-        """Step maps of the three grids and the scale-2 hyper-merge index, cached per latent size."""
-        key = (height, width, str(device))
+        """Step maps of the three grids and the scale-2 hyper-merge index, cached per latent size.
+
+        Tensors made under ``torch.inference_mode()`` cannot be saved for backward, so inference and
+        ordinary mode keep separate entries (a model evaluated that way can then still be trained).
+        """
+        key = (height, width, str(device), torch.is_inference_mode_enabled())
         if key not in self._schedules:
             m = self.model.config.latent_channels
             full = schedule.step_map(m, height, width, device)
