@@ -47,7 +47,7 @@ class PConvRB(nn.Module):
         super().__init__()
         hidden = channels * mlp_ratio
         self.branch = nn.Sequential(PartialConv(channels, partial_ratio), conv1x1(channels, hidden),
-                                    nn.LeakyReLU(0.01), conv1x1(hidden, channels))
+                                    nn.LeakyReLU(0.01, inplace=True), conv1x1(hidden, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.branch(x)
@@ -60,7 +60,7 @@ class DWConvRB(nn.Module):
         super().__init__()
         hidden = channels * mlp_ratio
         self.branch = nn.Sequential(nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels),
-                                    conv1x1(channels, hidden), nn.LeakyReLU(0.01), conv1x1(hidden, channels))
+                                    conv1x1(channels, hidden), nn.LeakyReLU(0.01, inplace=True), conv1x1(hidden, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.branch(x)
