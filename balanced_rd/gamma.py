@@ -18,6 +18,15 @@ adaptive   clip(cosine(e) * k, r * gamma0, 1.5 * gamma0), k = 0.8 if CV < ``cv_l
            validation losses passed to step(); k = 1 until two losses are known. This is the seed's
            heuristic (more decay, i.e. weights nearer uniform, while the validation loss is noisy); it
            has no published justification.
+hierarchi  5 tasks (distortion, z, y_s1, y_s2, y_s3): distortion and z keep gamma0; each y scale's gamma0 is
+cal        multiplied by seed 004's 4-stage piecewise-linear factor, whose knots sit at 0, 10, 50, 83.3 and
+           100 % of T (the seed's epochs 0, 300, 1500, 2500, 3000 of a 3000-epoch run): s1 1.0, 1.2, 0.9,
+           0.7, 0.5; s2 0.8, 0.8, 1.1, 0.8, 0.5; s3 0.6, 0.6, 1.0, 1.1, 1.3 (held after T)
+scale_ada  5 tasks: each y scale's gamma0 times a factor that starts at 1 and, at every validation once
+ptive      ``cv_window`` of them are known, is multiplied by 0.95 when the coefficient of variation (sample
+           std / mean) of that scale's last ``cv_window`` validation rates is below 0.01 and by 1.02 above
+           0.05, clipped to [0.5, 1.5] (seed 004's per-scale adaptive gamma, fed with the real per-scale
+           rates it never received)
 =========  =========================================================================================
 """
 from __future__ import annotations
@@ -53,8 +62,10 @@ class GammaSchedule:
         """gamma for ``epoch`` (a float, or a per-task vector when gamma0 is one)."""
         raise NotImplementedError
 
-    def step(self, val_loss: float | None = None) -> float | Tensor:
-        """Advance one epoch (``val_loss``: that epoch's validation loss, used by 'adaptive'); returns gamma."""
+    def step(self, val_loss: float | None = None, scale_rates: Sequence[float] | None = None) -> float | Tensor:
+        """Advance one epoch; returns gamma. ``val_loss`` (that epoch's validation loss, read by 'adaptive') and
+        ``scale_rates`` (its validation rates of y_s1..y_s3, read by 'scale_adaptive') are None on epochs
+        without validation."""
         self.epoch += 1
         return self._apply()
 
@@ -144,7 +155,7 @@ class AdaptiveGamma(_AnnealedGamma):
         self.val_losses: list[float] = []
         super().__init__(optimizer, total_epochs, final_ratio, warmup_epochs)
 
-    def step(self, val_loss: float | None = None) -> float | Tensor:
+    def step(self, val_loss: float | None = None, scale_rates: Sequence[float] | None = None) -> float | Tensor:
         if val_loss is not None:
             self.val_losses = (self.val_losses + [float(val_loss)])[-self.cv_window:]
         return super().step()
@@ -168,6 +179,82 @@ class AdaptiveGamma(_AnnealedGamma):
 
     def load_state_dict(self, state: dict) -> None:
         self.val_losses = [float(v) for v in state["val_losses"]]
+        super().load_state_dict(state)
+
+
+# Seed 004's hierarchical schedule: knots as fractions of the run and each y scale's factor at them.
+HIERARCHICAL_KNOTS = (0.0, 0.1, 0.5, 2500 / 3000, 1.0)
+HIERARCHICAL_FACTORS = ((1.0, 1.2, 0.9, 0.7, 0.5), (0.8, 0.8, 1.1, 0.8, 0.5), (0.6, 0.6, 1.0, 1.1, 1.3))
+N_SCALE_TASKS = 5  # distortion, z, y_s1, y_s2, y_s3
+
+
+def _per_task_base(optimizer) -> Tensor:
+    """gamma0 as a vector over the 5 hierarchical tasks (a single gamma0 is given to every task)."""
+    n_tasks = getattr(optimizer, "n_tasks", None)
+    if n_tasks != N_SCALE_TASKS:
+        raise ValueError(f"this gamma strategy schedules the three HPCM y scales of the 5 hierarchical tasks; "
+                         f"the optimizer balances {n_tasks} (use --hierarchical_tasks true)")
+    gamma = optimizer.gamma
+    return gamma.detach().cpu().clone() if isinstance(gamma, Tensor) else torch.full((N_SCALE_TASKS,), float(gamma))
+
+
+class HierarchicalGamma(GammaSchedule):
+    """Seed 004's 4-stage per-scale schedule (see the module table), stretched over ``total_epochs``."""
+
+    def __init__(self, optimizer, total_epochs: int | None):
+        if not total_epochs or total_epochs < 1:
+            raise ValueError(f"the hierarchical gamma schedule needs the run's epochs, got {total_epochs}")
+        self.total_epochs = int(total_epochs)
+        optimizer.gamma = _per_task_base(optimizer)
+        super().__init__(optimizer)
+
+    def scale_factors(self, epoch: int) -> list[float]:
+        fraction = min(epoch / self.total_epochs, 1.0)
+        for left, right in zip(range(len(HIERARCHICAL_KNOTS) - 1), range(1, len(HIERARCHICAL_KNOTS))):
+            if fraction <= HIERARCHICAL_KNOTS[right]:
+                t = (fraction - HIERARCHICAL_KNOTS[left]) / (HIERARCHICAL_KNOTS[right] - HIERARCHICAL_KNOTS[left])
+                return [f[left] + (f[right] - f[left]) * t for f in HIERARCHICAL_FACTORS]
+        return [f[-1] for f in HIERARCHICAL_FACTORS]
+
+    def gamma_at(self, epoch: int) -> float | Tensor:
+        factors = torch.tensor([1.0, 1.0, *self.scale_factors(epoch)], dtype=self.base_gamma.dtype)
+        return self.base_gamma * factors
+
+
+class ScaleAdaptiveGamma(GammaSchedule):
+    """Per y scale: gamma0 times a factor moved by the variability of that scale's validation rate."""
+
+    LOW, HIGH, DOWN, UP, LIMITS = 0.01, 0.05, 0.95, 1.02, (0.5, 1.5)
+
+    def __init__(self, optimizer, cv_window: int = 50):
+        if cv_window < 2:
+            raise ValueError(f"gamma CV window must be >= 2 validations, got {cv_window}")
+        self.cv_window = int(cv_window)
+        self.history: list[list[float]] = [[], [], []]
+        self.factors = [1.0, 1.0, 1.0]
+        optimizer.gamma = _per_task_base(optimizer)
+        super().__init__(optimizer)
+
+    def step(self, val_loss: float | None = None, scale_rates: Sequence[float] | None = None) -> float | Tensor:
+        if scale_rates is not None:
+            for index, rate in enumerate(scale_rates):
+                history = self.history[index] = (self.history[index] + [float(rate)])[-self.cv_window:]
+                if len(history) == self.cv_window:
+                    values = torch.tensor(history, dtype=torch.float64)
+                    cv = float(values.std() / values.mean()) if values.mean() != 0 else math.inf
+                    multiplier = self.DOWN if cv < self.LOW else self.UP if cv > self.HIGH else 1.0
+                    self.factors[index] = min(max(self.factors[index] * multiplier, self.LIMITS[0]), self.LIMITS[1])
+        return super().step()
+
+    def gamma_at(self, epoch: int) -> float | Tensor:
+        return self.base_gamma * torch.tensor([1.0, 1.0, *self.factors], dtype=self.base_gamma.dtype)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "history": [list(h) for h in self.history], "factors": list(self.factors)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [[float(v) for v in h] for h in state["history"]]
+        self.factors = [float(f) for f in state["factors"]]
         super().load_state_dict(state)
 
 
@@ -199,10 +286,18 @@ def _adaptive(optimizer, total_epochs: int | None = None, final_ratio: float = 0
     return AdaptiveGamma(optimizer, total_epochs, final_ratio, warmup_epochs, cv_window)
 
 
+def _hierarchical(optimizer, total_epochs: int | None = None) -> GammaSchedule:
+    return HierarchicalGamma(optimizer, total_epochs)
+
+
+def _scale_adaptive(optimizer, cv_window: int = 50) -> GammaSchedule:
+    return ScaleAdaptiveGamma(optimizer, cv_window)
+
+
 # The registry: each strategy's builder; its keyword arguments are the options it reads.
 GAMMA_SCHEDULES: dict[str, Callable[..., GammaSchedule]] = {
     "constant": _constant, "linear": _linear, "cosine": _cosine, "step": _step, "hpcm": _hpcm,
-    "adaptive": _adaptive}
+    "adaptive": _adaptive, "hierarchical": _hierarchical, "scale_adaptive": _scale_adaptive}
 GAMMA_STRATEGIES = tuple(GAMMA_SCHEDULES)
 GAMMA_SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {
     name: tuple(inspect.signature(builder).parameters)[1:] for name, builder in GAMMA_SCHEDULES.items()}

@@ -188,6 +188,9 @@ def add_optimizer_arguments(group: argparse.ArgumentParser | argparse._ArgumentG
     group.add_argument("--prior_weights", type=number(float, above=0), nargs="+", default=None,
                        help="balanced: task weights to start from and decay towards, one per task "
                             "(default: uniform)")
+    group.add_argument("--scale_weights", type=number(float, above=0), nargs=3, default=None, metavar="W",
+                       help="seed 004's phase 3: relative prior weights of the y scales s1 s2 s3 of "
+                            "--hierarchical_tasks (e.g. 0.3 0.4 0.3; distortion and z keep theirs)")
     bool_flag(group, "--cautious", True, "sign-mask the model update (Cautious Adam); false = plain Adam")
     group.add_argument("--max_mask_scale", type=_optional_float, default=10.0,
                        help="cap on the cautious rescaling 1/mean(mask); 'none' = uncapped (default: 10)")

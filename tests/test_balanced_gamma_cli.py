@@ -203,3 +203,73 @@ def test_seed_004_per_scale_gammas_fill_the_hierarchical_gamma_vector():
         build(params, parse(["--use_balanced", "--gamma", *["0.003"] * 5, "--gamma_s1", "0.01"]), 5)
     with pytest.raises(UserError, match="--gamma_s2 is an option of --optimizer balanced, not of --optimizer adam"):
         check_flags(parse(["--gamma_s2", "0.01"]))
+
+
+def test_hierarchical_gamma_is_seed_004s_four_stage_schedule():
+    # Seed 004's values at these epochs of a 3000-epoch run, computed by running its ScaleGammaManager
+    # (../shared/spec/seed_repo_review.md); distortion and z keep their gamma.
+    opt = make_opt([0.003, 0.002, 0.008, 0.006, 0.004], n_tasks=5)
+    schedule = make_gamma_schedule("hierarchical", opt, total_epochs=3000)
+    expected = {0: (0.008, 0.0048, 0.0024), 300: (0.0096, 0.0048, 0.0024), 1500: (0.0072, 0.0066, 0.0040),
+                2500: (0.0056, 0.0048, 0.0044), 2999: (0.0040, 0.0030, 0.0052)}
+    seen = {0: opt.gamma.clone()}
+    for epoch in range(1, 3000):
+        gamma = schedule.step()
+        if epoch in expected:
+            seen[epoch] = gamma.clone()
+    for epoch, scales in expected.items():
+        torch.testing.assert_close(seen[epoch][:2], torch.tensor([0.003, 0.002]))
+        # The review rounds 2999 to 2 significant digits; the others are exact knots.
+        torch.testing.assert_close(seen[epoch][2:], torch.tensor(scales), rtol=2e-3 if epoch == 2999 else 1e-6, atol=0)
+    # A shorter run keeps the shape: the knots sit at the same fractions of the run.
+    short = make_gamma_schedule("hierarchical", make_opt([0.003, 0.002, 0.008, 0.006, 0.004], n_tasks=5),
+                                total_epochs=30)
+    for _ in range(15):
+        gamma = short.step()
+    torch.testing.assert_close(gamma[2:], torch.tensor([0.0072, 0.0066, 0.0040]))
+    with pytest.raises(ValueError, match="5 hierarchical tasks"):
+        make_gamma_schedule("hierarchical", make_opt(), total_epochs=30)
+
+
+def test_scale_adaptive_gamma_follows_each_scales_rate_variability():
+    opt = make_opt([0.003, 0.003, 0.008, 0.006, 0.004], n_tasks=5)
+    schedule = make_gamma_schedule("scale_adaptive", opt, cv_window=3)
+    rates = [(0.10, 0.20, 0.30), (0.10, 0.30, 0.31), (0.10, 0.20, 0.32), (0.10, 0.30, 0.31)]
+    schedule.step()  # an epoch without validation changes nothing
+    for rate in rates:
+        gamma = schedule.step(scale_rates=rate)
+    # s1 constant (CV 0 < 0.01): x0.95 twice; s2 alternating (CV > 0.05): x1.02 twice; s3 (CV 0.01-0.05): x1.
+    torch.testing.assert_close(gamma, torch.tensor([0.003, 0.003, 0.008 * 0.95**2, 0.006 * 1.02**2, 0.004]))
+    again = make_gamma_schedule("scale_adaptive", make_opt([0.003, 0.003, 0.008, 0.006, 0.004], n_tasks=5),
+                                cv_window=3)
+    again.load_state_dict(schedule.state_dict())
+    torch.testing.assert_close(again.optimizer.gamma, gamma)
+
+
+def test_scale_weights_are_the_prior_of_the_y_scales():
+    config = parse_config(["--use_balanced", "--hierarchical_tasks", "true", "--scale_weights", "0.3", "0.4", "0.3"])
+    opt, _ = build_optimizer([nn.Parameter(torch.zeros(1))], config.optim, n_tasks=5, lr=1e-3)
+    torch.testing.assert_close(opt.task_weights, torch.tensor([0.2, 0.2, 0.18, 0.24, 0.18]))
+    with pytest.raises(UserError, match="--hierarchical_tasks true"):
+        build_optimizer([nn.Parameter(torch.zeros(1))], config.optim, n_tasks=2, lr=1e-3)
+
+
+@pytest.mark.parametrize("strategy", ["hierarchical", "scale_adaptive"])
+def test_per_scale_gamma_strategies_run_in_a_hierarchical_training(tmp_path, strategy):
+    from common.train.engine import Trainer
+    from tests.helpers import write_image_dirs
+
+    train, test = write_image_dirs(tmp_path / "images", size=64, n_train=4, n_test=1)
+    extra = ["--gamma_cv_window", "2"] if strategy == "scale_adaptive" else []
+    trainer = Trainer(parse_config([
+        "--model", "hpcm-tiny", "--train_dataset", str(train), "--test_dataset", str(test), "--patch_size", "64",
+        "--batch_size", "2", "--steps", "6", "--val_every", "1", "--save_dir", str(tmp_path / "run"),
+        "--recon_every", "0", "--progress", "false", "--num_workers", "0", "--use_balanced",
+        "--hierarchical_tasks", "true", "--gamma_s1", "0.008", "--gamma_strategy", strategy, *extra]))
+    trainer.fit()
+    gamma = trainer.optimizer.gamma
+    assert gamma.shape == (5,) and torch.equal(gamma[:2], torch.tensor([0.003, 0.003]))
+    if strategy == "scale_adaptive":  # three validations of each scale's real rate reached the schedule
+        assert all(len(history) == 2 for history in trainer.gamma_schedule.history)
+    else:  # 3 epochs of 3: the last knot
+        torch.testing.assert_close(gamma[2:], torch.tensor([0.008 * 0.5, 0.006 * 0.5, 0.004 * 1.3]))

@@ -219,7 +219,7 @@ def readme_seed_004_commands() -> list[str]:
 
 def test_readme_seed_004_commands_run_at_a_tiny_size(image_dirs, tmp_path):
     commands = readme_seed_004_commands()
-    assert len(commands) == 4
+    assert len(commands) == 6
     Trainer(config(image_dirs, tmp_path / "base", "--steps", "1", model="hpcm-tiny", patch="64")).fit()
     train, test = image_dirs
     for index, command in enumerate(commands):

@@ -73,6 +73,7 @@ class OptimizerConfig:
     w_lr_sched: str = "constant"
     min_losses: list[float] = field(default_factory=lambda: [-1.0])
     prior_weights: list[float] | None = None
+    scale_weights: list[float] | None = None
     cautious: bool = True
     max_mask_scale: float | None = 10.0
     qp_eps: float = 1e-06

@@ -640,7 +640,9 @@ class Trainer:
         elif self.scheduler is not None and not self.steps_lr_per_step:
             self.scheduler.step()
         if self.gamma_schedule is not None:
-            self.gamma_schedule.step(val_loss=val["loss"] if val is not None else None)
+            scale_rates = ([val[metric] for metric in finetune.SCALE_RATES.values()]
+                           if val is not None and self.cfg.loss.hierarchical_tasks else None)
+            self.gamma_schedule.step(val_loss=val["loss"] if val is not None else None, scale_rates=scale_rates)
         if self.recon is not None and epoch_done % self.recon_every == 0:
             self.recon.write(self.evaluated_model(), f"e{epoch_done - 1:03d}")  # seed 001: tag = 0-based epoch index
         if val is not None:

@@ -40,7 +40,7 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {}
 
 # Flags of the task-weighting optimizers (Balanced, BalancedQP): shared, then each one's own.
 _TASK_WEIGHTING = ("min_losses", "cautious", "max_mask_scale")
-_FAMO = ("gamma", "gamma_s1", "gamma_s2", "gamma_s3", "w_lr", "w_lr_sched", "prior_weights", "weight_update_every", "delta_subset", "share_noise",
+_FAMO = ("gamma", "gamma_s1", "gamma_s2", "gamma_s3", "w_lr", "w_lr_sched", "prior_weights", "scale_weights", "weight_update_every", "delta_subset", "share_noise",
          "adaptive_gamma", "gamma_strategy", "gamma_final_ratio", "gamma_warmup_epochs", "gamma_milestones",
          "gamma_step_factor", "gamma_min", "gamma_cv_window")
 # The γ-schedule flags and the keyword of make_gamma_schedule each one fills.
@@ -94,10 +94,30 @@ def _gamma(args: OptimizerConfig, n_tasks: int) -> float | list[float]:
     return [args.gamma[0]] * 2 + [default if value is None else value for value, default in zip(scales, SEED_SCALE_GAMMAS)]
 
 
+def _prior_weights(args: OptimizerConfig, n_tasks: int) -> list[float] | None:
+    """--prior_weights, or seed 004's --scale_weights s1 s2 s3 as the prior of the three y-scale tasks.
+
+    Seed 004 multiplied the task weights by scale factors inside the loss only, so the weights no longer summed
+    to 1 and the logit update did not see the change. Here the factors (relative to their mean) scale the
+    uniform prior of the y scales, which the weights start from and decay towards; distortion and z keep
+    theirs. 0.3 0.4 0.3 gives 0.2, 0.2, 0.18, 0.24, 0.18.
+    """
+    if args.scale_weights is None:
+        return args.prior_weights
+    if n_tasks != 5 or len(args.scale_weights) != 3:
+        raise UserError("--scale_weights takes 3 values (y scales s1, s2, s3) and needs --hierarchical_tasks true")
+    if args.prior_weights is not None:
+        raise UserError("--scale_weights and --prior_weights both set the prior task weights; give one")
+    if not all(value > 0 for value in args.scale_weights):
+        raise UserError(f"--scale_weights must be > 0, got {args.scale_weights}")
+    mean = sum(args.scale_weights) / 3
+    return [1.0, 1.0, *(value / mean for value in args.scale_weights)]
+
+
 @register_optimizer("balanced", update="famo", cls=Balanced, options=_TASK_WEIGHTING + _FAMO)
 def _balanced(params, args, lr, n_tasks, task_names):
     gamma = _gamma(args, n_tasks)
-    return Balanced(params, lr, gamma=gamma, w_lr=args.w_lr, prior_weights=args.prior_weights,
+    return Balanced(params, lr, gamma=gamma, w_lr=args.w_lr, prior_weights=_prior_weights(args, n_tasks),
                     **_task_weighting_kwargs(args, n_tasks, task_names))
 
 
