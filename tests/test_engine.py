@@ -237,3 +237,35 @@ def test_kept_checkpoints_and_the_run_readme(image_dirs, tmp_path):
     for listed in ("`last.pt`", "`best_loss.pt`", "`checkpoints`", "`convergence.json`", "`recon`", "`--keep_best`: `2`"):
         assert listed in readme, listed
     assert "task_weights.png" not in readme  # Adam: no such file, so not listed
+
+
+class FakeWandbRun:
+    id = "fake"
+
+    def __init__(self):
+        self.logged: list[tuple[int, dict]] = []
+
+    def log(self, values, step):
+        self.logged.append((step, values))
+
+    def finish(self):
+        pass
+
+
+def test_wandb_gets_the_seeds_keys_task_weights_and_reconstruction_grids(image_dirs, tmp_path, monkeypatch):
+    import wandb
+
+    fake = FakeWandbRun()
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: fake)
+    Trainer(train_args(image_dirs, tmp_path / "run", "--steps", "3", "--val_every", "1", "--wandb", "true", "--use_balanced",
+                       "--loss_type", "rd")).fit()
+    keys = {key for _, values in fake.logged for key in values}
+    for key in ("train/rd/total", "train/rd/recon_total", "train/rd/l1", "train/rd/1-msssim", "train/rd/bpp",
+                "train/msssim", "train/task_weights/distortion", "train/task_weights/rate", "train/lr",
+                "val/psnr", "val/ms_ssim", "recon/pre_e000", "recon/e000"):
+        assert key in keys, key
+    step, first = next((step, values) for step, values in fake.logged if "train/rd/total" in values)
+    assert first["train/rd/1-msssim"] == pytest.approx(1 - first["train/msssim"])
+    # The grid: the 2 validation images over their 2 reconstructions (32 px each, 2 px padding).
+    grid = next(values["recon/e000"] for _, values in fake.logged if "recon/e000" in values)
+    assert grid.image.size == (2 + 2 * 34, 2 + 2 * 34)

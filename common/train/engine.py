@@ -644,7 +644,7 @@ class Trainer:
                            if val is not None and self.cfg.loss.hierarchical_tasks else None)
             self.gamma_schedule.step(val_loss=val["loss"] if val is not None else None, scale_rates=scale_rates)
         if self.recon is not None and epoch_done % self.recon_every == 0:
-            self.recon.write(self.evaluated_model(), f"e{epoch_done - 1:03d}")  # seed 001: tag = 0-based epoch index
+            self._write_recon(f"e{epoch_done - 1:03d}")  # seed 001: tag = 0-based epoch index
         if val is not None:
             self._record_validation(val)
         return val
@@ -681,7 +681,7 @@ class Trainer:
             run_folder.keep_checkpoints(self.save_dir, ckpt, val, self.cfg.output.keep_last, self.cfg.output.keep_best,
                                         self.progress.step, self.epoch_index(), self.cfg.flat())
             self.val_log.write(row)
-            self.wandb.log(row, self.progress.step)
+            self.wandb.log(row, self.progress.step, split="val")
             tqdm.write(f"epoch {self.epoch_index()} step {self.progress.step}: "
                        + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
         self._notify("on_validation", val)
@@ -692,7 +692,7 @@ class Trainer:
         cfg, progress = self.cfg, self.progress
         if self.recon is not None and progress.step == 0:
             self.recon.write_origin()
-            self.recon.write(self.evaluated_model(), "pre_e000")
+            self._write_recon("pre_e000")
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=progress.step, desc="train", unit="step",
                    disable=not (self.main and cfg.output.progress), dynamic_ncols=True)
@@ -742,6 +742,12 @@ class Trainer:
             tqdm.write(self.convergence.summary())
             run_folder.write_readme(self.save_dir, self.cfg.flat(), self.recon.folder if self.recon else None)
         return val
+
+    def _write_recon(self, tag: str) -> None:
+        """Reconstruction PNGs under ``tag``, and on W&B a grid of inputs over reconstructions (``recon/<tag>``)."""
+        outputs = self.recon.write(self.evaluated_model(), tag)
+        if outputs:
+            self.wandb.log_grid(f"recon/{tag}", [list(self.recon.subset), outputs], self.progress.step)
 
     def _apply_unfreeze_schedule(self) -> None:
         """Freeze or unfreeze the --unfreeze_at groups for the current epoch (DDP re-registers what trains)."""

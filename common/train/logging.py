@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,34 @@ class MetricsLog:
             csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore").writerow(row)
 
 
+# Seed 003's W&B key names for the training terms this engine logs (the others go to ``train/<name>``).
+_TRAIN_KEYS = {"loss": "train/rd/total", "recon_loss": "train/rd/recon_total", "l1_loss": "train/rd/l1",
+               "bpp_loss": "train/rd/bpp", "ms_ssim": "train/msssim", "mse_loss": "train/mse"}
+
+
+def wandb_keys(row: dict[str, Any], split: str) -> dict[str, float]:
+    """A log row under the seeds' W&B names: ``train/rd/total``, ``train/rd/1-msssim``, ``train/psnr``,
+    ``train/task_weights/<task>``, ``val/psnr``, ``val/ms_ssim``, ...; ``step`` and ``epoch`` are left out
+    (W&B has its own step)."""
+    values = {key: _plain(value) for key, value in row.items()
+              if key not in ("step", "epoch") and isinstance(_plain(value), (int, float))}
+    if split == "val":
+        return {f"val/{key.removeprefix('val_')}": value for key, value in values.items()}
+    named = {}
+    for key, value in values.items():
+        if key.startswith("weight_"):
+            named[f"train/task_weights/{key.removeprefix('weight_')}"] = value
+        elif key.startswith("coef_"):
+            named[f"train/task_coefficients/{key.removeprefix('coef_')}"] = value
+        else:
+            named[_TRAIN_KEYS.get(key, f"train/{key}")] = value
+    if "ms_ssim" in values:
+        named["train/rd/1-msssim"] = 1.0 - values["ms_ssim"]
+    if values.get("mse_loss", 0) > 0:
+        named["train/psnr"] = -10.0 * math.log10(values["mse_loss"])
+    return named
+
+
 class WandbRun:
     """Thin W&B wrapper. Offline unless WANDB_MODE says otherwise, so a run never waits for a network."""
 
@@ -96,15 +125,20 @@ class WandbRun:
     def run_id(self) -> str | None:
         return self.run.id if self.run is not None else None
 
-    def log(self, row: dict[str, Any], step: int) -> None:
+    def log(self, row: dict[str, Any], step: int, split: str = "train") -> None:
+        """Log a train or val row under the seeds' key names (:func:`wandb_keys`)."""
         if self.run is not None:
-            self.run.log({k: _plain(v) for k, v in row.items() if isinstance(_plain(v), (int, float))}, step=step)
+            self.run.log(wandb_keys(row, split), step=step)
 
-    def log_image(self, key: str, path: Path, step: int) -> None:
+    def log_grid(self, key: str, rows: list[list], step: int) -> None:
+        """One image: a grid of 3×H×W tensors in [0, 1], one row per list (e.g. inputs, then reconstructions)."""
         if self.run is not None:
             import wandb
+            from torchvision.utils import make_grid
 
-            self.run.log({key: wandb.Image(str(path))}, step=step)
+            images = [image.detach().float().clamp(0, 1).cpu() for row in rows for image in row]
+            grid = make_grid(images, nrow=len(rows[0]), padding=2, pad_value=1.0)
+            self.run.log({key: wandb.Image(grid.permute(1, 2, 0).numpy())}, step=step)
 
     def finish(self) -> None:
         if self.run is not None:

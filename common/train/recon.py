@@ -36,10 +36,15 @@ class ReconWriter:
                 save_png(image, path)
 
     @torch.no_grad()
-    def write(self, model: nn.Module, tag: str) -> None:
+    def write(self, model: nn.Module, tag: str) -> list[torch.Tensor]:
+        """Write ``<tag>/NNNNN.png`` for every image of the subset; returns the reconstructions."""
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
+        outputs = []
         for number, image in enumerate(self.subset):
-            save_png(model(image.unsqueeze(0).to(device))["x_hat"][0], self.folder / tag / f"{number:05d}.png")
+            output = model(image.unsqueeze(0).to(device))["x_hat"][0]
+            save_png(output, self.folder / tag / f"{number:05d}.png")
+            outputs.append(output)
         model.train(was_training)
+        return outputs
