@@ -16,7 +16,7 @@ STUDIES ?= $(patsubst %/summary.json,%,$(wildcard results/*/summary.json))
 	phase2-npu-distill phase2-npu-export phase3-hierarchical phase3-ablation phase4-bdrate phase4-eval
 
 help:
-	@echo "make demo   - Adam vs Balanced R-D at 4 lambdas from the shipped base model, real bitstreams, JPEG/WebP anchors"
+	@echo "make demo   - Adam vs Balanced R-D at 5 lambdas from the shipped base model, real bitstreams, JPEG/WebP anchors"
 	@echo "make test   - run the test suite"
 	@echo "make pretrain - train the demo's base model (about 1.5 h on 2 cores)"
 	@echo "make study-scratch study-finetune study-hierarchical - the committed studies (results/)"

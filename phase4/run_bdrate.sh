@@ -5,8 +5,9 @@
 # Balanced against Adam and of both against JPEG, with the overlap of each pair and a convergence verdict
 # per run; an R-D figure, reconstructions at matched bpp and a study bundle for `python -m common.report`.
 #
-# The defaults are the demo (`make demo`): bmshj2018-factorized-small, each λ of 0.0004/0.0013/0.004/0.013
-# (a 32× ladder: fine-tuned for 800 steps from a base at λ 0.0048, the rate moves about as λ^0.4) fine-tuned
+# The defaults are the demo (`make demo`): bmshj2018-factorized-small, each λ of 0.0001/0.0004/0.0013/0.004/0.013
+# (a 130× ladder: fine-tuned for 800 steps from a base at λ 0.0048, Adam's rate moves about as λ^0.4, Balanced's
+# less, because its log(1 + l) task losses flatten λ at the high end; PHASES_OVERVIEW.md, study 1) fine-tuned
 # from the shipped base model (baselines/pretrained/, made by `make pretrain`), batch 4 of 64 px crops, lr 1e-3
 # cosine, two runs at a time. START= (empty) trains from scratch; SEEDS=0,1,2 repeats the comparison per seed.
 set -euo pipefail
@@ -17,7 +18,7 @@ source "$(dirname "$0")/../scripts/env.sh"
 if [ "$MODEL" = "$default_model" ]; then START="${START-baselines/pretrained/$default_model.pt}"; else START="${START:-}"; fi
 start=()
 [ -n "$START" ] && start=(--start_checkpoint "$START")
-"$PY" -m baselines.compare --out_dir "${CMP_DIR:-$OUT/phase4/bdrate}" --lambdas "${LAMBDAS:-0.0004,0.0013,0.004,0.013}" \
+"$PY" -m baselines.compare --out_dir "${CMP_DIR:-$OUT/phase4/bdrate}" --lambdas "${LAMBDAS:-0.0001,0.0004,0.0013,0.004,0.013}" \
   --seeds "${SEEDS:-0}" --jobs "${JOBS:-2}" --title "${TITLE:-Adam vs Balanced R-D, $MODEL}" \
   --arm "adam=--optimizer adam" \
   --arm "balanced=--optimizer balanced --gamma ${GAMMA:-0.003} --w_lr ${W_LR:-0.025}" \
