@@ -10,7 +10,7 @@ DEMO_DIR ?= runs/demo
 # Study bundles that `make phase4` renders (folders with a summary.json written by baselines.compare).
 STUDIES ?= $(patsubst %/summary.json,%,$(wildcard results/*/summary.json))
 
-.PHONY: setup test demo pretrain study-scratch study-finetune study-hierarchical phase4 bench clean-venv help \
+.PHONY: setup test demo pretrain gpu-check study-scratch study-finetune study-hierarchical phase4 bench clean-venv help \
 	phase1-standard phase1-balanced phase1-hparam \
 	phase2-adaptive phase2-finetune phase2-optuna phase2-npu-relu phase2-npu-gdnish phase2-npu-qat \
 	phase2-npu-distill phase2-npu-export phase3-hierarchical phase3-ablation phase4-bdrate phase4-eval
@@ -22,6 +22,7 @@ help:
 	@echo "make study-scratch study-finetune study-hierarchical - the committed studies (results/)"
 	@echo "make phase4 - tables, figures and an HTML page for every study in results/ (into reports/)"
 	@echo "make bench  - print the benchmarks' side-by-side ratios"
+	@echo "make gpu-check - on a GPU machine: CUDA tests, throughput, Balanced step cost, a short from-scratch run"
 	@echo "make setup  - create .venv with the pinned dependencies (done by the targets above)"
 
 setup: $(STAMP)
@@ -85,6 +86,10 @@ study-hierarchical: setup
 
 phase4: setup
 	$(if $(STUDIES),$(PY) -m common.report $(STUDIES) --out_dir reports,@echo "no study in results/ (run make study-scratch first)" >&2; exit 2)
+
+# On a machine with a GPU: the CUDA tests, throughput, Balanced's step cost and a short run (benchmarks/gpu_check.py).
+gpu-check: setup
+	$(PY) -m benchmarks.gpu_check
 
 bench: setup
 	$(PY) -m benchmarks.train_throughput

@@ -9,12 +9,21 @@ meaningful with a trained checkpoint.
 
     python benchmarks/hpcm_speed.py [--model hpcm-base] [--sizes 256x256 768x512] [--repeats 3]
                                     [--devices cpu cuda] [--threads N] [--checkpoint PATH]
+                                    [--official PATH [--train_batch 4]]
+
+With ``--official PATH`` (a checkout of the official code, github.com/lyq133/LIC-HPCM) the official HPCM-Base
+is loaded with the same weights and timed side by side, alternating with ours: eval forward at each size and
+a training step (forward + backward, ``--train_batch`` random 256x256 crops); a second table prints
+ours/official. The official entropy coder is a compiled extension for Python 3.8; when it does not load, it
+is replaced by a stub that fails if called, since neither timed path codes anything. The official constructor
+puts its adaptive parameters on CUDA; without a GPU they are made on the CPU.
 
 Sizes are WIDTHxHEIGHT and must be multiples of the model's ``forward_multiple`` (256 for Base/Large).
 Without ``--devices`` the CPU and, when available, CUDA are timed. Exit code 1 if a decode mismatches.
 """
 from __future__ import annotations
 
+from pathlib import Path
 
 import torch
 
@@ -43,6 +52,97 @@ def benchmark(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict:
             "max_diff": float((decoded - x_hat).abs().max())}
 
 
+def load_official(path: str) -> torch.nn.Module:
+    """The official HPCM-Base class from a checkout at ``path`` (its coder stubbed when it cannot load here)."""
+    import importlib
+    import sys
+    import types
+
+    root = Path(path).resolve()
+    if not (root / "src" / "models" / "HPCM_Base.py").is_file():
+        raise UserError(f"--official {path}: no src/models/HPCM_Base.py there; point it at a checkout of "
+                        "github.com/lyq133/LIC-HPCM")
+    sys.path.insert(0, str(root))
+    try:
+        importlib.import_module("src.entropy_models")
+    except ImportError:
+        def unavailable(*args, **kwargs):
+            raise RuntimeError("the official entropy coder is not built for this Python")
+
+        for name, symbols in (("src.entropy_models._CXX", ("pmf_to_quantized_cdf",)),
+                              ("src.entropy_models.unbounded_ans", ("ubransEncoder", "ubransDecoder"))):
+            stub = types.ModuleType(name)
+            for symbol in symbols:
+                setattr(stub, symbol, unavailable)
+            sys.modules[name] = stub
+        for name in [n for n in sys.modules if n == "src.entropy_models" or n.startswith("src.entropy_models.")]:
+            if name not in ("src.entropy_models._CXX", "src.entropy_models.unbounded_ans"):
+                del sys.modules[name]
+    return importlib.import_module("src.models.HPCM_Base").HPCM
+
+
+def construct_official(cls) -> torch.nn.Module:
+    """``cls()``; without CUDA, the tensors its constructor puts on ``device='cuda'`` (the adaptive
+    parameters) are made on the CPU instead."""
+    if torch.cuda.is_available():
+        return cls()
+    real_ones = torch.ones
+
+    def ones(*args, device=None, **kwargs):
+        return real_ones(*args, device=None if str(device).startswith("cuda") else device, **kwargs)
+
+    torch.ones = ones
+    try:
+        return cls()
+    finally:
+        torch.ones = real_ones
+
+
+def training_step_time(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    """Median time of forward + λ·255²·MSE + bpp + backward (the official train.py's loss) in training mode."""
+    model.train()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        bits = sum(-torch.log2(likelihoods).sum() for likelihoods in out["likelihoods"].values())
+        loss = 0.013 * 255**2 * torch.mean((out["x_hat"] - x) ** 2) + bits / (x.shape[0] * x.shape[2] * x.shape[3])
+        loss.backward()
+
+    return median_time(step, repeats, x.device)
+
+
+def compare_with_official(ours: torch.nn.Module, path: str, sizes, repeats: int, train_batch: int) -> None:
+    official = construct_official(load_official(path)).eval()
+    # The weights (same names); not the coder tables, which the official model builds in its own update().
+    theirs = official.state_dict()
+    weights = {key: value for key, value in ours.state_dict().items()
+               if key in theirs and theirs[key].shape == value.shape}
+    absent = [name for name, _ in official.named_parameters() if name not in weights]
+    if absent:
+        raise UserError(f"our model lacks weights the official one has: {', '.join(absent[:5])}")
+    official.load_state_dict(weights, strict=False)
+    rows = []
+    with torch.no_grad():
+        for width, height in sizes:
+            x = photo(width, height)
+            times = {name: median_time(lambda m=model: m.eval()(x), repeats, x.device)
+                     for name, model in (("ours", ours), ("official", official))}
+            rows.append((f"eval forward {width}x{height}", times))
+    torch.manual_seed(0)
+    x = torch.rand(train_batch, 3, 256, 256)
+    times = {name: training_step_time(model, x, repeats) for name, model in (("ours", ours), ("official", official))}
+    rows.append((f"training step, batch {train_batch} of 256x256", times))
+    ours.eval()
+    print(f"\nours vs the official code ({path}), same weights, CPU, {torch.get_num_threads()} threads, "
+          f"median of {repeats} after 1 warm-up")
+    print("| path | ours ms | official ms | ours/official |")
+    print("|---|---|---|---|")
+    for label, times in rows:
+        print(f"| {label} | {times['ours'] * 1e3:.0f} | {times['official'] * 1e3:.0f} | "
+              f"{times['ours'] / times['official']:.2f} |", flush=True)
+
+
 def main(argv=None) -> int:
     parser = OneLineErrorParser(prog="python benchmarks/hpcm_speed.py",
                                 description="HPCM forward vs real compress/decompress time")
@@ -53,6 +153,9 @@ def main(argv=None) -> int:
     parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"),
                         help="devices to time (default: cpu, plus cuda when available)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads on the CPU (default: torch's choice)")
+    parser.add_argument("--official", metavar="PATH", help="a checkout of the official HPCM code to time beside "
+                        "ours (hpcm-base only)")
+    parser.add_argument("--train_batch", type=int, default=4, help="batch of the timed training step (--official)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
@@ -91,6 +194,10 @@ def main(argv=None) -> int:
             print(f"| {device} | {width}x{height} | {r['forward'] * 1e3:.0f} | {r['compress'] * 1e3:.0f} | "
                   f"{r['decompress'] * 1e3:.0f} | {r['compress'] / r['forward']:.2f} | "
                   f"{r['decompress'] / r['forward']:.2f} | {r['bpp']:.4f} | {exact} |", flush=True)
+    if args.official:
+        if args.model != "hpcm-base":
+            raise UserError("--official times the official HPCM-Base: use --model hpcm-base")
+        compare_with_official(model.to("cpu"), args.official, args.sizes, args.repeats, args.train_batch)
     return 0 if all_exact else 1
 
 
