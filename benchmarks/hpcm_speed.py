@@ -13,7 +13,8 @@ meaningful with a trained checkpoint.
 
 With ``--official PATH`` (a checkout of the official code, github.com/lyq133/LIC-HPCM) the official HPCM-Base
 is loaded with the same weights and timed side by side, alternating with ours: eval forward at each size and
-a training step (forward + backward, ``--train_batch`` random 256x256 crops); a second table prints
+a training step (forward + backward, ``--train_batch`` random 256x256 crops), and the memory a training
+forward keeps for backward (the tensors autograd saves, weights excluded); a second table prints
 ours/official. The official entropy coder is a compiled extension for Python 3.8; when it does not load, it
 is replaced by a stub that fails if called, since neither timed path codes anything. The official constructor
 puts its adaptive parameters on CUDA; without a GPU they are made on the CPU.
@@ -112,6 +113,24 @@ def training_step_time(model: torch.nn.Module, x: torch.Tensor, repeats: int) ->
     return median_time(step, repeats, x.device)
 
 
+def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors a training forward keeps for backward (storages counted once, weights excluded)."""
+    model.train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = model(x)
+    del out
+    return sum(storages.values())
+
+
 def compare_with_official(ours: torch.nn.Module, path: str, sizes, repeats: int, train_batch: int) -> None:
     official = construct_official(load_official(path)).eval()
     # The weights (same names); not the coder tables, which the official model builds in its own update().
@@ -133,6 +152,7 @@ def compare_with_official(ours: torch.nn.Module, path: str, sizes, repeats: int,
     x = torch.rand(train_batch, 3, 256, 256)
     times = {name: training_step_time(model, x, repeats) for name, model in (("ours", ours), ("official", official))}
     rows.append((f"training step, batch {train_batch} of 256x256", times))
+    memory = {name: saved_activation_bytes(model, x) for name, model in (("ours", ours), ("official", official))}
     ours.eval()
     print(f"\nours vs the official code ({path}), same weights, CPU, {torch.get_num_threads()} threads, "
           f"median of {repeats} after 1 warm-up")
@@ -141,6 +161,8 @@ def compare_with_official(ours: torch.nn.Module, path: str, sizes, repeats: int,
     for label, times in rows:
         print(f"| {label} | {times['ours'] * 1e3:.0f} | {times['official'] * 1e3:.0f} | "
               f"{times['ours'] / times['official']:.2f} |", flush=True)
+    print(f"| tensors saved for backward, batch {train_batch} of 256x256 (MiB) | {memory['ours'] / 2**20:.0f} | "
+          f"{memory['official'] / 2**20:.0f} | {memory['ours'] / memory['official']:.2f} |", flush=True)
 
 
 def main(argv=None) -> int:
