@@ -23,6 +23,7 @@ EXPECTED_GROUPS = {
     "hpcm-tiny": {"analysis", "synthesis", "hyper", "context", "entropy"},
     "bmshj2018-factorized": {"analysis", "synthesis", "entropy"},
     "mbt2018-mean": {"analysis", "synthesis", "hyper", "entropy"},
+    "elic2022-official": {"analysis", "synthesis", "hyper", "context", "entropy"},
 }
 
 

@@ -106,7 +106,7 @@ def test_each_recipe_is_a_published_ladder_whose_flags_train(image_dirs, tmp_pat
     assert sweep_lambdas("0.01", config) == [0.01]
     # Every flag of the recipe passes the engine's checks; the model, data and length are shrunk to run here.
     train, test = image_dirs
-    small = ["--model", "hpcm-tiny"] if config.model.model.startswith("hpcm") else ["--quality", "1"]
+    small = {"hpcm-base": ["--model", "hpcm-tiny"], "elic2022-official": []}.get(config.model.model, ["--quality", "1"])
     argv = ["--recipe", name, *small, "--train_dataset", str(train), "--test_dataset", str(test),
             "--patch_size", "64", "--batch_size", "2", "--steps", "1",
             "--save_dir", str(tmp_path), "--recon_every", "0", "--progress", "false", "--num_workers", "0"]

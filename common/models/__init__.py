@@ -93,4 +93,5 @@ def build(name: str, *, pretrained: bool = False, checkpoint: str | None = None,
 # Registration happens on import of each model module.
 from common.models import bmshj2018  # noqa: E402,F401
 from common.models import hpcm  # noqa: E402,F401
+from common.models import elic  # noqa: E402,F401
 from common.models import mbt2018  # noqa: E402,F401

@@ -4,8 +4,8 @@ Every parameter of a registry model belongs to exactly one named group, chosen b
 
 * ``analysis``: the analysis transform ``g_a``; ``synthesis``: the synthesis transform ``g_s``;
 * ``hyper``: the hyper transforms ``h_a`` and ``h_s``;
-* ``context``: HPCM's context model: the spatial-prior adaptors and nets, the attention blocks, the context
-  fusion net and the per-step adaptive parameters;
+* ``context``: the context model: HPCM's spatial-prior adaptors and nets, attention blocks, context fusion net
+  and per-step adaptive parameters; ELIC's channel context and checkerboard context and parameter nets;
 * ``entropy``: the parameters of the z entropy model (CompressAI's ``entropy_bottleneck``, HPCM's
   ``means_hyper``/``scales_hyper``).
 
@@ -40,9 +40,10 @@ if TYPE_CHECKING:
 PARAMETER_GROUPS: dict[str, str] = {
     "analysis": r"g_a\.",
     "synthesis": r"g_s\.",
-    "hyper": r"h_[as]\.",
-    "context": r"(y_spatial_prior\w*|attn_s\d|context_net|adaptive_params_list)\.",
-    "entropy": r"(entropy_bottleneck|gaussian_conditional)\.|(means|scales)_hyper$",
+    "hyper": r"(latent_codec\.hyper\.)?h_[as]\.",
+    "context": r"(y_spatial_prior\w*|attn_s\d|context_net|adaptive_params_list)\."
+               r"|latent_codec\.y\.(channel_context|latent_codec\.y\d+\.(context_prediction|entropy_parameters))\.",
+    "entropy": r"(latent_codec\.hyper\.)?(entropy_bottleneck|gaussian_conditional)\.|(means|scales)_hyper$",
 }
 # Seed 004's --progressive_unfreeze: the hyper transforms train from epoch 100, the context model from 200.
 SEED_UNFREEZE_EPOCHS = {"hyper": 100, "context": 200}
