@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from typing import Sequence
 import torch
 
 from common import models
+from common.cli import OneLineErrorParser, run_main
+from common.errors import UserError
 from common.losses import RateDistortionLoss
 from common.train.config import OptimizerConfig
 from common.train.engine import Trainer
@@ -83,15 +84,14 @@ def from_scratch(device: torch.device, steps: int, optimizer: str, folder: Path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the script itself (CPU)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: no CUDA device is visible (torch.cuda.is_available() is False); run on a GPU machine "
-              "or pass --device cpu --smoke", file=sys.stderr)
-        return 2
+        raise UserError("no CUDA device is visible (torch.cuda.is_available() is False); run on a GPU machine "
+                        "or pass --device cpu --smoke")
     batch, size, steps, scratch_steps = (2, 64, 2, 4) if args.smoke else (16, 256, 10, 800)
     hpcm = "hpcm-tiny" if args.smoke else "hpcm-base"
     rows: list[tuple[str, str]] = []
@@ -119,4 +119,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -30,6 +30,7 @@ import torch
 
 from common.cli import OneLineErrorParser, run_main
 from common.errors import UserError
+from common.losses import RateDistortionLoss
 from common.eval import payload_bytes
 from common.models import build
 from common.models.hpcm.weights import fill_parity_weights
@@ -102,13 +103,11 @@ def construct_official(cls) -> torch.nn.Module:
 def training_step_time(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
     """Median time of forward + λ·255²·MSE + bpp + backward (the official train.py's loss) in training mode."""
     model.train()
+    criterion = RateDistortionLoss(0.013)
 
     def step():
         model.zero_grad(set_to_none=True)
-        out = model(x)
-        bits = sum(-torch.log2(likelihoods).sum() for likelihoods in out["likelihoods"].values())
-        loss = 0.013 * 255**2 * torch.mean((out["x_hat"] - x) ** 2) + bits / (x.shape[0] * x.shape[2] * x.shape[3])
-        loss.backward()
+        criterion(model(x), x)["loss"].backward()
 
     return median_time(step, repeats, x.device)
 

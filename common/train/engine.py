@@ -217,8 +217,8 @@ class Trainer:
             raise UserError("no trainable parameters: check --train_scope / --replace_parts / --freeze_entropy")
         self.parameter_plan.apply_epoch(0)
         self.optimizer, self.update_rule = optimizers.build_optimizer(
-            self.parameter_plan.optimizer_params(self.net_params, cfg.schedule.lr), cfg.optim, n_tasks=len(self.criterion.task_names), lr=cfg.schedule.lr,
-            task_names=self.criterion.task_names)
+            self.parameter_plan.optimizer_params(self.net_params, cfg.schedule.lr), cfg.optim,
+            n_tasks=len(self.criterion.task_names), lr=cfg.schedule.lr, task_names=self.criterion.task_names)
         self.step_options = optimizers.step_options(cfg.optim)
         self.aux_optimizer = (torch.optim.Adam(self.quantiles, lr=cfg.optim.eb_aux_lr)
                               if cfg.optim.eb_aux and self.quantiles else None)
@@ -777,7 +777,6 @@ class Trainer:
         self.save(self.names["last"], ckpt)
         if isinstance(self.optimizer, TaskWeightedOptimizer) and self.main:
             plot_task_weights(self.save_dir / "train_log.csv", self.save_dir / "task_weights.png")
-
         distributed.barrier(self.dist)
         if self.main:
             self.wandb.finish()

@@ -22,7 +22,6 @@ plateaued (:class:`ScaleEarlyStopping`).
 """
 from __future__ import annotations
 
-import argparse
 import re
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -227,7 +226,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Print each group's parameters for registry models (what ``--group_lr`` and the freezing flags select)."""
     from common import models
 
-    parser = argparse.ArgumentParser(prog="python -m common.train.finetune", description=main.__doc__)
+    from common.cli import OneLineErrorParser
+
+    parser = OneLineErrorParser(prog="python -m common.train.finetune", description=main.__doc__)
     parser.add_argument("model", nargs="+", help="registry names, e.g. hpcm-base bmshj2018-factorized")
     args = parser.parse_args(argv)
     for name in args.model:
@@ -242,4 +243,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common.cli import run_main
+
+    run_main(main)
