@@ -15,8 +15,10 @@ With ``--official PATH`` (a checkout of the official code, github.com/lyq133/LIC
 is loaded with the same weights and timed side by side, alternating with ours: eval forward at each size and
 a training step (forward + backward, ``--train_batch`` random 256x256 crops), and the memory a training
 forward keeps for backward (the tensors autograd saves, weights excluded); a second table prints
-ours/official. The official entropy coder is a compiled extension for Python 3.8; when it does not load, it
-is replaced by a stub that fails if called, since neither timed path codes anything. The official constructor
+ours/official. The official entropy coder is a compiled extension (shipped for Python 3.8; how to build it for
+this Python: ``scripts/hpcm_official_bitstream.py``). When it loads, compress and decompress are timed too, ours
+writing the official byte layout, and the script says whether both wrote the same bytes; when it does not, it
+is replaced by a stub that fails if called, and only the paths that code nothing are compared. The official constructor
 puts its adaptive parameters on CUDA; without a GPU they are made on the CPU.
 
 Sizes are WIDTHxHEIGHT and must be multiples of the model's ``forward_multiple`` (256 for Base/Large).
@@ -33,6 +35,7 @@ from common.errors import UserError
 from common.losses import RateDistortionLoss
 from common.eval import payload_bytes
 from common.models import build
+from common.models.hpcm.ggm import ggm_scale_table
 from common.models.hpcm.weights import fill_parity_weights
 from benchmarks.timing import median_time, parse_size, photo
 
@@ -81,6 +84,13 @@ def load_official(path: str) -> torch.nn.Module:
             if name not in ("src.entropy_models._CXX", "src.entropy_models.unbounded_ans"):
                 del sys.modules[name]
     return importlib.import_module("src.models.HPCM_Base").HPCM
+
+
+def official_coder_built() -> bool:
+    """Whether :func:`load_official` found the official entropy coder built for this Python (not the stub)."""
+    import sys
+
+    return getattr(sys.modules.get("src.entropy_models.unbounded_ans"), "__file__", None) is not None
 
 
 def construct_official(cls) -> torch.nn.Module:
@@ -140,13 +150,30 @@ def compare_with_official(ours: torch.nn.Module, path: str, sizes, repeats: int,
     if absent:
         raise UserError(f"our model lacks weights the official one has: {', '.join(absent[:5])}")
     official.load_state_dict(weights, strict=False)
-    rows = []
+    coder = official_coder_built()
+    if coder:  # ours writes the official layout, so both must produce the same bytes
+        official.update(ggm_scale_table(dtype=torch.float32))
+        layout, ours.bitstream = ours.bitstream, "official"
+    rows, same_bytes = [], []
     with torch.no_grad():
         for width, height in sizes:
             x = photo(width, height)
-            times = {name: median_time(lambda m=model: m.eval()(x), repeats, x.device)
-                     for name, model in (("ours", ours), ("official", official))}
-            rows.append((f"eval forward {width}x{height}", times))
+            pair = (("ours", ours), ("official", official))
+            rows.append((f"eval forward {width}x{height}",
+                         {name: median_time(lambda m=model: m.eval()(x), repeats, x.device) for name, model in pair}))
+            if not coder:
+                continue
+            coded = {name: model.compress(x) for name, model in pair}
+            (y, z), shape = coded["official"]["strings"], coded["official"]["shape"]  # official: [y, z]
+            same_bytes.append(f"{'yes' if coded['ours']['strings'] == [[z], [y]] else 'NO'} at {width}x{height}")
+            rows.append((f"compress {width}x{height}",
+                         {name: median_time(lambda m=model: m.compress(x), repeats, x.device) for name, model in pair}))
+            strings = {"ours": [[z], [y]], "official": [y, z]}
+            rows.append((f"decompress {width}x{height}",
+                         {name: median_time(lambda m=model, n=name: m.decompress(strings[n], shape), repeats, x.device)
+                          for name, model in pair}))
+    if coder:
+        ours.bitstream = layout
     torch.manual_seed(0)
     x = torch.rand(train_batch, 3, 256, 256)
     times = {name: training_step_time(model, x, repeats) for name, model in (("ours", ours), ("official", official))}
@@ -162,6 +189,11 @@ def compare_with_official(ours: torch.nn.Module, path: str, sizes, repeats: int,
               f"{times['ours'] / times['official']:.2f} |", flush=True)
     print(f"| tensors saved for backward, batch {train_batch} of 256x256 (MiB) | {memory['ours'] / 2**20:.0f} | "
           f"{memory['official'] / 2**20:.0f} | {memory['ours'] / memory['official']:.2f} |", flush=True)
+    if coder:
+        print(f"ours in the official layout wrote the official code's bytes: {', '.join(same_bytes)}")
+    else:
+        print("compress/decompress not compared: the official entropy coder is not built for this Python "
+              "(see scripts/hpcm_official_bitstream.py for how to build it)")
 
 
 def main(argv=None) -> int:

@@ -190,18 +190,44 @@ def test_cli_writes_compressai_json_and_csv(dataset, checkpoint, tmp_path):
     assert results["bpp"][0] == pytest.approx(agg["bpp"])
 
 
+def test_cli_hpcm_official_bitstream_layout(dataset, tmp_path):
+    """Both layouts code the same symbols with tables a few counts in 2^16 apart, and the coder writes 32-bit
+    words: the same size to a word per image (equal sizes on these images, as on the official fixture)."""
+    from common.eval.__main__ import main
+    from common.models.hpcm.weights import fill_parity_weights
+    weights = tmp_path / "tiny.pt"
+    torch.save(fill_parity_weights(build("hpcm-tiny")).state_dict(), weights)
+    docs = {}
+    for layout in ("toolkit", "official"):
+        out = tmp_path / f"{layout}.json"
+        assert main(["--model", "hpcm-tiny", "--checkpoint", str(weights), "--dataset", str(dataset),
+                     "--output", str(out), "--bitstream", layout]) == 0
+        docs[layout] = json.loads(out.read_text())
+    assert all(f"{layout} bitstream layout" in docs[layout]["codec"] for layout in docs)
+    rows = {layout: out.with_suffix(".csv").read_text() for layout, out in
+            ((k, tmp_path / f"{k}.json") for k in docs)}
+    assert rows["toolkit"] != rows["official"]
+    bpp = {layout: docs[layout]["results"]["bpp"][0] for layout in docs}
+    pixels = sum(h * w for h, w in SIZES)
+    assert abs(bpp["toolkit"] - bpp["official"]) * pixels / 8 <= 4 * len(SIZES)
+    assert docs["toolkit"]["results"]["psnr-rgb"] == docs["official"]["results"]["psnr-rgb"]
+
+
 @pytest.mark.parametrize("case", ["missing_dataset", "missing_checkpoint", "truncated_checkpoint",
-                                  "bad_quality", "quality_not_integer"])
+                                  "bad_quality", "quality_not_integer", "bitstream_not_hpcm"])
 def test_cli_user_errors_are_one_line(case, dataset, checkpoint, tmp_path):
     args = {"--model": "bmshj2018-factorized", "--dataset": str(dataset), "--output": str(tmp_path / "o.json"),
             "--checkpoint": str(checkpoint)}
     expected = {"missing_dataset": "dataset folder not found", "missing_checkpoint": "checkpoint file not found",
                 "truncated_checkpoint": "truncated", "bad_quality": "--quality must be an integer from 1 to 8",
-                "quality_not_integer": "--quality must be an integer or a comma list"}[case]
+                "quality_not_integer": "--quality must be an integer or a comma list",
+                "bitstream_not_hpcm": "--bitstream applies to HPCM models"}[case]
     if case == "missing_dataset":
         args["--dataset"] = str(tmp_path / "nope")
     elif case == "missing_checkpoint":
         args["--checkpoint"] = str(tmp_path / "nope.pt")
+    elif case == "bitstream_not_hpcm":
+        args["--bitstream"] = "official"
     elif case == "truncated_checkpoint":
         broken = tmp_path / "broken.pt"
         broken.write_bytes(checkpoint.read_bytes()[:5000])

@@ -59,6 +59,9 @@ def build_parser() -> OneLineErrorParser:
     parser.add_argument("--no-update", "--no_update", dest="update", action="store_false",
                         help="keep the CDF tables stored in the checkpoint (default: rebuild them with "
                              "update(force=True), as compressai's eval_model does for checkpoints)")
+    parser.add_argument("--bitstream", choices=("toolkit", "official"),
+                        help="HPCM models: the byte layout of the streams, ours (default) or the official code's "
+                             "(its float32 CDF tables and symbol order; same size to a few bytes)")
     bool_flag(parser, "--trust_checkpoint", False,
               "allow pickled Python objects in checkpoints (only for files you trust)")
     # Only needed for raw state dicts of replaced models; our training checkpoints record their recipe.
@@ -125,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels, aggregates, rows_per_point, description = [], [], [], ""
     for quality, checkpoint, label in runs:
         model = _load(args, quality, checkpoint, replace_config)
+        if args.bitstream is not None:
+            if not hasattr(model, "bitstream"):
+                raise UserError(f"--bitstream applies to HPCM models; {args.model} has one byte layout")
+            model.bitstream = args.bitstream
         default_multiple = model.eval_pad_multiple
         pad_multiple = args.pad_multiple or default_multiple
         # compressai's published files already carry their CDF tables; checkpoints get them rebuilt.
@@ -143,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = args.name or (f"{args.model}-{args.metric}" if args.pretrained else args.model)
     json_path, csv_path = write_results(args.output, name, description, labels, aggregates, rows_per_point,
                                         test_set=describe_test_set(args.dataset, len(images), args.test_set),
-                                        codec=codec_description(args.model))
+                                        codec=codec_description(args.model, args.bitstream))
     print(f"wrote {json_path} and {csv_path}", file=sys.stderr)
     return 0
 

@@ -221,11 +221,13 @@ def evaluate(model: nn.Module, image_paths: Sequence[str | os.PathLike], *, pad_
     return rows, aggregate(rows)
 
 
-def codec_description(model_name: str) -> str:
-    """What produced a learned codec's bitstreams: the model and the entropy coder, with versions."""
+def codec_description(model_name: str, bitstream: str | None = None) -> str:
+    """What produced a learned codec's bitstreams: the model, its byte layout if chosen, the entropy coder."""
     import compressai
 
-    return f"{model_name} (lic-toolkit), rANS coder of compressai {compressai.__version__}, torch {torch.__version__}"
+    layout = f", {bitstream} bitstream layout" if bitstream else ""
+    return (f"{model_name} (lic-toolkit){layout}, rANS coder of compressai {compressai.__version__}, "
+            f"torch {torch.__version__}")
 
 
 def describe(entropy_estimation: bool, pad_mode: str, pad_multiple: int, default_multiple: int,

@@ -12,9 +12,10 @@ from torch import nn
 CDF_PRECISION = 16
 
 
-def ggm_scale_table(low: float = 0.12, high: float = 64.0, levels: int = 60) -> torch.Tensor:
-    """Log-spaced scale levels of the y CDF tables (official: 60 levels from 0.12 to 64)."""
-    return torch.exp(torch.linspace(math.log(low), math.log(high), levels, dtype=torch.float64))
+def ggm_scale_table(low: float = 0.12, high: float = 64.0, levels: int = 60,
+                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Log-spaced scale levels of the y CDF tables (official: 60 levels from 0.12 to 64, computed in float32)."""
+    return torch.exp(torch.linspace(math.log(low), math.log(high), levels, dtype=dtype))
 
 
 class _GGMCDF(torch.autograd.Function):
@@ -44,6 +45,19 @@ class _GGMCDF(torch.autograd.Function):
 
 def ggm_cdf(t: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return _GGMCDF.apply(t, beta)
+
+
+def _official_ggm_cdf(t: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """The official code's evaluation of the unit GGM CDF, (1 + sign(t) P(1/beta, |t|^beta)) / 2, op for op
+    in ``t``'s dtype; for t > 0 it forms 1 - F by cancellation, so it is only used to reproduce its tables."""
+    return (1 + torch.sign(t) * torch.special.gammainc(1 / beta, torch.pow(torch.abs(t), beta))) / 2
+
+
+def _pad_rows(cdfs: list[list[int]]) -> torch.Tensor:
+    table = torch.zeros(len(cdfs), max(len(c) for c in cdfs), dtype=torch.int32)
+    for row, cdf in enumerate(cdfs):
+        table[row, :len(cdf)] = torch.tensor(cdf, dtype=torch.int32)
+    return table
 
 
 class GGMEntropyModel(nn.Module):
@@ -100,7 +114,24 @@ class GGMEntropyModel(nn.Module):
             pmf = upper - lower
             tail = float(lower[0] + (1.0 - upper[-1]))
             cdfs.append(pmf_to_quantized_cdf(pmf.tolist() + [tail], CDF_PRECISION))
-        table = torch.zeros(len(cdfs), max(len(c) for c in cdfs), dtype=torch.int32)
-        for row, cdf in enumerate(cdfs):
-            table[row, :len(cdf)] = torch.tensor(cdf, dtype=torch.int32)
-        return table, (pmf_lengths + 2).to(torch.int32), (-centers).to(torch.int32)
+        return _pad_rows(cdfs), (pmf_lengths + 2).to(torch.int32), (-centers).to(torch.int32)
+
+    def build_official_tables(self, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The tables of the official code, count for count: what ``build_tables`` computes, but in float32
+        with the official CDF formula, and with the official escape mass ``lower[0] + 1 - upper[-1]`` taken
+        at the last column of the grid padded to the longest row, so every row but the longest loses (most
+        of) its right tail. Only for reading and writing the official bitstreams: a handful of counts in
+        2^16 differ from ``build_tables`` (9 of the 60 y rows of HPCM-Base, for instance).
+        """
+        # float() after the bound too: in a float64 model the bound's buffer would promote the result.
+        scales = self.scale_lower_bound(scales.detach().float().cpu()).float()
+        beta = self.beta.detach().float().cpu()
+        centers = torch.ceil(scales * self.tail_multiplier()).int()
+        pmf_lengths = 2 * centers + 1
+        samples = (torch.arange(int(pmf_lengths.max()), dtype=torch.int32) - centers[:, None]).float()
+        upper = _official_ggm_cdf((samples + 0.5) / scales[:, None], beta)
+        lower = _official_ggm_cdf((samples - 0.5) / scales[:, None], beta)
+        pmf, tails = upper - lower, lower[:, 0] + (1 - upper[:, -1])
+        cdfs = [pmf_to_quantized_cdf(row[:length].tolist() + [tail], CDF_PRECISION)
+                for row, length, tail in zip(pmf, pmf_lengths.tolist(), tails.tolist())]
+        return _pad_rows(cdfs), (pmf_lengths + 2).to(torch.int32), (-centers).to(torch.int32)

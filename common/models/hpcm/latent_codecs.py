@@ -35,7 +35,26 @@ def _noisy(values: torch.Tensor) -> torch.Tensor:
     return values + torch.empty_like(values).uniform_(-0.5, 0.5)
 
 
+def _official_tables(model: HPCM) -> dict:
+    """The official code's y and z tables and y scale levels, rebuilt when ``scales_hyper`` changes.
+
+    They are not buffers: the model's buffers keep the toolkit's (more accurate) tables, and official
+    checkpoints load with ``strict=True`` unchanged.
+    """
+    key = (model.scales_hyper.data_ptr(), model.scales_hyper._version, model.scales_hyper.device)
+    cached = model.__dict__.get("_official_tables_cache")
+    if cached is None or cached[0] != key:
+        ggm = model.entropy_estimation
+        levels = ggm_scale_table(dtype=torch.float32)
+        tables = {"y": ggm.build_official_tables(levels), "z": ggm.build_official_tables(model.scales_hyper.flatten()),
+                  "levels": levels.to(model.scales_hyper.device)}
+        cached = model.__dict__["_official_tables_cache"] = (key, tables)
+    return cached[1]
+
+
 def _tables(model: HPCM, kind: str) -> tuple[list, list, list]:
+    if model.bitstream == "official":
+        return tuple(t.tolist() for t in _official_tables(model)[kind])
     if not model.quantized_cdf_y.numel() or not model.quantized_cdf_z.numel():
         raise UserError("HPCM has no CDF tables: call model.update() after loading weights and before "
                         "compress/decompress")
@@ -225,8 +244,30 @@ class ProgressiveContextCodec:
 
     def _indexes(self, scales: torch.Tensor) -> torch.Tensor:
         """CDF table of each scale: the number of table levels (but the last) strictly below it."""
-        levels = self.model.scale_table[:-1].to(scales.dtype).contiguous()
-        return torch.searchsorted(levels, scales.contiguous())
+        model = self.model
+        levels = _official_tables(model)["levels"] if model.bitstream == "official" else model.scale_table
+        return torch.searchsorted(levels[:-1].to(scales.dtype).contiguous(), scales.contiguous())
+
+    # The order of a step's symbols in the stream. Toolkit: raster order over (channel, row, column) of the
+    # positions the step codes. Official: the scale's grid folded over its 2, 4 or 8 channel blocks (each
+    # position is coded by exactly one block at each step), then raster order over the folded tensor.
+    def _gather(self, values: torch.Tensor, step: int, mask: torch.Tensor) -> torch.Tensor:
+        """(B, n) symbols of ``step`` in stream order from a grid tensor."""
+        if self.model.bitstream == "official":
+            b, c, h, w = values.shape
+            blocks = 2 ** self._scale_of(step)
+            return (values * mask).view(b, blocks, c // blocks, h, w).sum(1).flatten(1)
+        return values[:, mask[0].bool()]
+
+    def _scatter(self, symbols: torch.Tensor, step: int, mask: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`_gather`: (B, n) symbols back on the grid, zeros where ``step`` codes nothing."""
+        b, (c, h, w) = symbols.shape[0], mask.shape[1:]
+        if self.model.bitstream == "official":
+            blocks = 2 ** self._scale_of(step)
+            return symbols.view(b, c // blocks, h, w).repeat(1, blocks, 1, 1) * mask
+        grid = mask.new_zeros(b, c, h, w)
+        grid[:, mask[0].bool()] = symbols
+        return grid
 
     def compress(self, y: torch.Tensor, params: torch.Tensor) -> dict:
         """``{"strings": one bytes per image (the 11 steps in coding order, one rANS stream), "y_hat"}``."""
@@ -236,8 +277,8 @@ class ProgressiveContextCodec:
 
         def encode_step(step, scales, means, mask):
             q = ggm.quantize((grids[self._scale_of(step)] - means * mask) * mask, training=False)
-            where = mask[0].bool()
-            symbols, indexes = q[:, where].int(), self._indexes(scales[:, where]).int()
+            symbols = self._gather(q, step, mask).int()
+            indexes = self._indexes(self._gather(scales, step, mask)).int()
             for encoder, sym, idx in zip(encoders, symbols, indexes):
                 encoder.encode_with_indexes(sym.tolist(), idx.tolist(), *tables)
             return q
@@ -253,13 +294,9 @@ class ProgressiveContextCodec:
             decoders[-1].set_stream(string)
 
         def decode_step(step, scales, means, mask):
-            where = mask[0].bool()
-            indexes = self._indexes(scales[:, where]).int()
-            q = torch.zeros_like(scales)
-            for b, (decoder, idx) in enumerate(zip(decoders, indexes)):
-                values = decoder.decode_stream(idx.tolist(), *tables)
-                q[b, where] = torch.tensor(values, dtype=q.dtype, device=q.device)
-            return q
+            indexes = self._indexes(self._gather(scales, step, mask)).int()
+            symbols = [decoder.decode_stream(idx.tolist(), *tables) for decoder, idx in zip(decoders, indexes)]
+            return self._scatter(torch.tensor(symbols, dtype=scales.dtype, device=scales.device), step, mask)
 
         return {"y_hat": self._code(params, decode_step)["y_hat"]}
 

@@ -20,6 +20,8 @@ from common.models.hpcm.layers import (CrossAttentionCell, PConvRB, Sequential, 
                                        conv2x2_down, conv4x4_down, deconv2x2_up, deconv4x4_up)
 from common.models.hpcm.schedule import SCALE_STEPS
 
+# What compress() writes: the toolkit's tables and order, or the official code's byte layout.
+BITSTREAM_FORMATS = ("toolkit", "official")
 # Buffers that stay empty until update(); official checkpoints store them with shape 0.
 TABLE_BUFFERS = ("scale_table", "quantized_cdf_z", "cdf_length_z", "offset_z",
                  "quantized_cdf_y", "cdf_length_y", "offset_y")
@@ -83,15 +85,22 @@ class HPCM(nn.Module):
 
     ``official_s2_hyper_quirk`` reproduces the official (misaligned) scale-2 hyper merge that the released
     weights were trained with; ``False`` uses the aligned merge.
+
+    ``bitstream`` (an attribute too) chooses what :meth:`compress` writes and :meth:`decompress` reads:
+    ``"toolkit"`` (CDF tables in float64, each step's symbols in raster order) or ``"official"``, the byte
+    layout of the official code (its float32 tables and folded symbol order), so that streams of either
+    code decode with the other. The two differ in size by a few bytes at most.
     """
 
-    def __init__(self, config: HPCMConfig = BASE, official_s2_hyper_quirk: bool = True):
+    def __init__(self, config: HPCMConfig = BASE, official_s2_hyper_quirk: bool = True,
+                 bitstream: str = "toolkit"):
         super().__init__()
         cfg = self.config = config
         m, n = cfg.latent_channels, cfg.hyper_channels
         if m % schedule.NUM_GROUPS or (2 * m) % cfg.num_heads:
             raise ValueError("latent channels must divide into 8 groups and 2M into the attention heads")
         self.official_s2_hyper_quirk = official_s2_hyper_quirk
+        self.bitstream = bitstream
         self.forward_multiple = self.eval_pad_multiple = cfg.size_multiple
 
         self.g_a = _analysis(cfg)
@@ -122,6 +131,16 @@ class HPCM(nn.Module):
         # The codecs work on this module's parameters and buffers; they are not submodules (no state-dict keys).
         self.hyper_codec = HyperpriorCodec(self)
         self.y_codec = ProgressiveContextCodec(self)
+
+    @property
+    def bitstream(self) -> str:
+        return self._bitstream
+
+    @bitstream.setter
+    def bitstream(self, value: str) -> None:
+        if value not in BITSTREAM_FORMATS:
+            raise UserError(f"unknown HPCM bitstream format {value!r}: use one of {', '.join(BITSTREAM_FORMATS)}")
+        self._bitstream = value
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: torch.Tensor) -> None:
@@ -171,8 +190,9 @@ class HPCM(nn.Module):
     def compress(self, x: torch.Tensor) -> dict:
         """Encode a batch: ``{"strings": [z_strings, y_strings], "shape": z (h, w)}``, one bytes per image.
 
-        The y string of an image holds the 11 steps in coding order in one rANS stream. (The official code
-        returns ``[y_string, z_string]`` for batch 1; streams are valid but not byte-identical to its.)
+        The y string of an image holds the 11 steps in coding order in one rANS stream. The official code
+        returns ``{"strings": [y_string, z_string]}`` for a batch of 1: with ``bitstream = "official"`` our
+        ``[[z], [y]]`` holds the same bytes (it codes a larger batch as one stream; we code each image apart).
         """
         self._check_input(x)
         y = self.g_a(x)
