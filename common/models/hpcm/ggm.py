@@ -121,7 +121,7 @@ class GGMEntropyModel(nn.Module):
         with the official CDF formula, and with the official escape mass ``lower[0] + 1 - upper[-1]`` taken
         at the last column of the grid padded to the longest row, so every row but the longest loses (most
         of) its right tail. Only for reading and writing the official bitstreams: a handful of counts in
-        2^16 differ from ``build_tables`` (9 of the 60 y rows of HPCM-Base, for instance).
+        2^16 differ from ``build_tables`` (9 of the 60 y rows, for instance).
         """
         # float() after the bound too: in a float64 model the bound's buffer would promote the result.
         scales = self.scale_lower_bound(scales.detach().float().cpu()).float()
