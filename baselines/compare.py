@@ -292,7 +292,11 @@ def _first_note(group: Sequence[dict]) -> str:
 
 # ------------------------------------------------------------------------------------------ main
 def main(argv: Sequence[str] | None = None) -> int:
+    from baselines.study import git_commit, write_bundle
+
     started = time.perf_counter()
+    # Before anything is written: a bundle folder that git tracks would otherwise count as a local change.
+    commit = git_commit()
     parsed = parse_with_train_flags(build_parser(), argv)
     if parsed is None:
         return 0
@@ -330,8 +334,6 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{args.jobs} at a time)", flush=True)
     train_all(jobs, args.jobs)
 
-    from baselines.study import write_bundle
-
     bundle = Path(args.bundle_dir or out_dir)
     test_set = describe_test_set(root, len(images), args.test_set)
     points, curve_paths = evaluate_runs(out_dir, arms, seeds, lambdas, images, root, test_set, bundle / "curves")
@@ -342,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_bundle(bundle, run_root=out_dir, args=args, argv=list(sys.argv[1:] if argv is None else argv), arms=arms,
                  lambdas=lambdas, seeds=seeds, points=points, curves=curves, anchors=anchors, pairs=pairs,
                  summary=summarize_pairs(pairs), images=images, root=root, test_set=test_set,
-                 wall_time=time.perf_counter() - started)
+                 wall_time=time.perf_counter() - started, commit=commit)
     return 0
 
 

@@ -51,14 +51,15 @@ def git_commit() -> str:
 def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: Sequence["Arm"], lambdas: Sequence[float],
                  seeds: Sequence[int], points: Sequence["Point"], curves: dict[tuple[str, int], RDCurve],
                  anchors: Sequence[RDCurve], pairs: list[dict], summary: list[dict], images: list[Path],
-                 root: Path, test_set: dict, wall_time: float) -> None:
-    """Write every file of the bundle and print the table; see the module docstring."""
+                 root: Path, test_set: dict, wall_time: float, commit: str) -> None:
+    """Write every file of the bundle and print the table; see the module docstring. ``commit``: the
+    :func:`git_commit` of the code that ran."""
     reference = arms[0].name
     checks = target_checks(arms, seeds, lambdas, points, curves, summary, reference)
     document = {
         "title": args.title,
         "command": "python -m baselines.compare " + shlex.join(argv),
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "wall_time_s": round(wall_time, 1),
         "train_seconds_total": round(sum(p.train_seconds or 0.0 for p in points), 1),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, Python {sys.version.split()[0]}",
