@@ -201,6 +201,8 @@ def copy_task_weights(out_dir: Path, run_root: Path, arms, seeds, lambdas) -> No
     from baselines.compare import run_dir
 
     target = out_dir / "task_weights"
+    for stale in target.glob("*.csv"):  # a rerun with other arms or λ must not leave the old histories
+        stale.unlink()
     for arm in arms:
         for seed in seeds:
             for lmbda in lambdas:

@@ -90,9 +90,14 @@ def test_points_are_the_evaluated_curves_with_their_convergence_verdicts(study):
 def test_rerun_skips_finished_runs_and_reproduces_the_numbers(study, tmp_path):
     folder, variables, _ = study
     bundle = tmp_path / "bundle"
+    # The history of a λ this study does not have (an earlier ladder) must not survive into the report.
+    (bundle / "task_weights").mkdir(parents=True)
+    (bundle / "task_weights" / "balanced_seed0_lambda_0.5.csv").write_text("step,weight_distortion\n1,0.5\n")
     result = run_script("phase4/run_bdrate.sh", variables, "--progress", "false", "--bundle_dir", str(bundle))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("finished run found, skipped") == 4 and "training 0 runs" in result.stdout
+    assert sorted(p.name for p in (bundle / "task_weights").iterdir()) == [
+        "balanced_seed0_lambda_10.csv", "balanced_seed0_lambda_1e-05.csv"]
     first, second = (json.loads((f / "summary.json").read_text()) for f in (folder, bundle))
     assert first["bd_per_seed"] == second["bd_per_seed"] and first["points"] == second["points"]
 
