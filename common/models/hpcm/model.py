@@ -89,7 +89,9 @@ class HPCM(nn.Module):
     ``bitstream`` (an attribute too) chooses what :meth:`compress` writes and :meth:`decompress` reads:
     ``"toolkit"`` (CDF tables in float64, each step's symbols in raster order) or ``"official"``, the byte
     layout of the official code (its float32 tables and folded symbol order), so that streams of either
-    code decode with the other. The two differ in size by a few bytes at most.
+    code decode with the other when both run in float64 (in float32 the two context models differ in the
+    last bits, which can move an entropy parameter across a table boundary). The two formats differ in size
+    by a few bytes at most.
     """
 
     def __init__(self, config: HPCMConfig = BASE, official_s2_hyper_quirk: bool = True,
