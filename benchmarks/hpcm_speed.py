@@ -21,8 +21,8 @@ writing the official byte layout, and the script says whether both wrote the sam
 not: the two context models round differently in the last bits, and one table index or rounding that falls
 the other way changes the stream; in float64 they are the same, as ``tests/test_hpcm_official_bitstream.py``
 checks). When the coder does not load, it is replaced by a stub that fails if called, and only the paths that
-code nothing are compared. The official constructor
-puts its adaptive parameters on CUDA; without a GPU they are made on the CPU.
+code nothing are compared. The official constructor puts its adaptive parameters on CUDA; without a GPU they
+are made on the CPU.
 
 Sizes are WIDTHxHEIGHT and must be multiples of the model's ``forward_multiple`` (256 for Base/Large).
 Without ``--devices`` the CPU and, when available, CUDA are timed. Exit code 1 if a decode mismatches.

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.hpcm_speed import construct_official, load_official, official_coder_built  # noqa: E402
 from common.cli import OneLineErrorParser, run_main  # noqa: E402
 from common.errors import UserError  # noqa: E402
+from common.models.hpcm.ggm import ggm_scale_table  # noqa: E402
 from common.models.hpcm.weights import fill_parity_weights  # noqa: E402
 
 # The crop: rows, columns of skimage.data.astronaut() (a face and a textured background).
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
         raise UserError(f"the official entropy coder in {args.official} is not built for this Python: build it as "
                         "`python scripts/hpcm_official_bitstream.py --help` says")
     model = fill_parity_weights(construct_official(official_cls)).eval()
-    model.update(torch.exp(torch.linspace(math.log(0.12), math.log(64), 60)))  # the official test.py's table
+    model.update(ggm_scale_table(dtype=torch.float32))  # equals the official test.py's get_scale_table(0.12, 64, 60)
     model = model.double()
     x = fixture_image()
     with torch.no_grad():

@@ -204,8 +204,7 @@ def test_cli_hpcm_official_bitstream_layout(dataset, tmp_path):
                      "--output", str(out), "--bitstream", layout]) == 0
         docs[layout] = json.loads(out.read_text())
     assert all(f"{layout} bitstream layout" in docs[layout]["codec"] for layout in docs)
-    rows = {layout: out.with_suffix(".csv").read_text() for layout, out in
-            ((k, tmp_path / f"{k}.json") for k in docs)}
+    rows = {layout: (tmp_path / f"{layout}.csv").read_text() for layout in docs}
     assert rows["toolkit"] != rows["official"]
     bpp = {layout: docs[layout]["results"]["bpp"][0] for layout in docs}
     pixels = sum(h * w for h, w in SIZES)

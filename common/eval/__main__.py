@@ -20,6 +20,7 @@ from common.paths import output_file
 from common.eval.evaluate import (PAD_MODES, DecodeMismatchWarning, codec_description, describe,
                                   describe_test_set, evaluate, write_results)
 from common.models import available_models, build, entry
+from common.models.hpcm.model import BITSTREAM_FORMATS
 from common.assembly import load_model
 
 
@@ -59,7 +60,7 @@ def build_parser() -> OneLineErrorParser:
     parser.add_argument("--no-update", "--no_update", dest="update", action="store_false",
                         help="keep the CDF tables stored in the checkpoint (default: rebuild them with "
                              "update(force=True), as compressai's eval_model does for checkpoints)")
-    parser.add_argument("--bitstream", choices=("toolkit", "official"),
+    parser.add_argument("--bitstream", choices=BITSTREAM_FORMATS,
                         help="HPCM models: the byte layout of the streams, ours (default) or the official code's "
                              "(its float32 CDF tables and symbol order; same size to a few bytes)")
     bool_flag(parser, "--trust_checkpoint", False,
