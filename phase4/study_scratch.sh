@@ -6,7 +6,9 @@
 # (EMA 0.99) and a faster aux optimizer for the entropy bottleneck's quantiles. Balanced uses the demo's logit
 # decay γ 0.03, and the ladder reaches down to the demo's lowest λ: with the paper's γ 0.003 and a ladder of
 # 0.0018…0.013, Balanced ended at about the same rate for every λ and its curve met Adam's nowhere
-# (PHASES_OVERVIEW.md, study 1). Two runs at a time, one core each.
+# (PHASES_OVERVIEW.md, study 1). γ and w_lr follow the model's cosine: the loss changes that move FAMO's logits
+# shrink with the lr while a constant γ does not, so without this the weights slid back to uniform over the
+# last half of the run and Balanced's rate was still rising by 1-5 % at the end. Two runs at a time, one core each.
 #
 # Runs go to runs/studies/scratch (resumable; study_finetune.sh starts from its Adam models), the bundle to
 # results/study-scratch (summary.json with the command, git commit and wall time; python -m common.report).
@@ -16,6 +18,6 @@ PY="${PY:-.venv/bin/python}"
 "$PY" -m baselines.compare --out_dir "${RUNS:-runs/studies}/scratch" --bundle_dir "${RESULTS:-results}/study-scratch" \
   --title "Study 1: from scratch (Solution 1), bmshj2018-factorized-mini, sample photos" \
   --lambdas "${LAMBDAS:-0.0001,0.0005,0.0025,0.013}" --seeds "${SEEDS:-0,1,2}" --jobs "${JOBS:-2}" \
-  --arm "adam=--optimizer adam" --arm "balanced=--optimizer balanced --gamma 0.03 --w_lr 0.025" \
+  --arm "adam=--optimizer adam" --arm "balanced=--optimizer balanced --gamma 0.03 --w_lr 0.025 --gamma_strategy cosine --gamma_final_ratio 0 --w_lr_sched follow" \
   --model bmshj2018-factorized-mini --steps "${STEPS:-10000}" --batch_size 4 --patch_size 64 --val_patch_size 384 \
   --lr 2e-3 --sched cosine --ema_decay 0.99 --eb_aux_lr 1e-2 --val_every 200 --recon_every 0 --num_workers 0 "$@"
