@@ -96,6 +96,7 @@ bench: setup
 	$(PY) -m benchmarks.optimizer_step
 	$(PY) -m benchmarks.codec_speed
 	$(PY) -m benchmarks.hpcm_speed
+	$(PY) -m benchmarks.memory_format
 	$(PY) -m benchmarks.npu_blocks
 
 clean-venv:

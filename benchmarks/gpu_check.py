@@ -4,7 +4,9 @@
    FP32 regions under autocast, bitstreams coded on the GPU and decoded on the CPU and back, torchrun DDP over
    NCCL on one process.
 2. Training throughput (images/s, forward + backward + optimizer step on random 256x256 crops, batch 16) of
-   bmshj2018-factorized q1 and HPCM-Base, in FP32 and with bf16 autocast.
+   bmshj2018-factorized q1 and HPCM-Base, in FP32 and with bf16 autocast; HPCM-Base also in channels_last,
+   the layout ``--memory_format auto`` gives it on the CPU (on a GPU, auto keeps NCHW until this row shows
+   channels_last faster there).
 3. The cost of a Balanced R-D step (its extra no-grad forward and the logit update) against an Adam step.
 4. A short from-scratch Adam-vs-Balanced run at the demo's size (bmshj2018-factorized-small, batch 4 of 64 px
    crops, lr 1e-3 cosine, λ 0.0067) on the sample photos, with its validation PSNR and bpp.
@@ -43,10 +45,11 @@ def synchronize(device: torch.device) -> None:
 
 
 def images_per_second(name: str, device: torch.device, batch: int, size: int, steps: int, amp: bool,
-                      optimizer: str = "adam", **model_kwargs) -> float:
+                      optimizer: str = "adam", memory_format: torch.memory_format = torch.contiguous_format,
+                      **model_kwargs) -> float:
     """Training steps of ``name`` on random crops: images per second after two warm-up steps."""
     torch.manual_seed(0)
-    model = models.build(name, **model_kwargs).to(device).train()
+    model = models.build(name, **model_kwargs).to(device, memory_format=memory_format).train()
     criterion = RateDistortionLoss(0.013)
     params = [p for n, p in model.named_parameters() if not models.is_aux_parameter(n)]
     opt, update = build_optimizer(params, OptimizerConfig(optimizer=optimizer), n_tasks=2, lr=1e-4)
@@ -97,9 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[tuple[str, str]] = []
     if device.type == "cuda":
         rows.append(("CUDA tests (tests/test_devices.py)", cuda_tests()))
-    for label, name, kwargs in (("bmshj2018 q1", "bmshj2018-factorized", {"quality": 1}), (hpcm, hpcm, {})):
+    layouts = (("bmshj2018 q1", "bmshj2018-factorized", {"quality": 1}, torch.contiguous_format),
+               (hpcm, hpcm, {}, torch.contiguous_format), (f"{hpcm} channels_last", hpcm, {}, torch.channels_last))
+    for label, name, kwargs, memory_format in layouts:
         for amp in (False, True):
-            rate = images_per_second(name, device, batch, size, steps, amp, **kwargs)
+            rate = images_per_second(name, device, batch, size, steps, amp, memory_format=memory_format, **kwargs)
             rows.append((f"{label}, batch {batch} of {size}², {'bf16 autocast' if amp else 'fp32'}",
                          f"{rate:.1f} images/s"))
     adam = images_per_second("bmshj2018-factorized", device, batch, size, steps, False, quality=1)

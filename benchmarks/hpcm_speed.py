@@ -9,14 +9,17 @@ meaningful with a trained checkpoint.
 
     python benchmarks/hpcm_speed.py [--model hpcm-base] [--sizes 256x256 768x512] [--repeats 3]
                                     [--devices cpu cuda] [--threads N] [--checkpoint PATH]
-                                    [--official PATH [--train_batch 4]]
+                                    [--memory_format auto] [--official PATH [--train_batch 4]]
+
+Our model runs in the layout ``common.train`` and ``common.eval`` give it (``--memory_format``, default auto:
+channels_last on the CPU; ``benchmarks/memory_format.py`` measures what that layout is worth on its own).
 
 With ``--official PATH`` (a checkout of the official code, github.com/lyq133/LIC-HPCM) the official HPCM-Base
-is loaded with the same weights and timed side by side, alternating with ours: eval forward at each size and
-a training step (forward + backward, ``--train_batch`` random 256x256 crops), and the memory a training
-forward keeps for backward (the tensors autograd saves, weights excluded); a second table prints
-ours/official. The official entropy coder is a compiled extension (shipped for Python 3.8; how to build it for
-this Python: ``scripts/hpcm_official_bitstream.py``). When it loads, compress and decompress are timed too, ours
+is loaded with the same weights and timed side by side (in NCHW, as its train.py runs it), alternating with
+ours: eval forward at each size and a training step (forward + backward, ``--train_batch`` random 256x256
+crops), and the memory a training forward keeps for backward (the tensors autograd saves, weights
+excluded); a second table prints ours/official. The official entropy coder is a compiled extension (shipped
+for Python 3.8; how to build it for this Python: ``scripts/hpcm_official_bitstream.py``). When it loads, compress and decompress are timed too, ours
 writing the official byte layout, and the script says whether both wrote the same bytes (in float32 they need
 not: the two context models round differently in the last bits, and one table index or rounding that falls
 the other way changes the stream; in float64 they are the same, as ``tests/test_hpcm_official_bitstream.py``
@@ -37,7 +40,8 @@ from common.cli import OneLineErrorParser, run_main
 from common.errors import UserError
 from common.losses import RateDistortionLoss
 from common.eval import payload_bytes
-from common.models import build
+from common.models import build, memory_format
+from common.models.memory_format import MEMORY_FORMATS
 from common.models.hpcm.ggm import ggm_scale_table
 from common.models.hpcm.weights import fill_parity_weights
 from benchmarks.timing import median_time, parse_size, photo
@@ -143,7 +147,8 @@ def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def compare_with_official(ours: torch.nn.Module, path: str, sizes, repeats: int, train_batch: int) -> None:
+def compare_with_official(ours: torch.nn.Module, path: str, sizes, repeats: int, train_batch: int,
+                          ours_format: str) -> None:
     official = construct_official(load_official(path)).eval()
     # The weights (same names); not the coder tables, which the official model builds in its own update().
     theirs = official.state_dict()
@@ -183,8 +188,8 @@ def compare_with_official(ours: torch.nn.Module, path: str, sizes, repeats: int,
     rows.append((f"training step, batch {train_batch} of 256x256", times))
     memory = {name: saved_activation_bytes(model, x) for name, model in (("ours", ours), ("official", official))}
     ours.eval()
-    print(f"\nours vs the official code ({path}), same weights, CPU, {torch.get_num_threads()} threads, "
-          f"median of {repeats} after 1 warm-up")
+    print(f"\nours ({ours_format}) vs the official code ({path}, NCHW), same weights, CPU, {torch.get_num_threads()} "
+          f"threads, median of {repeats} after 1 warm-up")
     print("| path | ours ms | official ms | ours/official |")
     print("|---|---|---|---|")
     for label, times in rows:
@@ -212,6 +217,9 @@ def main(argv=None) -> int:
     parser.add_argument("--official", metavar="PATH", help="a checkout of the official HPCM code to time beside "
                         "ours (hpcm-base only)")
     parser.add_argument("--train_batch", type=int, default=4, help="batch of the timed training step (--official)")
+    parser.add_argument("--memory_format", choices=MEMORY_FORMATS, default="auto",
+                        help="layout our model runs in, as common.train/common.eval's flag (default: auto, i.e. "
+                             "channels_last on the CPU); the official code runs in its own NCHW")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
@@ -242,7 +250,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     all_exact = True
     for device in devices:
-        model.to(device)
+        memory_format.apply(model.to(device), args.memory_format, torch.device(device))
         for width, height in args.sizes:
             r = benchmark(model, photo(width, height).to(device), args.repeats)
             all_exact &= r["exact"]
@@ -253,7 +261,11 @@ def main(argv=None) -> int:
     if args.official:
         if args.model != "hpcm-base":
             raise UserError("--official times the official HPCM-Base: use --model hpcm-base")
-        compare_with_official(model.to("cpu"), args.official, args.sizes, args.repeats, args.train_batch)
+        cpu = torch.device("cpu")
+        channels_last = memory_format.resolve(args.memory_format, cpu, model) == torch.channels_last
+        ours_format = "channels_last" if channels_last else "NCHW"
+        compare_with_official(memory_format.apply(model.to(cpu), args.memory_format, cpu), args.official, args.sizes,
+                              args.repeats, args.train_batch, ours_format)
     return 0 if all_exact else 1
 
 

@@ -19,7 +19,8 @@ from common.errors import UserError
 from common.paths import output_file
 from common.eval.evaluate import (PAD_MODES, DecodeMismatchWarning, codec_description, describe,
                                   describe_test_set, evaluate, write_results)
-from common.models import available_models, build, entry
+from common.models import available_models, build, entry, memory_format
+from common.models.memory_format import MEMORY_FORMATS
 from common.models.hpcm.model import BITSTREAM_FORMATS
 from common.assembly import load_model
 
@@ -55,6 +56,9 @@ def build_parser() -> OneLineErrorParser:
                         help="pad to this multiple instead of the model's eval multiple (recorded in the JSON)")
     add_pixel_limit_argument(parser)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--memory_format", choices=MEMORY_FORMATS, default="auto",
+                        help="layout of the model's activations: auto = channels_last on the CPU (faster there: "
+                             "python -m benchmarks.memory_format), PyTorch's default elsewhere")
     parser.add_argument("--threads", type=number(int, minimum=1),
                         help="torch CPU threads (compressai's eval_model uses 1; default: torch's choice)")
     parser.add_argument("--no-update", "--no_update", dest="update", action="store_false",
@@ -133,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not hasattr(model, "bitstream"):
                 raise UserError(f"--bitstream applies to HPCM models; {args.model} has one byte layout")
             model.bitstream = args.bitstream
+        memory_format.apply(model, args.memory_format, torch.device(args.device))
         default_multiple = model.eval_pad_multiple
         pad_multiple = args.pad_multiple or default_multiple
         # compressai's published files already carry their CDF tables; checkpoints get them rebuilt.

@@ -92,7 +92,7 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Run length, batch, learning-rate schedule, clipping, weight average, seed and device."""
+    """Run length, batch, learning-rate schedule, clipping, weight average, seed, device and memory format."""
 
     epochs: int | None = None
     steps: int | None = None
@@ -108,6 +108,7 @@ class ScheduleConfig:
     ema_decay: float = 0.0
     seed: int = 0
     device: str = "auto"
+    memory_format: str = "auto"
 
 
 @dataclass

@@ -25,6 +25,7 @@ import common.models as models
 from balanced_rd import TaskLossError, TaskWeightedOptimizer
 from common import data, losses, qat, replace
 from common.assembly import Recipe, assemble, load_model, start_from_weights
+from common.models import memory_format
 from common.checkpoint import (CHECKPOINT_FORMAT, atomic_link, atomic_save, atomic_write_text, load_file, model_only,
                                remove_stale_temporaries)
 from common.errors import UserError
@@ -182,11 +183,12 @@ class Trainer:
             warnings.warn("QAT with AMP is not recommended (seed 002: it invites NaNs); consider --amp false. "
                           "Fake quantization itself runs in float32.", stacklevel=2)
         resume_ckpt = self._load_resume_checkpoint()
-        self.model = self._build_model(resume_ckpt)
+        self.model = memory_format.apply(self._build_model(resume_ckpt), cfg.schedule.memory_format, self.device)
         self.model_kwargs = (resume_ckpt["model"]["kwargs"] if resume_ckpt is not None
                              else self._architecture_kwargs())
         self.criterion = losses.criterion_from_args(cfg.loss)
         if self.teacher is not None:
+            memory_format.apply(self.teacher, cfg.schedule.memory_format, self.device)
             self.criterion = TeacherTarget(self.teacher, losses.DistillationLoss(cfg.distill.distill_l1, cfg.distill.distill_msssim))
         self.train_set, self.val_set = data.build_datasets(cfg.data, seed=cfg.schedule.seed, report=self.main)
         self._check_sizes()

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from common.cli import DefaultsHelpFormatter, OneLineErrorParser, bool_flag, number, str2bool
+from common.models.memory_format import MEMORY_FORMATS
 from common.train.config import TrainConfig
 from common.train.optimizers import OPTIMIZERS
 from common.train.precision import LOCAL_FP32_MODES
@@ -99,6 +100,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--cuda", dest="device", action="store_const", const="cuda",
                      help="the official HPCM train.py's spelling of --device cuda")
+    run.add_argument("--memory_format", choices=MEMORY_FORMATS, default="auto",
+                     help="layout of the model's activations: auto = channels_last on the CPU (faster there: "
+                          "python -m benchmarks.memory_format), PyTorch's default elsewhere")
 
     tune = parser.add_argument_group("fine-tuning (seed 004; groups: python -m common.train.finetune MODEL)")
     bool_flag(tune, "--finetune", False, "start a new run (epoch 0, fresh schedule) from --checkpoint at --finetune_lr")
