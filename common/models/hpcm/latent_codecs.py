@@ -32,7 +32,10 @@ SCHEDULE_CACHE_SIZE = 4
 
 
 def _noisy(values: torch.Tensor) -> torch.Tensor:
-    return values + torch.empty_like(values).uniform_(-0.5, 0.5)
+    # Drawn in logical (N, C, H, W) order whatever the layout of ``values``: a channels_last model then
+    # trains on the same noise as an NCHW one from the same seed.
+    noise = torch.empty(values.shape, dtype=values.dtype, device=values.device).uniform_(-0.5, 0.5)
+    return values + noise
 
 
 def _official_tables(model: HPCM) -> dict:
