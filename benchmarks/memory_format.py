@@ -3,7 +3,7 @@
 Whether channels_last pays on a CPU depends on the model (``common.models.memory_format``). This prints, for
 each model, the median time of a training step (forward, λ·255²·MSE + bpp, backward) and of an eval forward
 in both formats, measured alternately in one process, and channels_last / contiguous. A model that declares
-``cpu_memory_format = torch.channels_last`` (HPCM) does so on the strength of these figures; ``--memory_format
+``cpu_memory_format = torch.channels_last`` (HPCM-Base, -Large) does so on the strength of these figures; ``--memory_format
 auto`` of ``common.train`` and ``common.eval`` follows the declaration.
 
     python -m benchmarks.memory_format [--models bmshj2018-factorized hpcm-base] [--batch 4] [--size 256]

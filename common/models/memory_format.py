@@ -3,10 +3,11 @@
 On a CPU, oneDNN computes convolutions in a channels-last layout: an NCHW model pays a reorder of activations
 into and out of that layout around its convolutions, forwards and backwards. A model whose weights are
 channels_last makes its convolutions return channels_last activations, and those reorders go away. Whether
-that wins depends on the model: for HPCM it does, for bmshj2018's GDN and transposed convolutions it does not
-(``python -m benchmarks.memory_format`` measures both, side by side). So ``auto`` takes the layout a model
-declares in its ``cpu_memory_format`` attribute on the CPU, PyTorch's default where a model declares none, and
-PyTorch's default on other devices, where this project has not measured channels_last.
+that wins depends on the model: for HPCM-Base and -Large it does, for bmshj2018 (GDN, transposed
+convolutions) it does not (``python -m benchmarks.memory_format`` measures both, side by side). So ``auto``
+takes the layout a model declares in its ``cpu_memory_format`` attribute on the CPU, PyTorch's default where
+a model declares none, and PyTorch's default on other devices, where this project has not measured
+channels_last.
 
 The format changes the order of floating-point sums inside a convolution, not what is computed: outputs agree
 to float32 rounding, and a model compresses and decompresses in one format, so its own decoding stays exact.

@@ -104,8 +104,6 @@ class HPCM(nn.Module):
         self.official_s2_hyper_quirk = official_s2_hyper_quirk
         self.bitstream = bitstream
         self.forward_multiple = self.eval_pad_multiple = cfg.size_multiple
-        # --memory_format auto on the CPU: its many 1x1 convolutions skip oneDNN's reorders (README, speed).
-        self.cpu_memory_format = torch.channels_last
 
         self.g_a = _analysis(cfg)
         self.g_s = _synthesis(cfg)
