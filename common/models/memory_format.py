@@ -3,8 +3,8 @@
 On a CPU, oneDNN computes convolutions in a channels-last layout: an NCHW model pays a reorder of activations
 into and out of that layout around its convolutions, forwards and backwards. A model whose weights are
 channels_last makes its convolutions return channels_last activations, and those reorders go away. Whether
-that wins depends on the model: for HPCM-Base and -Large it does, for bmshj2018 (GDN, transposed
-convolutions) it does not (``python -m benchmarks.memory_format`` measures both, side by side). So ``auto``
+that wins depends on the model (``python -m benchmarks.memory_format`` times both layouts side by side): on a
+busy machine it did for HPCM-Base, not for bmshj2018 (GDN, transposed convolutions) at one thread. So ``auto``
 takes the layout a model declares in its ``cpu_memory_format`` attribute on the CPU, PyTorch's default where
 a model declares none, and PyTorch's default on other devices, where this project has not measured
 channels_last.

@@ -12,9 +12,9 @@ __all__ = ["HPCM", "HPCMConfig", "BASE", "LARGE", "TINY"]
 def _channels_last_on_cpu(model: HPCM) -> HPCM:
     """Declare channels_last for ``--memory_format auto`` on the CPU (``common.models.memory_format``).
 
-    The full-size models run faster in it there (README, speed: ``benchmarks/memory_format.py``). hpcm-tiny
-    declares nothing: at one thread its training step was no faster, and it keeps the NCHW arithmetic that
-    the committed hpcm-tiny results were made with.
+    On a busy machine HPCM-Base's training step ran faster in it (``benchmarks/memory_format.py`` times it;
+    an idle-machine figure is still to come, README). hpcm-tiny declares nothing: at one thread its training
+    step was no faster, and it keeps the NCHW arithmetic that the committed hpcm-tiny results were made with.
     """
     model.cpu_memory_format = torch.channels_last
     return model
