@@ -19,13 +19,13 @@ is loaded with the same weights and timed side by side (in NCHW, as its train.py
 ours: eval forward at each size and a training step (forward + backward, ``--train_batch`` random 256x256
 crops), and the memory a training forward keeps for backward (the tensors autograd saves, weights
 excluded); a second table prints ours/official. The official entropy coder is a compiled extension (shipped
-for Python 3.8; how to build it for this Python: ``scripts/hpcm_official_bitstream.py``). When it loads, compress and decompress are timed too, ours
-writing the official byte layout, and the script says whether both wrote the same bytes (in float32 they need
-not: the two context models round differently in the last bits, and one table index or rounding that falls
-the other way changes the stream; in float64 they are the same, as ``tests/test_hpcm_official_bitstream.py``
-checks). When the coder does not load, it is replaced by a stub that fails if called, and only the paths that
-code nothing are compared. The official constructor puts its adaptive parameters on CUDA; without a GPU they
-are made on the CPU.
+for Python 3.8; how to build it for this Python: ``scripts/hpcm_official_bitstream.py``). When it loads,
+compress and decompress are timed too, ours writing the official byte layout, and the script says whether both
+wrote the same bytes (in float32 they need not: the two context models round differently in the last bits, and
+one table index or rounding that falls the other way changes the stream; in float64 they are the same, as
+``tests/test_hpcm_official_bitstream.py`` checks). When the coder does not load, it is replaced by a stub that
+fails if called, and only the paths that code nothing are compared. The official constructor puts its adaptive
+parameters on CUDA; without a GPU they are made on the CPU.
 
 Sizes are WIDTHxHEIGHT and must be multiples of the model's ``forward_multiple`` (256 for Base/Large).
 Without ``--devices`` the CPU and, when available, CUDA are timed. Exit code 1 if a decode mismatches.
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train_batch", type=int, default=4, help="batch of the timed training step (--official)")
     parser.add_argument("--memory_format", choices=MEMORY_FORMATS, default="auto",
                         help="layout our model runs in, as common.train/common.eval's flag (default: auto, i.e. "
-                             "channels_last on the CPU); the official code runs in its own NCHW")
+                             "channels_last on the CPU for HPCM-Base); the official code runs in its own NCHW")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")

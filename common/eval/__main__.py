@@ -57,8 +57,8 @@ def build_parser() -> OneLineErrorParser:
     add_pixel_limit_argument(parser)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--memory_format", choices=MEMORY_FORMATS, default="auto",
-                        help="layout of the model's activations: auto = channels_last on the CPU (faster there: "
-                             "python -m benchmarks.memory_format), PyTorch's default elsewhere")
+                        help="layout of the model's activations: auto = what the model declares for "
+                        "the CPU (channels_last for HPCM-Base/-Large), PyTorch's default otherwise")
     parser.add_argument("--threads", type=number(int, minimum=1),
                         help="torch CPU threads (compressai's eval_model uses 1; default: torch's choice)")
     parser.add_argument("--no-update", "--no_update", dest="update", action="store_false",

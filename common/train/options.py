@@ -101,8 +101,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--cuda", dest="device", action="store_const", const="cuda",
                      help="the official HPCM train.py's spelling of --device cuda")
     run.add_argument("--memory_format", choices=MEMORY_FORMATS, default="auto",
-                     help="layout of the model's activations: auto = channels_last on the CPU (faster there: "
-                          "python -m benchmarks.memory_format), PyTorch's default elsewhere")
+                     help="layout of the model's activations: auto = what the model declares for "
+                     "the CPU (channels_last for HPCM-Base/-Large), PyTorch's default otherwise")
 
     tune = parser.add_argument_group("fine-tuning (seed 004; groups: python -m common.train.finetune MODEL)")
     bool_flag(tune, "--finetune", False, "start a new run (epoch 0, fresh schedule) from --checkpoint at --finetune_lr")
