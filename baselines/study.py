@@ -48,6 +48,25 @@ def git_commit() -> str:
     return f"{commit} (with uncommitted changes)" if dirty else commit
 
 
+def machine_description() -> str:
+    """Architecture, CPU model, the instruction set torch's CPU kernels dispatch to, and Python.
+
+    The kernel level matters for reproduction: the same command and seeds give bit-identical CPU results on
+    CPUs with the same level, and results that differ in the last bits (then more after thousands of steps)
+    on others.
+    """
+    import torch
+
+    model = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return (f"{platform.machine()}, {model}, torch CPU kernels {torch.backends.cpu.get_cpu_capability()}, "
+            f"Python {sys.version.split()[0]}")
+
+
 def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: Sequence["Arm"], lambdas: Sequence[float],
                  seeds: Sequence[int], points: Sequence["Point"], curves: dict[tuple[str, int], RDCurve],
                  anchors: Sequence[RDCurve], pairs: list[dict], summary: list[dict], images: list[Path],
@@ -62,7 +81,7 @@ def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: 
         "git_commit": commit,
         "wall_time_s": round(wall_time, 1),
         "train_seconds_total": round(sum(p.train_seconds or 0.0 for p in points), 1),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, Python {sys.version.split()[0]}",
+        "machine": machine_description(),
         "reference_arm": reference,
         "arms": {arm.name: " ".join(arm.flags) for arm in arms},
         "lambdas": list(lambdas),

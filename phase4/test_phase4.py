@@ -15,6 +15,7 @@ import sys
 import bjontegaard
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from baselines import compare
@@ -71,6 +72,7 @@ def test_points_are_the_evaluated_curves_with_their_convergence_verdicts(study):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["lambdas"] == [1e-05, 10.0] and summary["arms"]["adam"] == "--optimizer adam"
     assert summary["test_set"] == {"name": "test", "split": None, "num_images": 2}
+    assert f"torch CPU kernels {torch.backends.cpu.get_cpu_capability()}" in summary["machine"]
     for arm in ("adam", "balanced"):
         curve = json.loads((folder / f"curves/{arm}_seed0.json").read_text())
         assert curve["points"] == ["lambda=1e-05", "lambda=10"] and curve["test_set"] == summary["test_set"]
