@@ -51,9 +51,8 @@ def git_commit() -> str:
 def machine_description() -> str:
     """Architecture, CPU model, the instruction set torch's CPU kernels dispatch to, and Python.
 
-    The kernel level matters for reproduction: the same command and seeds give bit-identical CPU results on
-    CPUs with the same level, and results that differ in the last bits (then more after thousands of steps)
-    on others.
+    Recorded because CPU results are reproducible bit for bit only where the same kernels run: the same command
+    and seeds on another kind of CPU can differ in the last bits, and thousands of steps make that visible.
     """
     import torch
 
