@@ -9,7 +9,7 @@ meaningful with a trained checkpoint.
 
     python benchmarks/hpcm_speed.py [--model hpcm-base] [--sizes 256x256 768x512] [--repeats 3]
                                     [--devices cpu cuda] [--threads N] [--checkpoint PATH]
-                                    [--memory_format auto] [--official PATH [--train_batch 4]]
+                                    [--memory_format auto] [--official PATH [--train_batch 4]] [--profile]
 
 Our model runs in the layout ``common.train`` and ``common.eval`` give it (``--memory_format``, default auto:
 channels_last on the CPU; ``benchmarks/memory_format.py`` measures what that layout is worth on its own).
@@ -27,11 +27,16 @@ one table index or rounding that falls the other way changes the stream; in floa
 fails if called, and only the paths that code nothing are compared. The official constructor puts its adaptive
 parameters on CUDA; without a GPU they are made on the CPU.
 
+With ``--profile`` one more compress per size (and model) runs under ``torch.profiler`` and the script prints
+the share of its time spent in convolutions: where that share is high, both implementations run the same
+convolutions (same shapes, same FLOPs) and their time ratio can only move by what remains.
+
 Sizes are WIDTHxHEIGHT and must be multiples of the model's ``forward_multiple`` (256 for Base/Large).
 Without ``--devices`` the CPU and, when available, CUDA are timed. Exit code 1 if a decode mismatches.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -62,6 +67,20 @@ def benchmark(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict:
             "bpp": payload_bytes(encoded["strings"]) * 8 / (x.shape[-2] * x.shape[-1]),
             "exact": torch.equal(decoded, x_hat),
             "max_diff": float((decoded - x_hat).abs().max())}
+
+
+CONVOLUTIONS = ("aten::conv2d", "aten::conv_transpose2d")
+
+
+def convolution_share(fn) -> float:
+    """Fraction of one call of ``fn`` (CPU time, under the profiler) spent in convolutions, backward excluded."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - start
+    return sum(event.cpu_time_total for event in prof.key_averages() if event.key in CONVOLUTIONS) / 1e6 / wall
 
 
 def load_official(path: str) -> torch.nn.Module:
@@ -148,7 +167,7 @@ def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def compare_with_official(ours: torch.nn.Module, path: str, sizes, repeats: int, train_batch: int,
-                          ours_format: str) -> None:
+                          ours_format: str, profile: bool = False) -> None:
     official = construct_official(load_official(path)).eval()
     # The weights (same names); not the coder tables, which the official model builds in its own update().
     theirs = official.state_dict()
@@ -162,7 +181,7 @@ def compare_with_official(ours: torch.nn.Module, path: str, sizes, repeats: int,
     if coder:  # ours writes the official layout, so both must produce the same bytes
         official.update(ggm_scale_table(dtype=torch.float32))
         layout, ours.bitstream = ours.bitstream, "official"
-    rows, same_bytes = [], []
+    rows, same_bytes, shares = [], [], []
     with torch.no_grad():
         for width, height in sizes:
             x = photo(width, height)
@@ -176,6 +195,9 @@ def compare_with_official(ours: torch.nn.Module, path: str, sizes, repeats: int,
             same_bytes.append(f"{'yes' if coded['ours']['strings'] == [[z], [y]] else 'no'} at {width}x{height}")
             rows.append((f"compress {width}x{height}",
                          {name: median_time(lambda m=model: m.compress(x), repeats, x.device) for name, model in pair}))
+            if profile:
+                shares.append(f"{width}x{height}: " + ", ".join(
+                    f"{name} {100 * convolution_share(lambda m=model: m.compress(x)):.0f} %" for name, model in pair))
             # Each decodes its own stream: in float32 the other's may not decode (see the module docstring).
             rows.append((f"decompress {width}x{height}",
                          {name: median_time(lambda m=model, c=coded[name]: m.decompress(c["strings"], c["shape"]),
@@ -197,6 +219,8 @@ def compare_with_official(ours: torch.nn.Module, path: str, sizes, repeats: int,
               f"{times['ours'] / times['official']:.2f} |", flush=True)
     print(f"| tensors saved for backward, batch {train_batch} of 256x256 (MiB) | {memory['ours'] / 2**20:.0f} | "
           f"{memory['official'] / 2**20:.0f} | {memory['ours'] / memory['official']:.2f} |", flush=True)
+    if shares:
+        print(f"convolutions' share of one compress (profiled): {'; '.join(shares)}")
     if coder:
         print(f"ours in the official layout wrote the official code's bytes (float32): {', '.join(same_bytes)}")
     else:
@@ -220,6 +244,9 @@ def main(argv=None) -> int:
     parser.add_argument("--memory_format", choices=MEMORY_FORMATS, default="auto",
                         help="layout our model runs in, as common.train/common.eval's flag (default: auto, i.e. "
                              "channels_last on the CPU for HPCM-Base); the official code runs in its own NCHW")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print the share of one compress spent in convolutions (ours, and the official "
+                             "code's with --official)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
@@ -258,6 +285,12 @@ def main(argv=None) -> int:
             print(f"| {device} | {width}x{height} | {r['forward'] * 1e3:.0f} | {r['compress'] * 1e3:.0f} | "
                   f"{r['decompress'] * 1e3:.0f} | {r['compress'] / r['forward']:.2f} | "
                   f"{r['decompress'] / r['forward']:.2f} | {r['bpp']:.4f} | {exact} |", flush=True)
+            if args.profile:
+                x = photo(width, height).to(device)
+                with torch.no_grad():
+                    share = convolution_share(lambda: model.compress(x))
+                print(f"  convolutions' share of one compress at {width}x{height} on {device}: {100 * share:.0f} %",
+                      flush=True)
     if args.official:
         if args.model != "hpcm-base":
             raise UserError("--official times the official HPCM-Base: use --model hpcm-base")
@@ -265,7 +298,7 @@ def main(argv=None) -> int:
         channels_last = memory_format.resolve(args.memory_format, cpu, model) == torch.channels_last
         ours_format = "channels_last" if channels_last else "NCHW"
         compare_with_official(memory_format.apply(model.to(cpu), args.memory_format, cpu), args.official, args.sizes,
-                              args.repeats, args.train_batch, ours_format)
+                              args.repeats, args.train_batch, ours_format, args.profile)
     return 0 if all_exact else 1
 
 
