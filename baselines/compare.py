@@ -133,10 +133,15 @@ def finished(folder: Path) -> bool:
     return (folder / "convergence.json").is_file() and (folder / "last.pt").is_file()
 
 
+def run_flags(train_argv: Sequence[str], arm: Arm, seed: int, lmbda: float, folder: Path) -> list[str]:
+    """The training flags of one run (without its starting weights)."""
+    return [*train_argv, *arm.flags, "--seed", str(seed), "--lambda", repr(lmbda), "--save_dir", str(folder),
+            "--progress", "false"]
+
+
 def train_command(train_argv: Sequence[str], arm: Arm, seed: int, lmbda: float, folder: Path,
                   start: Path | None) -> list[str]:
-    argv = [sys.executable, "-m", "common.train", *train_argv, *arm.flags, "--seed", str(seed),
-            "--lambda", repr(lmbda), "--save_dir", str(folder), "--progress", "false"]
+    argv = [sys.executable, "-m", "common.train", *run_flags(train_argv, arm, seed, lmbda, folder)]
     if (folder / "last.pt").is_file():
         return [*argv, "--resume"]
     # No checkpoint yet: whatever a run that died before its first checkpoint left there is replaced.
@@ -293,6 +298,8 @@ def _first_note(group: Sequence[dict]) -> str:
 # ------------------------------------------------------------------------------------------ main
 def main(argv: Sequence[str] | None = None) -> int:
     from baselines.study import git_commit, write_bundle
+    from common.train.engine import check_finished_run
+    from common.train.options import parse_config
 
     started = time.perf_counter()
     # Before anything is written: a bundle folder that git tracks would otherwise count as a local change.
@@ -327,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for arm in arms:
                 folder = run_dir(out_dir, arm.name, seed, lmbda)
                 if finished(folder):
+                    check_finished_run(folder, parse_config(run_flags(train_argv, arm, seed, lmbda, folder)))
                     print(f"{folder}: finished run found, skipped")
                     continue
                 jobs.append((train_command(train_argv, arm, seed, lmbda, folder, start), folder))

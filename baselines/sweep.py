@@ -82,21 +82,32 @@ def finished(run_dir: Path, total_steps: int | None) -> bool:
     return bool(ckpt.get("finished")) and (total_steps is None or ckpt["progress"]["step"] >= total_steps)
 
 
-def train_one(config: TrainConfig, save_dir: Path, lmbda: float, *, checkpoint: str | None = None,
-              steps: int | None = None, lr: float | None = None) -> None:
-    """Train one λ run of ``config`` into ``save_dir``, resuming what has a checkpoint.
+def run_config(config: TrainConfig, save_dir: Path, lmbda: float, *, checkpoint: str | None = None,
+               steps: int | None = None, lr: float | None = None) -> TrainConfig:
+    """``config`` for one λ run into ``save_dir``, resuming what has a checkpoint.
 
     ``checkpoint``, ``steps`` and ``lr`` replace the config's starting weights, run length and learning rate.
     """
-    from common.train.engine import Trainer
-
     resume = (save_dir / "last.pt").is_file()
     # Resume what has a checkpoint; replace what a run that died before its first checkpoint left.
     output = replace(config.output, save_dir=str(save_dir), resume="auto" if resume else None, overwrite=not resume)
     schedule = replace(config.schedule, steps=steps or config.schedule.steps, lr=lr or config.schedule.lr)
     model = replace(config.model, checkpoint=checkpoint) if checkpoint else config.model
-    Trainer(replace(config, loss=replace(config.loss, lmbda=lmbda), output=output, schedule=schedule,
-                    model=model)).fit()
+    return replace(config, loss=replace(config.loss, lmbda=lmbda), output=output, schedule=schedule, model=model)
+
+
+def train_or_reuse(config: TrainConfig, done: bool) -> None:
+    """Train the run of ``config`` (see :func:`run_config`), or check that the finished one in its folder
+    (``done``) was trained with these flags."""
+    from common.train.engine import Trainer, check_finished_run
+
+    save_dir = Path(config.output.save_dir)
+    if done:
+        check_finished_run(save_dir, config)
+        print(f"λ={config.loss.lmbda:g}: finished run found in {save_dir}, skipped")
+    else:
+        print(f"λ={config.loss.lmbda:g}: training into {save_dir}")
+        Trainer(config).fit()
 
 
 def eval_images(args: argparse.Namespace, config: TrainConfig) -> tuple[list[Path], Path]:
@@ -129,22 +140,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = {"checkpoint": args.start_checkpoint} if args.start_checkpoint else {}
     if args.warm_start_steps > 0:
         warm_dir = out_dir / "warm_start"
-        if not finished(warm_dir, args.warm_start_steps):
+        done = finished(warm_dir, args.warm_start_steps)
+        if not done:
             print(f"warm start: {args.warm_start_steps} steps of Adam at λ={lambdas[len(lambdas) // 2]}")
-            # The shared start is standard Adam whatever the swept optimizer (its flags go back to defaults).
-            warm = replace(config, optim=with_optimizer(config.optim, "adam"),
-                           output=replace(config.output, recon_every=0))
-            train_one(warm, warm_dir, lambdas[len(lambdas) // 2], steps=args.warm_start_steps,
-                      lr=args.warm_start_lr)
+        # The shared start is standard Adam whatever the swept optimizer (its flags go back to defaults).
+        warm = replace(config, optim=with_optimizer(config.optim, "adam"), output=replace(config.output, recon_every=0))
+        train_or_reuse(run_config(warm, warm_dir, lambdas[len(lambdas) // 2], steps=args.warm_start_steps,
+                                  lr=args.warm_start_lr), done)
         start = {"checkpoint": str(warm_dir / "last.pt")}
 
     for lmbda in lambdas:
         run_dir = out_dir / f"lambda_{lmbda:g}"
-        if finished(run_dir, config.schedule.steps):
-            print(f"λ={lmbda:g}: finished run found in {run_dir}, skipped")
-            continue
-        print(f"λ={lmbda:g}: training into {run_dir}")
-        train_one(config, run_dir, lmbda, **({} if (run_dir / "last.pt").is_file() else start))
+        train_or_reuse(run_config(config, run_dir, lmbda, **({} if (run_dir / "last.pt").is_file() else start)),
+                       finished(run_dir, config.schedule.steps))
 
     images, root = eval_images(args, config)
     labels, aggregates, rows_per_point = [], [], []

@@ -104,6 +104,16 @@ def test_rerun_skips_finished_runs_and_reproduces_the_numbers(study, tmp_path):
     assert first["bd_per_seed"] == second["bd_per_seed"] and first["points"] == second["points"]
 
 
+def test_rerun_with_other_arm_flags_refuses_the_finished_runs(study, tmp_path):
+    # Skipping a finished run trained with another γ would report its model as the new arm's.
+    _, variables, _ = study
+    result = run_script("phase4/run_bdrate.sh", {**variables, "GAMMA": "0.3"}, "--progress", "false",
+                        "--bundle_dir", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "balanced/seed0/lambda_1e-05 holds a finished run trained with --gamma [0.03] (now [0.3])" in result.stderr
+    assert not (tmp_path / "summary.json").exists()
+
+
 def test_report_tables_figures_and_page(study, tmp_path):
     folder, _, _ = study
     proc = subprocess.run([sys.executable, "-m", "common.report", str(folder), "--out_dir", str(tmp_path)],

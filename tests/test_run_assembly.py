@@ -111,14 +111,21 @@ def test_sweep_warm_start_trains_adam_even_for_a_balanced_sweep(image_dirs, tmp_
     from baselines.sweep import main
 
     train, test = image_dirs
-    main(["--lambdas", "0.01", "--out_dir", str(tmp_path), "--warm_start_steps", "2", "--use_balanced",
-          "--gamma", "0.01", "--model", "bmshj2018-factorized-tiny", "--train_dataset", str(train),
-          "--test_dataset", str(test), "--patch_size", "32", "--batch_size", "2", "--steps", "2",
-          "--progress", "false", "--num_workers", "0", "--recon_every", "0"])
+    flags = ["--lambdas", "0.01", "--out_dir", str(tmp_path), "--warm_start_steps", "2", "--use_balanced",
+             "--model", "bmshj2018-factorized-tiny", "--train_dataset", str(train), "--test_dataset", str(test),
+             "--patch_size", "32", "--batch_size", "2", "--steps", "2", "--progress", "false", "--num_workers", "0",
+             "--recon_every", "0"]
+    main([*flags, "--gamma", "0.01"])
     warm = torch.load(tmp_path / "warm_start" / "last.pt", weights_only=True)
     swept = torch.load(tmp_path / "lambda_0.01" / "last.pt", weights_only=True)
     assert warm["args"]["optimizer"] == "adam" and "famo" not in warm["optimizer"]
     assert swept["args"]["optimizer"] == "balanced" and "famo" in swept["optimizer"]
+
+    # A rerun skips the finished runs, but only when they were trained with its flags: the warm start (Adam,
+    # whatever --gamma says) is reused, the Balanced run of another γ is refused instead of reported as this one.
+    with pytest.raises(UserError, match=r"lambda_0.01 holds a finished run trained with --gamma \[0.01\] \(now \[0.02\]\)"):
+        main([*flags, "--gamma", "0.02"])
+    assert torch.load(tmp_path / "lambda_0.01" / "last.pt", weights_only=True)["progress"] == swept["progress"]
 
 
 @pytest.mark.parametrize("spelling, mode", [("auto", "auto"), ("True", "true"), ("1", "true"), ("yes", "true"),

@@ -53,6 +53,38 @@ RESUME_FREE = ("resume", "overwrite", "checkpoint", "pretrained", "trust_checkpo
                "num_workers", "device", "cache_images_mb", "max_image_pixels", "save_dir", "strict")
 
 
+def complete_config(cfg: TrainConfig) -> None:
+    """Fill in what the flags imply, as a run records it in its checkpoints: the optimizer named by
+    --use_balanced, --finetune_lr as the lr of --finetune, and the student of --resume_student as the weights."""
+    cfg.optim.optimizer = optimizers.optimizer_name(cfg.optim)
+    if cfg.tune.finetune:
+        cfg.schedule.lr = cfg.tune.finetune_lr
+    if cfg.distill.resume_student:
+        cfg.model.checkpoint = cfg.distill.resume_student
+
+
+def flag_changes(recorded: dict, config: TrainConfig, free: Sequence[str] = RESUME_FREE) -> str:
+    """The flags whose value in ``config`` differs from a checkpoint's ``recorded`` ones, other than ``free``
+    (e.g. "--gamma 0.003 (now 0.03)"); empty when they agree."""
+    current = config.flat()
+    changed = [name for name, value in current.items()
+               if name in recorded and recorded[name] != value and name not in free]
+    shown = ", ".join(f"--{n} {recorded[n]!r} (now {current[n]!r})" for n in changed[:3])
+    return shown + (" and more" if len(changed) > 3 else "")
+
+
+def check_finished_run(folder: Path, config: TrainConfig) -> None:
+    """Refuse to reuse the finished run in ``folder`` for ``config`` when its checkpoint was trained with other
+    flags: a sweep that skips it would otherwise report that model as the run it was asked for."""
+    ckpt = load_file(folder / "last.pt", trust=config.model.trust_checkpoint)
+    config = copy.deepcopy(config)
+    complete_config(config)
+    changes = flag_changes(ckpt.get("args", {}) if isinstance(ckpt, dict) else {}, config)
+    if changes:
+        raise UserError(f"{folder} holds a finished run trained with {changes}; give another output folder or "
+                        "delete that run to train it again")
+
+
 class TrainingDiverged(UserError):
     """The loss or the model outputs became non-finite or exceeded the overflow tolerance."""
 
@@ -260,10 +292,13 @@ class Trainer:
         cfg = self.cfg
         optimizers.check_flags(cfg.optim)
         losses.check_flags(cfg.loss, distill=cfg.distill.distill)
-        cfg.optim.optimizer = optimizers.optimizer_name(cfg.optim)
-        finetune.check_flags(cfg.tune, cfg.loss.hierarchical_tasks, cfg.optim.optimizer)
+        finetune.check_flags(cfg.tune, cfg.loss.hierarchical_tasks, optimizers.optimizer_name(cfg.optim))
         if cfg.tune.finetune:
-            self._start_finetune()
+            self._check_finetune()
+        if cfg.distill.resume_student and (cfg.model.checkpoint or cfg.model.pretrained or cfg.distill.distill):
+            raise UserError("--resume_student starts from the student's weights; drop --checkpoint, "
+                            "--pretrained and --distill")
+        complete_config(cfg)
         for section, name, least in ((cfg.schedule, "batch_size", 1), (cfg.output, "val_every", 1),
                                      (cfg.output, "recon_count", 0), (cfg.output, "recon_every", 0)):
             if getattr(section, name) is not None and getattr(section, name) < least:
@@ -279,11 +314,6 @@ class Trainer:
         self._check_multistep()
         if cfg.schedule.sched == "onecycle" and cfg.schedule.lr_warmup_steps:
             raise UserError("--lr_warmup_steps does not combine with --sched onecycle (it has its own warm-up)")
-        if cfg.distill.resume_student:
-            if cfg.model.checkpoint or cfg.model.pretrained or cfg.distill.distill:
-                raise UserError("--resume_student starts from the student's weights; drop --checkpoint, "
-                                "--pretrained and --distill")
-            cfg.model.checkpoint = cfg.distill.resume_student
         if cfg.distill.distill and not (cfg.model.checkpoint or cfg.model.pretrained):
             raise UserError("--distill needs the teacher's weights: --pretrained or --checkpoint PATH")
 
@@ -307,7 +337,7 @@ class Trainer:
         passed = sum(t >= milestone for milestone in sched.lr_milestones)
         return sched.lr_factors[passed - 1] if passed else 1.0
 
-    def _start_finetune(self) -> None:
+    def _check_finetune(self) -> None:
         """Seed 004's --finetune: a new run (epoch 0, a fresh schedule) from given weights at --finetune_lr."""
         cfg = self.cfg
         if not (cfg.model.checkpoint or cfg.model.pretrained or cfg.distill.resume_student):
@@ -316,7 +346,6 @@ class Trainer:
         if cfg.schedule.lr not in (default_lr, cfg.tune.finetune_lr):
             raise UserError(f"--finetune trains at --finetune_lr ({cfg.tune.finetune_lr}); drop --lr {cfg.schedule.lr} "
                             "or give it as --finetune_lr")
-        cfg.schedule.lr = cfg.tune.finetune_lr
 
     def _check_existing_run(self) -> None:
         """Refuse to start a new run over an existing one unless asked to (--resume continues it)."""
@@ -359,15 +388,10 @@ class Trainer:
                             "use --checkpoint instead of --resume")
         if ckpt["model"]["name"] != self.cfg.model.model:
             raise UserError(f"{path} was trained with --model {ckpt['model']['name']}, not {self.cfg.model.model}")
-        recorded = ckpt.get("args", {})
-        current = self.cfg.flat()
-        changed = [name for name, value in current.items()
-                   if name in recorded and recorded[name] != value and name not in RESUME_OVERRIDES + RESUME_FREE]
-        if changed:
-            shown = ", ".join(f"--{n} {recorded[n]!r} (now {current[n]!r})" for n in changed[:3])
-            raise UserError(f"{path} was trained with {shown}{' and more' if len(changed) > 3 else ''}; resume "
-                            "with its flags (only --lr, --steps/--epochs and output flags may change) or start a "
-                            "new run")
+        changes = flag_changes(ckpt.get("args", {}), self.cfg, RESUME_OVERRIDES + RESUME_FREE)
+        if changes:
+            raise UserError(f"{path} was trained with {changes}; resume with its flags (only --lr, --steps/--epochs "
+                            "and output flags may change) or start a new run")
         return ckpt
 
     def _build_model(self, resume_ckpt: dict | None) -> nn.Module:
