@@ -22,6 +22,9 @@ hierarchi  5 tasks (distortion, z, y_s1, y_s2, y_s3): distortion and z keep gamm
 cal        multiplied by seed 004's 4-stage piecewise-linear factor, whose knots sit at 0, 10, 50, 83.3 and
            100 % of T (the seed's epochs 0, 300, 1500, 2500, 3000 of a 3000-epoch run): s1 1.0, 1.2, 0.9,
            0.7, 0.5; s2 0.8, 0.8, 1.1, 0.8, 0.5; s3 0.6, 0.6, 1.0, 1.1, 1.3 (held after T)
+follow     gamma0 * (the model's scheduled lr / its base lr), set every step by the trainer through
+           :meth:`FollowLRGamma.follow`: FAMO's loss changes shrink with the model's lr, and a decay that kept its
+           size would pull the task weights back towards uniform whenever the lr drops
 scale_ada  5 tasks: each y scale's gamma0 times a factor that starts at 1 and, at every validation once
 ptive      ``cv_window`` of them are known, is multiplied by 0.95 when the coefficient of variation (sample
            std / mean) of that scale's last ``cv_window`` validation rates is below 0.01 and by 1.02 above
@@ -87,6 +90,22 @@ class ConstantGamma(GammaSchedule):
 
     def gamma_at(self, epoch: int) -> float | Tensor:
         return self.base_gamma
+
+
+class FollowLRGamma(GammaSchedule):
+    """gamma0 times the model's lr factor (scheduled lr / base lr), which the trainer passes to :meth:`follow`
+    before every step; the epoch count plays no part."""
+
+    def __init__(self, optimizer):
+        self.lr_factor = 1.0
+        super().__init__(optimizer)
+
+    def follow(self, lr_factor: float) -> float | Tensor:
+        self.lr_factor = float(lr_factor)
+        return self._apply()
+
+    def gamma_at(self, epoch: int) -> float | Tensor:
+        return self.base_gamma * self.lr_factor
 
 
 class _AnnealedGamma(GammaSchedule):
@@ -262,6 +281,10 @@ def _constant(optimizer) -> GammaSchedule:
     return ConstantGamma(optimizer)
 
 
+def _follow(optimizer) -> GammaSchedule:
+    return FollowLRGamma(optimizer)
+
+
 def _linear(optimizer, total_epochs: int | None = None, final_ratio: float = 0.2,
             warmup_epochs: int = 0) -> GammaSchedule:
     return LinearGamma(optimizer, total_epochs, final_ratio, warmup_epochs)
@@ -296,7 +319,7 @@ def _scale_adaptive(optimizer, cv_window: int = 50) -> GammaSchedule:
 
 # The registry: each strategy's builder; its keyword arguments are the options it reads.
 GAMMA_SCHEDULES: dict[str, Callable[..., GammaSchedule]] = {
-    "constant": _constant, "linear": _linear, "cosine": _cosine, "step": _step, "hpcm": _hpcm,
+    "constant": _constant, "follow": _follow, "linear": _linear, "cosine": _cosine, "step": _step, "hpcm": _hpcm,
     "adaptive": _adaptive, "hierarchical": _hierarchical, "scale_adaptive": _scale_adaptive}
 GAMMA_STRATEGIES = tuple(GAMMA_SCHEDULES)
 GAMMA_SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {

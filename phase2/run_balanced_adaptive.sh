@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Phase 2: Balanced R-D with a γ schedule stepped per epoch. GAMMA_STRATEGY is one of constant, linear,
-# cosine, step, hpcm (the seed's step schedule at the LR milestones) or adaptive (driven by the
-# variability of recent validation losses); formulas in balanced_rd/gamma.py.
+# Phase 2: Balanced R-D with a γ schedule. GAMMA_STRATEGY is one of constant, follow (γ scaled by the model's
+# lr schedule every step), linear, cosine, step, hpcm (the seed's step schedule at the LR milestones) or
+# adaptive (driven by the variability of recent validation losses); formulas in balanced_rd/gamma.py.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/env.sh"
 strategy="${GAMMA_STRATEGY:-hpcm}"

@@ -35,6 +35,44 @@ def test_constant_linear_cosine_formulas():
     assert cosine == pytest.approx([0.01, expected_mid, 0.005, 0.005])
 
 
+def test_follow_scales_gamma_by_the_lr_factor_it_is_given_whatever_the_epoch():
+    schedule = make_gamma_schedule("follow", make_opt(torch.tensor([0.01, 0.03])))
+    assert schedule.follow(0.1) == pytest.approx(torch.tensor([0.001, 0.003]))
+    assert schedule.step() == pytest.approx(torch.tensor([0.001, 0.003]))  # an epoch ends: the factor stays
+    assert schedule.follow(1.0) == pytest.approx(torch.tensor([0.01, 0.03]))
+    with pytest.raises(UserError, match="--gamma_final_ratio is not used by the follow gamma schedule"):
+        check_flags(parse_config(["--use_balanced", "--gamma_strategy", "follow", "--gamma_final_ratio", "0"]).optim)
+
+
+def test_trainer_scales_w_lr_and_gamma_with_the_lr_schedule_when_told_to_follow(tmp_path):
+    # Study 1's schedule in small: the lr drops ×0.1 at step 3 and ×0.01 at step 5, and both the logits' step
+    # and their decay must drop with it, every step (not at epoch ends).
+    from common.train.callbacks import Callback
+    from common.train.engine import Trainer
+    from tests.helpers import write_image_dirs
+
+    class Record(Callback):
+        def __init__(self):
+            self.rows = []
+
+        def on_step_end(self, trainer, row):
+            self.rows.append((row["lr"], trainer.optimizer.w_lr, trainer.optimizer.gamma))
+
+    train, test = write_image_dirs(tmp_path / "images", size=32, n_train=4, n_test=1)
+    record = Record()
+    Trainer(parse_config([
+        "--model", "bmshj2018-factorized-tiny", "--train_dataset", str(train), "--test_dataset", str(test),
+        "--patch_size", "32", "--batch_size", "2", "--steps", "6", "--lr", "1e-3", "--sched", "multistep",
+        "--lr_milestones", "3", "5", "--lr_factors", "0.1", "0.01", "--lr_milestone_unit", "step",
+        "--save_dir", str(tmp_path / "run"), "--recon_every", "0", "--progress", "false", "--num_workers", "0",
+        "--optimizer", "balanced", "--gamma", "0.03", "--w_lr", "0.025", "--w_lr_sched", "follow",
+        "--gamma_strategy", "follow"]), callbacks=[record]).fit()
+    lrs = [lr for lr, _, _ in record.rows]
+    assert lrs == pytest.approx([1e-3] * 3 + [1e-4] * 2 + [1e-5])
+    for lr, w_lr, gamma in record.rows:
+        assert w_lr == pytest.approx(0.025 * lr / 1e-3) and gamma == pytest.approx(0.03 * lr / 1e-3)
+
+
 def test_step_and_hpcm_formulas():
     step = walk(make_gamma_schedule("step", make_opt(), milestones=[2, 4, 6], step_factor=0.5), [0, 1, 2, 4, 6, 9])
     assert step == pytest.approx([0.01, 0.01, 0.005, 0.0025, 0.002, 0.002])  # floored at 0.2 * gamma0

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import common.models as models
-from balanced_rd import TaskLossError, TaskWeightedOptimizer
+from balanced_rd import FollowLRGamma, TaskLossError, TaskWeightedOptimizer
 from common import data, losses, qat, replace
 from common.assembly import Recipe, assemble, load_model, start_from_weights
 from common.models import memory_format
@@ -593,10 +593,13 @@ class Trainer:
         scheduled = [group["lr"] for group in self.optimizer.param_groups]
         for group, lr in zip(self.optimizer.param_groups, scheduled):
             group["lr"] = lr * factor
+        lr_factor = self._schedule_factor(scheduled) * factor
         if self.cfg.optim.w_lr_sched == "follow":
             # Adam on the logits steps about w_lr whatever the size of delta, so under a constant w_lr the task
             # weights keep wandering after the model's lr has decayed; following the schedule lets them settle.
-            self.optimizer.w_lr = self.cfg.optim.w_lr * self._schedule_factor(scheduled) * factor
+            self.optimizer.w_lr = self.cfg.optim.w_lr * lr_factor
+        if isinstance(self.gamma_schedule, FollowLRGamma):
+            self.gamma_schedule.follow(lr_factor)
         try:
             training_step(self.ddp_model, self.optimizer, x, task_losses, update=self.update_rule,
                           clip_max_norm=self.cfg.schedule.max_grad_norm if self.cfg.schedule.max_grad_norm > 0 else None,
