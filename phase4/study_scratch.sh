@@ -11,9 +11,10 @@
 # 0.0018…0.013, Balanced ended at about the same rate for every λ and its curve met Adam's nowhere
 # (PHASES_OVERVIEW.md, study 1). γ and w_lr follow the model's lr (both ×0.1 at step 7000, ×0.01 at 7700): the
 # loss changes that move FAMO's logits shrink with the lr, and a γ that does not shrink with them pulls the weights
-# back towards uniform. With γ on a cosine over the whole run instead, the drop at step 7000 left γ near its full
-# size against loss changes ten times smaller, the weights jumped towards uniform, and the model spent the rest of
-# the run adapting to them (its bpp still rising 1.2-4.4 % over the last 20 %, results at commit e80e8cf).
+# back towards uniform. With γ on a cosine over the whole run instead, γ did not drop with the lr (21 % of its
+# start at step 7000), so against loss changes ten times smaller the decay grew tenfold, the weights jumped towards
+# uniform, and the model spent the rest of the run adapting to them (its bpp still rising 1.2-4.4 % over the last
+# 20 %, results at commit e80e8cf).
 # Two runs at a time, one core each.
 #
 # Runs go to runs/studies/scratch (resumable; study_finetune.sh starts from its Adam models), the bundle to
