@@ -7,7 +7,9 @@
 # as in the demo and studies 1 and 2 (γ 0.03; 5 tasks: 0.03 0.03 0.08 0.06 0.04): with the paper's γ the
 # task weights were still moving at the end of 1500 steps, and 8 of the 12 Balanced runs did not converge. Fine-tuning from a shared base is how the runs
 # converge within the budget (PHASES_OVERVIEW.md): from random weights, Balanced spends the first thousands of
-# steps driving the rate down before its task weights settle.
+# steps driving the rate down before its task weights settle. γ and the logits' step follow the cosine lr, as in
+# study 1: a decay that stays at full size while the model's steps shrink pulls the weights towards uniform at the
+# end of the run, which is when the model can no longer follow them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
@@ -21,11 +23,12 @@ if [ ! -f "$base/convergence.json" ]; then
   "$PY" -m common.train "${regime[@]}" --lambda 0.0048 --steps "${BASE_STEPS:-4000}" --lr 1e-3 --val_every 200 \
     --save_dir "$base" --progress false "${resume[@]}"
 fi
-five=(--optimizer balanced --hierarchical_tasks true --gamma 0.03 0.03 0.08 0.06 0.04 --w_lr 0.025)
+follow=(--gamma_strategy follow --w_lr_sched follow)
+five=(--optimizer balanced --hierarchical_tasks true --gamma 0.03 0.03 0.08 0.06 0.04 --w_lr 0.025 "${follow[@]}")
 "$PY" -m baselines.compare --out_dir "$runs" --bundle_dir "${RESULTS:-results}/study-hierarchical" \
   --title "Study 3: hierarchical balancing, hpcm-tiny fine-tuned from an Adam base, sample photos" \
   --start_checkpoint "$base/last.pt" \
   --lambdas "${LAMBDAS:-0.0018,0.0035,0.0067,0.013}" --seeds "${SEEDS:-0}" --jobs "${JOBS:-2}" \
-  --arm "adam=--optimizer adam" --arm "balanced2=--optimizer balanced --gamma 0.03 --w_lr 0.025" \
+  --arm "adam=--optimizer adam" --arm "balanced2=--optimizer balanced --gamma 0.03 --w_lr 0.025 ${follow[*]}" \
   --arm "balanced5=${five[*]}" --arm "balanced5_prior=${five[*]} --prior_weights 0.5 0.125 0.125 0.125 0.125" \
   "${regime[@]}" --steps "${STEPS:-1500}" --lr 5e-4 --val_every 75 "$@"
