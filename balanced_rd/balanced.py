@@ -72,6 +72,8 @@ class Balanced(TaskWeightedOptimizer):
         cautious: sign-mask the model update (False: plain Adam/AdamW).
         max_mask_scale: cap on the mask rescaling 1/mean(mask); None = uncapped.
         task_names: names used in error messages and logs (default task0, task1, ...).
+        adapt_weights: FAMO's logit update (False: the weights stay at their prior, uniform by default, so the
+            step minimises the fixed-weight log losses; the ablation that separates FAMO from the log losses).
         prior_weights: optional task weights to start from and decay towards (normalised). Each task's
             gradient is scaled by its own weight, and the rate parts add up to the rate, so for 5 hierarchical
             tasks the uniform default already gives distortion and every rate part the gradient ratio that
@@ -84,9 +86,10 @@ class Balanced(TaskWeightedOptimizer):
                  weight_decay: float = 0.0, n_tasks: int = 2, gamma: float | Sequence[float] = 0.003,
                  w_lr: float = 0.025, min_losses: float | Sequence[float] = -1.0, cautious: bool = True,
                  max_mask_scale: float | None = 10.0, task_names: Sequence[str] | None = None,
-                 prior_weights: Sequence[float] | None = None):
+                 prior_weights: Sequence[float] | None = None, adapt_weights: bool = True):
         super().__init__(params, lr, n_tasks=n_tasks, min_losses=min_losses, task_names=task_names, betas=betas,
                          eps=eps, weight_decay=weight_decay, cautious=cautious, max_mask_scale=max_mask_scale)
+        self.adapt_weights = bool(adapt_weights)
         self.w_lr = w_lr
         self.logit_prior = _prior_logits(prior_weights, self.n_tasks)
         self.logits = self.logit_prior.clone()
@@ -183,7 +186,7 @@ class Balanced(TaskWeightedOptimizer):
                             reference_losses: Sequence[Tensor] | Tensor | None = None) -> bool:
         """One logit step from the losses of the same data at the new parameters; True if the logits moved.
 
-        Nothing moves (and False is returned) when ``skip`` is true, when no loss was weighted since the
+        Nothing moves (and False is returned) when ``adapt_weights`` is off, when ``skip`` is true, when no loss was weighted since the
         last call, when :meth:`step` did not run after it (e.g. GradScaler skipped it), or when delta is
         not finite (counted in ``skipped_weight_updates``). ``reference_losses`` replaces the remembered
         before-step losses, for deltas measured on a subset of the batch. Under torch.distributed every
@@ -191,7 +194,7 @@ class Balanced(TaskWeightedOptimizer):
         """
         previous, stepped = self._prev_losses, self._model_step_taken
         self._prev_losses, self._model_step_taken = None, False
-        if skip or previous is None or not stepped:
+        if skip or previous is None or not stepped or not self.adapt_weights:
             return False
         if new_task_losses is None:
             raise ValueError("update_task_weights needs the new task losses (or skip=True)")
@@ -264,6 +267,7 @@ class Balanced(TaskWeightedOptimizer):
             "w_lr": self.w_lr,
             "skipped_weight_updates": self.skipped_weight_updates,
             "frozen": self._frozen.tolist(),
+            "adapt_weights": self.adapt_weights,
         }
         return state
 
@@ -289,6 +293,7 @@ class Balanced(TaskWeightedOptimizer):
         self.w_lr = famo["w_lr"]
         self.skipped_weight_updates = int(famo["skipped_weight_updates"])
         self._frozen = torch.tensor(famo.get("frozen", [False] * self.n_tasks), dtype=torch.bool)
+        self.adapt_weights = bool(famo.get("adapt_weights", True))
         self._prev_losses, self._model_step_taken = None, False
 
 

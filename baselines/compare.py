@@ -6,8 +6,8 @@
 
 Every *arm* is one optimizer setting; all arms share every other training flag, the λ ladder, the seeds
 and the starting model, so their curves differ only by the optimizer. For each arm, seed and λ a run
-of ``python -m common.train`` is made (in a process of its own; ``--jobs 2`` runs two at a time with one
-thread each), then every final model is evaluated with real bitstreams on the evaluation images
+of ``python -m common.train`` is made (in worker processes that import the engine once; ``--jobs 2`` runs
+two at a time with one thread each), then every final model is evaluated with real bitstreams on the evaluation images
 (CompressAI's protocol, ``common.eval``), JPEG and WebP are measured on the same images
 (``baselines.classic``), and one table is printed: the R-D points, whether each run converged
 (``common.train.convergence``), the BD-rate and BD-PSNR of every arm against the first arm and against
@@ -33,10 +33,8 @@ import math
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -141,7 +139,8 @@ def run_flags(train_argv: Sequence[str], arm: Arm, seed: int, lmbda: float, fold
 
 def train_command(train_argv: Sequence[str], arm: Arm, seed: int, lmbda: float, folder: Path,
                   start: Path | None) -> list[str]:
-    argv = [sys.executable, "-m", "common.train", *run_flags(train_argv, arm, seed, lmbda, folder)]
+    """The ``python -m common.train`` arguments of one run: resumed when it has a checkpoint."""
+    argv = run_flags(train_argv, arm, seed, lmbda, folder)
     if (folder / "last.pt").is_file():
         return [*argv, "--resume"]
     # No checkpoint yet: whatever a run that died before its first checkpoint left there is replaced.
@@ -149,32 +148,67 @@ def train_command(train_argv: Sequence[str], arm: Arm, seed: int, lmbda: float, 
     return [*argv, "--checkpoint", str(start)] if start is not None else argv
 
 
-def _train(command: list[str], folder: Path, threads: int) -> str:
-    """Run one training; returns its convergence line. Its console output goes to ``folder/train.out``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    with open(folder / "train.out", "a") as log:
-        code = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    lines = (folder / "train.out").read_text(errors="replace").splitlines()
-    if code != 0:
-        last = next((line for line in reversed(lines) if line.strip()), f"exit status {code}")
-        raise UserError(f"training in {folder} failed: {last.strip()} (full output: {folder / 'train.out'})")
+def _start_worker(threads: int) -> None:
+    """Each worker process imports the engine once and keeps it for all its runs (the import alone takes
+    several seconds, as long as a short fine-tuning run's validation work)."""
+    import torch
+
+    import common.train.engine  # noqa: F401  (imported here so the first run does not pay for it)
+
+    torch.set_num_threads(threads)
+
+
+def _train(argv: list[str], folder: str) -> str:
+    """One training, in a worker process; returns its convergence line. Its console output goes to
+    ``folder/train.out``."""
+    import contextlib
+    import traceback
+
+    from common.cli import one_line
+    from common.train.__main__ import main as train_main
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    log_path = Path(folder) / "train.out"
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            train_main(argv)
+        except UserError as exc:
+            print(f"error: {one_line(exc)}", flush=True)
+            return f"failed: {one_line(exc)}"
+        except Exception as exc:  # noqa: BLE001  (the traceback goes to the run's own log)
+            traceback.print_exc()
+            return f"failed: {type(exc).__name__}: {' '.join(str(exc).split())}"
+    lines = log_path.read_text(errors="replace").splitlines()
     return next((line for line in reversed(lines) if line.startswith("convergence")), "convergence: no verdict")
 
 
 def train_all(jobs: list[tuple[list[str], Path]], parallel: int) -> None:
-    # The cores this process may use (taskset, cgroups), not the machine's: more threads than cores slows
-    # every run down many times over.
+    """Run the trainings ``parallel`` at a time in worker processes that each import the engine once.
+
+    Each worker gets (usable cores) / ``parallel`` threads: the cores this process may use (taskset,
+    cgroups), not the machine's, since more threads than cores slows every run down many times over.
+    A failed run stops the sweep with its last line once the runs already started have ended.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     threads = max(1, len(os.sched_getaffinity(0)) // parallel)
     started = time.perf_counter()
-
-    def one(job: tuple[list[str], Path]) -> str:
-        return _train(job[0], job[1], threads)
-
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        for (command, folder), verdict in zip(jobs, pool.map(one, jobs)):
+    failures = []
+    # spawn, not fork: a forked child of a process whose OpenMP threads already ran can hang.
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(_train, argv, str(folder)): folder for argv, folder in jobs}
+        for future in as_completed(futures):
+            folder, verdict = futures[future], future.result()
+            if verdict.startswith("failed: "):
+                failures.append(f"training in {folder} {verdict} (full output: {folder / 'train.out'})")
+                for other in futures:
+                    other.cancel()
+                continue
             print(f"[{time.perf_counter() - started:7.1f} s] {folder}: {verdict.split(': ', 1)[-1]}", flush=True)
+    if failures:
+        raise UserError(failures[0])
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -192,6 +192,8 @@ def add_optimizer_arguments(group: argparse.ArgumentParser | argparse._ArgumentG
                        help="seed 004's phase 3: relative prior weights of the y scales s1 s2 s3 of "
                             "--hierarchical_tasks (e.g. 0.3 0.4 0.3; distortion and z keep theirs)")
     bool_flag(group, "--cautious", True, "sign-mask the model update (Cautious Adam); false = plain Adam")
+    bool_flag(group, "--famo", True, "balanced: FAMO's task-weight update; false keeps the weights at their prior "
+              "(uniform by default), i.e. the step minimises the fixed-weight log losses (an ablation arm)")
     group.add_argument("--max_mask_scale", type=_optional_float, default=10.0,
                        help="cap on the cautious rescaling 1/mean(mask); 'none' = uncapped (default: 10)")
     group.add_argument("--qp_eps", type=number(float, minimum=0), default=1e-6,

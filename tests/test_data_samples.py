@@ -1,4 +1,4 @@
-"""The embedded sample photos: materialised offline, atomically, once; split 8 train / 4 test."""
+"""The embedded sample photos: materialised offline, atomically, once; split 6 train / 2 val / 4 test."""
 import socket
 
 import numpy as np
@@ -27,17 +27,25 @@ def sample_root(tmp_path_factory):
 
 
 def test_split_and_content(sample_root):
-    train = sorted(p.stem for p in (sample_root / "train").glob("*.png"))
-    test = sorted(p.stem for p in (sample_root / "test").glob("*.png"))
+    train, val, test = (sorted(p.stem for p in (sample_root / split).glob("*.png")) for split in samples.SPLITS)
     assert test == ["astronaut", "china", "coffee", "flower"]
-    assert train == ["chelsea", "grace_hopper", "hubble_deep_field", "immunohistochemistry", "motorcycle_left",
-                     "motorcycle_right", "retina", "rocket"]
-    for path in list((sample_root / "train").glob("*.png")) + list((sample_root / "test").glob("*.png")):
+    assert val == ["chelsea", "rocket"]
+    assert train == ["grace_hopper", "hubble_deep_field", "immunohistochemistry", "motorcycle_left",
+                     "motorcycle_right", "retina"]
+    for path in sample_root.rglob("*.png"):
         with Image.open(path) as image:
             assert image.mode == "RGB" and min(image.size) >= 300, path
     import skimage.data
     assert np.array_equal(np.asarray(Image.open(sample_root / "test" / "astronaut.png")), skimage.data.astronaut())
     assert not list(sample_root.rglob("*.tmp"))
+
+
+def test_a_cache_of_the_old_layout_loses_its_validation_photos_from_train(sample_root):
+    # Before val/ existed, chelsea and rocket were training photos; such a cache must not train on them.
+    stale = sample_root / "train" / "chelsea.png"
+    stale.write_bytes((sample_root / "val" / "chelsea.png").read_bytes())
+    assert samples.sample_splits(sample_root) == tuple(sample_root / split for split in samples.SPLITS)
+    assert not stale.exists() and (sample_root / "val" / "chelsea.png").is_file()
 
 
 def test_second_call_is_idempotent(sample_root, monkeypatch):
@@ -48,10 +56,10 @@ def test_second_call_is_idempotent(sample_root, monkeypatch):
 
 
 def test_a_missing_file_is_rewritten(sample_root):
-    (sample_root / "train" / "chelsea.png").unlink()
+    (sample_root / "val" / "chelsea.png").unlink()
     samples.sample_dirs(sample_root)
     import skimage.data
-    assert np.array_equal(np.asarray(Image.open(sample_root / "train" / "chelsea.png")), skimage.data.chelsea())
+    assert np.array_equal(np.asarray(Image.open(sample_root / "val" / "chelsea.png")), skimage.data.chelsea())
 
 
 def test_default_root(monkeypatch, tmp_path):

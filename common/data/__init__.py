@@ -29,14 +29,14 @@ from PIL import Image
 from common.data.datasets import (ImageFileDataset, find_images, hash_split, hash_subset, is_validation,
                                   readable_images, recon_subset, split_key, warn)
 from common.data.images import list_images, load_rgb, load_rgb_tensor, set_max_image_pixels, to_tensor
-from common.data.samples import sample_dirs
+from common.data.samples import sample_dirs, sample_splits
 from common.errors import UserError
 
 if TYPE_CHECKING:
     from common.train.config import DataConfig
 
 __all__ = ["ImageFileDataset", "build_datasets", "find_images", "hash_split", "hash_subset",
-           "is_validation", "list_images", "load_rgb", "load_rgb_tensor", "recon_subset", "sample_dirs",
+           "is_validation", "list_images", "load_rgb", "load_rgb_tensor", "recon_subset", "sample_dirs", "sample_splits",
            "split_key", "to_tensor"]
 
 DEFAULT_VAL_RATIO = 0.02
@@ -83,8 +83,8 @@ def _training_source(args: DataConfig) -> tuple[Path, Path | None, str]:
         coco_dir = _existing_dir(args.coco_dir, "--coco_dir")
         train, val = _coco_roots(coco_dir, args.use_prepared)
         return train, val, "prepared COCO crops" if args.use_prepared else "COCO"
-    train, test = sample_dirs()
-    return train, test, "the embedded sample photos (no data flag given)"
+    train, val, _ = sample_splits()
+    return train, val, "the embedded sample photos (no data flag given; validation on their val/ split)"
 
 
 def _check_prepared_size(files: list[Path], patch_size: int) -> None:

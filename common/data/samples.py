@@ -5,10 +5,17 @@ scikit-learn (``load_sample_image``) and matplotlib (``cbook.get_sample_data``) 
 PNG into a cache folder, ``$LIC_SAMPLES_DIR`` or ``~/.cache/lic-toolkit/samples``, split into
 
 * ``test/`` (4 images of different content): astronaut (portrait, fine texture), coffee (indoor
-  still life), china (outdoor architecture), flower (saturated nature close-up);
-* ``train/`` (8 images): chelsea, rocket, hubble_deep_field, immunohistochemistry, retina,
-  motorcycle_left, motorcycle_right, grace_hopper. Both stereo views stay in ``train/`` so no test
-  image has a near-duplicate in training.
+  still life), china (outdoor architecture), flower (saturated nature close-up). Only the final
+  evaluation of a run or a study reads them;
+* ``val/`` (2 images): chelsea (animal fur, indoor) and rocket (outdoor scene), the validation set of
+  training (convergence verdict, best and EMA checkpoints, any tuning), disjoint from the test photos;
+* ``train/`` (6 images): hubble_deep_field, immunohistochemistry, retina, motorcycle_left,
+  motorcycle_right, grace_hopper. Both stereo views stay in ``train/`` so neither held-out split has a
+  near-duplicate in training.
+
+The shipped base model (``baselines/pretrained/``) was trained before ``val/`` existed, on the 6 training
+photos and the 2 validation ones; fine-tuning from it never sees the validation photos, and nothing sees
+the test photos before the final evaluation.
 
 Nothing is downloaded. Writes are atomic (temporary file + rename) and existing files are kept, so
 concurrent or repeated calls are safe and cheap. Several sources were JPEG-compressed once, so these
@@ -26,6 +33,8 @@ from PIL import Image
 from common.errors import UserError
 
 TEST_NAMES = ("astronaut", "coffee", "china", "flower")
+VALIDATION_NAMES = ("chelsea", "rocket")
+SPLITS = ("train", "val", "test")
 
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:
@@ -77,9 +86,12 @@ def samples_root() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "lic-toolkit" / "samples"
 
 
+def sample_split(name: str) -> str:
+    return "test" if name in TEST_NAMES else "val" if name in VALIDATION_NAMES else "train"
+
+
 def sample_path(name: str, root: Path | None = None) -> Path:
-    split = "test" if name in TEST_NAMES else "train"
-    return (root or samples_root()) / split / f"{name}.png"
+    return (root or samples_root()) / sample_split(name) / f"{name}.png"
 
 
 def _write_png(array: np.ndarray, path: Path) -> None:
@@ -99,6 +111,10 @@ def materialize(root: Path | None = None) -> Path:
     root = root or samples_root()
     for name, load in SAMPLES.items():
         path = sample_path(name, root)
+        # A cache written before val/ existed holds the validation photos in train/: training must not see them.
+        for split in SPLITS:
+            if split != path.parent.name:
+                (root / split / path.name).unlink(missing_ok=True)
         if path.exists():
             continue
         try:
@@ -116,5 +132,11 @@ def materialize(root: Path | None = None) -> Path:
 
 def sample_dirs(root: Path | None = None) -> tuple[Path, Path]:
     """``(train_dir, test_dir)`` of the embedded sample set, materialised on first use."""
+    train, _, test = sample_splits(root)
+    return train, test
+
+
+def sample_splits(root: Path | None = None) -> tuple[Path, Path, Path]:
+    """``(train_dir, val_dir, test_dir)`` of the embedded sample set, materialised on first use."""
     root = materialize(root)
-    return root / "train", root / "test"
+    return root / "train", root / "val", root / "test"

@@ -75,6 +75,7 @@ class OptimizerConfig:
     prior_weights: list[float] | None = None
     scale_weights: list[float] | None = None
     cautious: bool = True
+    famo: bool = True
     max_mask_scale: float | None = 10.0
     qp_eps: float = 1e-06
     adaptive_gamma: bool = False

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from balanced_rd import Balanced, BalancedQP
+from balanced_rd import Balanced, BalancedQP, CautiousAdam
 from balanced_rd.gamma import GAMMA_SCHEDULE_OPTIONS, GammaSchedule, make_gamma_schedule
 from common.errors import UserError
 from common.train.config import OptimizerConfig
@@ -40,7 +40,7 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {}
 
 # Flags of the task-weighting optimizers (Balanced, BalancedQP): shared, then each one's own.
 _TASK_WEIGHTING = ("min_losses", "cautious", "max_mask_scale")
-_FAMO = ("gamma", "gamma_s1", "gamma_s2", "gamma_s3", "w_lr", "w_lr_sched", "prior_weights", "scale_weights", "weight_update_every", "delta_subset", "share_noise",
+_FAMO = ("famo", "gamma", "gamma_s1", "gamma_s2", "gamma_s3", "w_lr", "w_lr_sched", "prior_weights", "scale_weights", "weight_update_every", "delta_subset", "share_noise",
          "adaptive_gamma", "gamma_strategy", "gamma_final_ratio", "gamma_warmup_epochs", "gamma_milestones",
          "gamma_step_factor", "gamma_min", "gamma_cv_window")
 # The γ-schedule flags and the keyword of make_gamma_schedule each one fills.
@@ -118,7 +118,13 @@ def _prior_weights(args: OptimizerConfig, n_tasks: int) -> list[float] | None:
 def _balanced(params, args, lr, n_tasks, task_names):
     gamma = _gamma(args, n_tasks)
     return Balanced(params, lr, gamma=gamma, w_lr=args.w_lr, prior_weights=_prior_weights(args, n_tasks),
-                    **_task_weighting_kwargs(args, n_tasks, task_names))
+                    adapt_weights=args.famo, **_task_weighting_kwargs(args, n_tasks, task_names))
+
+
+@register_optimizer("cautious_adam", update="sum", cls=CautiousAdam, options=("max_mask_scale",))
+def _cautious_adam(params, args, lr, n_tasks, task_names):
+    """Cautious Adam on the plain sum λ·D + R: the sign mask without the log losses or FAMO (an ablation arm)."""
+    return CautiousAdam(params, lr, weight_decay=args.weight_decay, max_mask_scale=args.max_mask_scale)
 
 
 @register_optimizer("balanced_qp", update="qp", cls=BalancedQP, options=_TASK_WEIGHTING + ("qp_eps",))
@@ -178,6 +184,10 @@ def check_flags(args: OptimizerConfig) -> None:
                             "drop it or change the optimizer")
     if name != "balanced":
         return
+    if not args.famo:
+        fixed = [dest for dest in _FAMO if dest not in ("famo", "prior_weights", "scale_weights") and given(dest)]
+        if fixed:
+            raise UserError(f"--{fixed[0]} sets FAMO's task-weight update, which --famo false turns off; drop it")
     strategy = gamma_strategy(args)
     for flag, keyword in _GAMMA_SCHEDULE_FLAGS.items():
         if given(flag) and keyword not in GAMMA_SCHEDULE_OPTIONS[strategy]:

@@ -134,7 +134,9 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, tas
     else:
         loss = optimizer.weighted_loss(losses) if is_balanced else torch.stack([l.float() for l in losses]).sum()
         (scaler.scale(loss) if scaler is not None else loss).backward()
-    update_weights = is_balanced and step_index % weight_update_every == 0
+    # Fixed task weights (Balanced with adapt_weights off) need no re-forward.
+    update_weights = (is_balanced and getattr(optimizer, "adapt_weights", True)
+                      and step_index % weight_update_every == 0)
     eval_batch, reference = batch, None
     if update_weights and delta_subset:
         count = min(delta_subset, _first_tensor(batch).shape[0])
