@@ -14,7 +14,7 @@
 # The log-loss arms step along the FAMO combination sum_i a_i grad(l_i), a_i ∝ w_i / (1 + l_i), normalised to
 # sum 1: the gradient of the log losses divided by a positive per-step scalar, which Adam's normalisation largely
 # absorbs. Primary outcome: the paired per-seed BD-rate (pchip) of balanced vs adam, its 95 % t-interval; an
-# interval that contains 0 is inconclusive. `python -m common.stats` adds the intervals, cubic and akima, the
+# interval that contains 0 is inconclusive. `python -m baselines.stats` adds the intervals, cubic and akima, the
 # bootstrap and the power line to the bundle (the make target runs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,4 +32,4 @@ BUNDLE="${RESULTS:-results}/study-arms"
   --arm "balanced=--optimizer balanced --gamma 0.03 --w_lr 0.025" \
   --model bmshj2018-factorized-small --steps "${STEPS:-800}" --batch_size 4 --patch_size 64 --val_patch_size 256 \
   --lr 1e-3 --sched cosine --lr_warmup_steps 20 --val_every 40 --recon_every 0 --num_workers 0 "$@"
-"$PY" -m common.stats "$BUNDLE"
+"$PY" -m baselines.stats "$BUNDLE"

@@ -24,18 +24,27 @@ def test_window_starts_at_the_last_fifth():
 
 
 @pytest.mark.parametrize("values,converged", [
-    (((30.00, 0.500), (30.05, 0.502), (30.09, 0.503)), True),   # +0.09 dB, +0.6 %
-    (((30.00, 0.500), (30.15, 0.500), (30.05, 0.500)), True),   # the window's ends count; 0.15 is its spread
-    (((30.00, 0.500), (30.05, 0.500), (29.88, 0.500)), False),  # -0.12 dB
-    (((30.00, 0.500), (30.01, 0.503), (30.02, 0.506)), False),  # bpp moved 1.2 % of its final value
+    (((30.00, 0.500), (30.05, 0.502), (30.09, 0.503)), True),   # spread 0.09 dB and 0.6 %
+    (((30.00, 0.500), (30.15, 0.500), (30.05, 0.500)), False),  # ends 0.05 dB apart, but the window spans 0.15
+    (((30.00, 0.500), (30.05, 0.500), (29.88, 0.500)), False),  # spread 0.17 dB
+    (((30.00, 0.500), (30.01, 0.503), (30.02, 0.506)), False),  # bpp spans 1.2 % of its final value
+    (((30.00, 0.500), (30.00, 0.506), (30.00, 0.500)), False),  # back where it started, 1.2 % away in between
 ])
-def test_criterion(values, converged):
+def test_criterion_judges_the_whole_window(values, converged):
     verdict = convergence.assess(rows(*values), TOTAL)
     assert verdict.converged is converged and verdict.validations == 3
     assert verdict.psnr_change_db == pytest.approx(values[-1][0] - values[0][0])
     assert verdict.psnr_spread_db == pytest.approx(max(p for p, _ in values) - min(p for p, _ in values))
     assert verdict.bpp_change_relative == pytest.approx((values[-1][1] - values[0][1]) / values[-1][1])
-    assert ("NOT converged" in verdict.summary()) is not converged
+    assert ("NOT settled" in verdict.summary()) is not converged
+
+
+@pytest.mark.parametrize("lr_in_window, what", [(0.05, "settled at the end of the schedule (lr at most 5.0 %"),
+                                                (0.5, "settled with the lr up to 50 % of its peak")])
+def test_the_verdict_names_the_learning_rate_in_its_window(lr_in_window, what):
+    train_rows = [{"step": step, "lr": 1e-3 if step < 80 else 1e-3 * lr_in_window} for step in range(1, 101)]
+    verdict = convergence.assess(rows((30.0, 0.5), (30.0, 0.5)), TOTAL, train_rows)
+    assert verdict.lr_window_fraction == pytest.approx(lr_in_window) and what in verdict.summary()
 
 
 def test_rows_before_the_window_do_not_count_and_two_validations_are_needed():
@@ -61,7 +70,8 @@ def test_engine_validates_at_the_window_start_and_writes_the_verdict(image_dirs,
     assert steps == [6, 11, 12, 14]
     saved = json.loads((tmp_path / "convergence.json").read_text())
     assert saved == trainer.convergence.to_dict() and saved["window_start"] == 11 and saved["validations"] == 3
-    assert convergence.assess(trainer.val_log.rows(), 14).to_dict() == saved
+    assert convergence.assess(trainer.val_log.rows(), 14, trainer.train_log.rows()).to_dict() == saved
+    assert 0 < saved["lr_window_fraction"] <= 1
     assert trainer.convergence.summary() in capsys.readouterr().out
 
 

@@ -766,7 +766,7 @@ class Trainer:
         if self.main:
             tqdm.write(f"trained {progress.step} steps in {time.perf_counter() - started:.1f} s; "
                        f"checkpoints in {self.save_dir}")
-            self.convergence = convergence.assess(self.val_log.rows(), self.total_steps)
+            self.convergence = convergence.assess(self.val_log.rows(), self.total_steps, self.train_log.rows())
             atomic_write_text(self.save_dir / "convergence.json", json.dumps(self.convergence.to_dict(), indent=2))
             tqdm.write(self.convergence.summary())
             run_folder.write_readme(self.save_dir, self.cfg.flat(), self.recon.folder if self.recon else None)
