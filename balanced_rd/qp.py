@@ -14,6 +14,19 @@ a_i = (w_i / D_i) / sum_j |w_j| / D_j, which equals FAMO's c-normalisation when 
 flips the direction (or divides by ~0) when some w_i < 0 (our choice; the paper's text is not available).
 The model step is Cautious Adam. Each step needs one backward pass per task (K autograd.grad calls).
 
+How strong the ridge is: for K = 2, |w_i - 1/2| <= 1 / (2 sqrt(qp_eps (qp_eps + 2))) for *any* Gram matrix
+(reached by parallel gradients whose norms differ by the factor 1 + qp_eps + sqrt(qp_eps (qp_eps + 2))).
+``qp_eps`` 10 confines the weights to [0.4544, 0.5456], i.e. near-uniform weighting whatever the gradients
+say; 1 gives [0.211, 0.789]; at 0.1 (bound 1.09) and below the weights are no longer confined to [0, 1], and the
+default 1e-6 leaves the QP essentially exact.
+
+``track_changes=True`` records, per step, the first-order prediction of each log loss's change,
+<grad log D_i, p_after - p_before> for the update actually taken (after Adam and the mask), and, once
+:meth:`BalancedQP.record_losses_after_step` gives the losses of the same batch at the new parameters, the
+realised change log D_i(after) - log D_i(before); both are logged (``pred_dlog_<task>``,
+``real_dlog_<task>``). The QP equalises the predicted changes of the raw direction d; the log shows how
+far Adam's step and the loss surface move the realised ones from them.
+
 Usage::
 
     opt = BalancedQP(model_params, lr=5e-5)
@@ -86,11 +99,16 @@ class BalancedQP(TaskWeightedOptimizer):
     def __init__(self, params: Iterable, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, n_tasks: int = 2, min_losses: float | Sequence[float] = -1.0,
                  qp_eps: float = 1e-6, cautious: bool = True, max_mask_scale: float | None = 10.0,
-                 task_names: Sequence[str] | None = None):
+                 task_names: Sequence[str] | None = None, track_changes: bool = False):
         super().__init__(params, lr, n_tasks=n_tasks, min_losses=min_losses, task_names=task_names, betas=betas,
                          eps=eps, weight_decay=weight_decay, cautious=cautious, max_mask_scale=max_mask_scale)
         self.qp_eps = float(qp_eps)
         self._weights = torch.full((self.n_tasks,), 1.0 / self.n_tasks)
+        self.track_changes = bool(track_changes)
+        self._log_gradients: Tensor | None = None
+        self._log_losses_before: Tensor | None = None
+        self.predicted_change: Tensor | None = None
+        self.realised_change: Tensor | None = None
 
     @property
     def task_weights(self) -> Tensor:
@@ -125,4 +143,38 @@ class BalancedQP(TaskWeightedOptimizer):
                     param.grad.add_(piece)
         self._weights = weights.float().cpu()
         self._last_coefficients = coefficients.float().cpu()
+        if self.track_changes:
+            self._log_gradients, self._log_losses_before = log_gradients, shifted.log()
         return self.task_weights
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """The Cautious Adam step; with ``track_changes`` also the predicted change of each log loss."""
+        if not self.track_changes or self._log_gradients is None:
+            return super().step(closure)
+        params = self._parameters_in_order()
+        before = torch.cat([param.detach().reshape(-1).double() for param in params])
+        loss = super().step(closure)
+        after = torch.cat([param.detach().reshape(-1).double() for param in params])
+        self.predicted_change = (self._log_gradients @ (after - before)).float().cpu()
+        self.realised_change = None
+        self._log_gradients = None
+        return loss
+
+    @torch.no_grad()
+    def record_losses_after_step(self, task_losses: Sequence[Tensor] | Tensor) -> None:
+        """The losses of the same batch at the new parameters: sets the realised change of each log loss."""
+        if self._log_losses_before is None:
+            return
+        values = all_reduce_mean(stack_losses(task_losses, self.n_tasks).detach().float())
+        after = (values - self.min_losses.to(values.device) + LOG_EPS).double().log()
+        self.realised_change = (after - self._log_losses_before).float().cpu()
+        self._log_losses_before = None
+
+    def task_weight_dict(self) -> dict[str, float]:
+        """The weights and coefficients, plus the predicted and realised log-loss changes when tracked."""
+        record = super().task_weight_dict()
+        for prefix, values in (("pred_dlog", self.predicted_change), ("real_dlog", self.realised_change)):
+            if values is not None:
+                record.update({f"{prefix}_{name}": float(value) for name, value in zip(self.task_names, values)})
+        return record

@@ -197,7 +197,12 @@ def add_optimizer_arguments(group: argparse.ArgumentParser | argparse._ArgumentG
     group.add_argument("--max_mask_scale", type=_optional_float, default=10.0,
                        help="cap on the cautious rescaling 1/mean(mask); 'none' = uncapped (default: 10)")
     group.add_argument("--qp_eps", type=number(float, minimum=0), default=1e-6,
-                       help="balanced_qp: relative ridge on the gradient Gram matrix (default: 1e-6)")
+                       help="balanced_qp: relative ridge qp_eps·trace(Q)/K on the gradient Gram matrix Q (default: "
+                            "1e-6). For 2 tasks it confines each weight to 1/2 ± 1/(2·sqrt(qp_eps(qp_eps + 2))) whatever "
+                            "the gradients: 10 gives [0.4544, 0.5456], near-uniform weighting, not the QP")
+    bool_flag(group, "--qp_track_changes", False,
+              "balanced_qp: log each log loss's predicted (first-order, for the step taken) and realised change "
+              "per step (pred_dlog_*, real_dlog_* in train_log; one more forward per step)")
     bool_flag(group, "--adaptive_gamma", False,
               "schedule gamma per epoch (strategy --gamma_strategy, cosine when not given)")
     group.add_argument("--gamma_strategy", choices=GAMMA_STRATEGIES, default=None,

@@ -101,3 +101,46 @@ def test_balanced_qp_backward_and_step():
         opt.backward(losses())
         opt.step()
     assert sum(l.item() for l in losses()) < before_total
+
+
+@pytest.mark.parametrize("qp_eps", [0.01, 0.1, 1.0, 10.0])
+def test_the_ridge_bounds_two_task_weights_whatever_the_gradients(qp_eps):
+    # |w - 1/2| <= 1 / (2 sqrt(qp_eps (qp_eps + 2))) for any 2x2 Gram matrix: with Q = [[1, c], [c, s^2]] the
+    # deviation is (s^2 - 1) / (2 ((1 + s^2)(1 + qp_eps) - 2c)), largest for parallel gradients (c = s) of norm
+    # ratio s = 1 + qp_eps + sqrt(qp_eps (qp_eps + 2)), where it equals the bound.
+    rng = np.random.default_rng(1)
+    bound = 1 / (2 * np.sqrt(qp_eps * (qp_eps + 2)))
+    worst = 0.0
+    for _ in range(2000):
+        gradients = rng.normal(size=(2, 6)) * rng.lognormal(sigma=3, size=(2, 1))
+        weights = qp_weights(torch.from_numpy(gradients @ gradients.T), qp_eps=qp_eps).numpy()
+        worst = max(worst, abs(weights[0] - 0.5))
+    assert worst <= bound * (1 + 1e-9)
+    ratio = 1 + qp_eps + np.sqrt(qp_eps * (qp_eps + 2))
+    extreme = qp_weights(torch.tensor([[1.0, ratio], [ratio, ratio ** 2]], dtype=torch.float64), qp_eps=qp_eps)
+    assert abs(float(extreme[0]) - 0.5) == pytest.approx(bound, rel=1e-9)
+
+
+def test_tracked_changes_predict_the_realised_ones_for_a_small_step():
+    # Two quadratic task losses of one parameter vector: for a small lr the first-order prediction of each log
+    # loss's change matches the realised change to second order.
+    torch.manual_seed(0)
+    weight = nn.Parameter(torch.randn(8, dtype=torch.float64))
+    targets = torch.randn(2, 8, dtype=torch.float64)
+
+    def losses():
+        return torch.stack([((weight - target) ** 2).sum() for target in targets])
+
+    optimizer = BalancedQP([weight], lr=1e-4, track_changes=True, cautious=False)
+    for _ in range(3):
+        optimizer.zero_grad()
+        optimizer.backward(losses())
+        optimizer.step()
+        with torch.no_grad():
+            optimizer.record_losses_after_step(losses())
+        predicted, realised = optimizer.predicted_change, optimizer.realised_change
+        assert (predicted < 0).all()
+        np.testing.assert_allclose(realised.numpy(), predicted.numpy(), rtol=1e-3)
+        record = optimizer.task_weight_dict()
+        assert record["pred_dlog_task0"] == pytest.approx(float(predicted[0]))
+        assert record["real_dlog_task1"] == pytest.approx(float(realised[1]))

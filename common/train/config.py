@@ -78,6 +78,7 @@ class OptimizerConfig:
     famo: bool = True
     max_mask_scale: float | None = 10.0
     qp_eps: float = 1e-06
+    qp_track_changes: bool = False
     adaptive_gamma: bool = False
     gamma_strategy: str | None = None
     gamma_final_ratio: float = 0.2

@@ -127,9 +127,10 @@ def _cautious_adam(params, args, lr, n_tasks, task_names):
     return CautiousAdam(params, lr, weight_decay=args.weight_decay, max_mask_scale=args.max_mask_scale)
 
 
-@register_optimizer("balanced_qp", update="qp", cls=BalancedQP, options=_TASK_WEIGHTING + ("qp_eps",))
+@register_optimizer("balanced_qp", update="qp", cls=BalancedQP, options=_TASK_WEIGHTING + ("qp_eps", "qp_track_changes"))
 def _balanced_qp(params, args, lr, n_tasks, task_names):
-    return BalancedQP(params, lr, qp_eps=args.qp_eps, **_task_weighting_kwargs(args, n_tasks, task_names))
+    return BalancedQP(params, lr, qp_eps=args.qp_eps, track_changes=args.qp_track_changes,
+                      **_task_weighting_kwargs(args, n_tasks, task_names))
 
 
 def _options_only_of_others(name: str) -> set[str]:

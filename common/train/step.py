@@ -123,7 +123,9 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, tas
     device = _first_tensor(batch).device
     params = [param for group in optimizer.param_groups for param in group["params"]]
     is_balanced = update == "famo"
-    rng_before = _rng_state(device) if is_balanced and share_noise else None
+    tracks_changes = update == "qp" and getattr(optimizer, "track_changes", False)
+    # The re-forward of a Balanced step (with share_noise) or of a tracked QP step sees the same noise.
+    rng_before = _rng_state(device) if (is_balanced and share_noise) or tracks_changes else None
 
     optimizer.zero_grad(set_to_none=True)
     with _autocast(device.type, amp_dtype):
@@ -159,6 +161,9 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, tas
     else:
         optimizer.step()
     detached = torch.stack([l.detach().float() for l in losses])
+    if tracks_changes:
+        with torch.no_grad(), _replayed_rng(device, rng_before), _autocast(device.type, amp_dtype):
+            optimizer.record_losses_after_step(_batch_means(task_losses_fn(model, batch)))
     if not is_balanced:
         return StepResult(detached, stepped, False)
 
