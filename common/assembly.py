@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from common import qat
@@ -119,9 +120,22 @@ def _architecture_kwargs(name: str, quality: int | None, state_dict: dict | None
     return {"quality": inferred or quality or 1}
 
 
+def check_finite_parameters(model: nn.Module, source) -> nn.Module:
+    """``model`` itself; a one-line error naming the first parameter that holds NaN or infinity.
+
+    Weights of a diverged run or a damaged file give non-finite latents, on which the entropy coder never
+    finishes, and garbage everywhere else: they are refused where they are loaded, not where they fail.
+    """
+    for key, value in model.named_parameters():
+        if not torch.isfinite(value).all():
+            raise UserError(f"{source} holds non-finite values (NaN or inf) in {key}; the run that wrote it "
+                            "diverged or the file is damaged: use an earlier checkpoint")
+    return model
+
+
 def load_model(name: str | None = None, *, quality: int | None = None, pretrained: bool = False, checkpoint: str | None = None,
                trust: bool = False, replace: dict | None = None, raw: bool = False) -> nn.Module:
-    """Return the model (in eval mode) described by the arguments.
+    """Return the model (in eval mode) described by the arguments; its parameters are finite.
 
     - ``checkpoint`` is one of our training checkpoints: name, kwargs, replace and QAT configs come from it
       (``name``, if given, must agree; ``replace`` must be None).
@@ -130,6 +144,13 @@ def load_model(name: str | None = None, *, quality: int | None = None, pretraine
       weights are those of the unreplaced model, they load first and the replacement follows (warning).
     - no checkpoint: the architecture at ``quality``, with its published weights if ``pretrained``, then ``replace``.
     """
+    model = _rebuild(name, quality, pretrained, checkpoint, trust, replace, raw)
+    return check_finite_parameters(model, checkpoint or "the published weights") if checkpoint or pretrained else model
+
+
+def _rebuild(name: str | None, quality: int | None, pretrained: bool, checkpoint: str | None, trust: bool,
+             replace: dict | None, raw: bool) -> nn.Module:
+    """The model of :func:`load_model`, before its weights are checked."""
     if checkpoint is None:
         name = name or DEFAULT_MODEL
         if pretrained and not entry(name).published_weights:

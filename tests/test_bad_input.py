@@ -264,6 +264,39 @@ def test_non_finite_weights_are_never_saved_over_good_ones(image_dirs, tmp_path)
     assert all(torch.equal(kept[key], good[key]) for key in good)
 
 
+def test_a_checkpoint_with_non_finite_weights_is_refused_where_it_loads(image_dirs, tmp_path):  # noqa: F811
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    Trainer(train_args(image_dirs, tmp_path / "run", "--steps", "4")).fit()
+    checkpoint = ckpt_io.load_file(tmp_path / "run" / "last.pt")
+    checkpoint["state_dict"]["g_a.0.weight"].fill_(float("nan"))
+    torch.save(checkpoint, tmp_path / "run" / "last.pt")
+    # eval used to code the NaN latents forever
+    proc = subprocess.run([sys.executable, "-m", "common.eval", "--model", "bmshj2018-factorized-tiny", "--checkpoint",
+                           str(tmp_path / "run" / "last.pt"), "--dataset", str(image_dirs[1]), "--output",
+                           str(tmp_path / "r.json")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and "non-finite values (NaN or inf) in g_a.0.weight" in proc.stderr
+    for flags in (("--checkpoint", str(tmp_path / "run" / "last.pt")), ("--resume",)):
+        folder = tmp_path / ("run" if "--resume" in flags else "new")
+        with pytest.raises(UserError, match="non-finite values .* in g_a.0.weight"):
+            Trainer(train_args(image_dirs, folder, "--steps", "8", *flags))
+
+
+def test_a_latent_that_is_not_finite_is_refused_before_coding(image_dirs):  # noqa: F811
+    from common.eval import evaluate
+    from common.models import build
+
+    model = build("bmshj2018-factorized-tiny")
+    with torch.no_grad():
+        model.g_a[0].weight.fill_(float("inf"))
+    with pytest.raises(UserError, match=r"0.png: the latent y \(g_a output\) is not finite"):
+        evaluate(model, sorted(image_dirs[1].iterdir()))
+
+
 def test_a_diverging_search_trial_is_pruned_and_the_search_goes_on(image_dirs, tmp_path, monkeypatch):  # noqa: F811
     from common import search
     from common.train import engine

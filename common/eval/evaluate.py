@@ -19,6 +19,7 @@ import math
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,6 +36,9 @@ PAD_MODES = ("zero", "replicate")
 # Decoded and forward reconstructions may differ by float noise on some backends; anything above a quarter
 # of an 8-bit level means the entropy decoder did not reproduce the encoder's latents.
 FORWARD_TOLERANCE = 1.0 / (4 * 255)
+
+# The analysis transforms of every registered model (Ballé et al.'s names): their outputs are the latents coded.
+LATENT_TRANSFORMS = {"g_a": "y", "h_a": "z"}
 
 MEAN_KEYS = ("bpp", "bpp_estimated", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
 
@@ -78,6 +82,32 @@ def _timed(fn: Callable, device: torch.device):
     return out, time.perf_counter() - start
 
 
+@contextmanager
+def finite_latents(model: nn.Module, name: str):
+    """Within the block, a latent that is not finite is a one-line error naming it.
+
+    The rANS coder turns a NaN or infinite latent into a symbol it never finishes coding (it hangs), so the
+    outputs of the analysis transforms are checked as the model computes them.
+    """
+    def check(module_name: str, latent: str):
+        def hook(module, inputs, output):
+            if not torch.isfinite(output).all():
+                raise UserError(f"{name}: the latent {latent} ({module_name} output) is not finite (NaN or inf) "
+                                "while encoding; the model's weights or this image overflow")
+        return hook
+
+    handles = []
+    for module_name, module in model.named_modules():
+        latent = LATENT_TRANSFORMS.get(module_name.rsplit(".", 1)[-1])
+        if latent:
+            handles.append(module.register_forward_hook(check(module_name, latent)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def likelihood_bits(likelihoods: dict[str, torch.Tensor]) -> float:
     """Total -log2 of all likelihoods (the rate an ideal entropy coder would reach)."""
     return float(sum(-torch.log2(lk.double()).sum() for lk in likelihoods.values()))
@@ -108,7 +138,8 @@ def evaluate_image(model: nn.Module, x: torch.Tensor, pad_multiple: int, pad_mod
         row.update(bytes=math.nan, bpp=bpp_estimated, bpp_estimated=bpp_estimated,
                    encoding_time=forward_time / 2, decoding_time=forward_time / 2, forward_max_abs_diff=math.nan)
     else:
-        encoded, encoding_time = _timed(lambda: model.compress(x_padded), device)
+        with finite_latents(model, name):
+            encoded, encoding_time = _timed(lambda: model.compress(x_padded), device)
         decoded, decoding_time = _timed(lambda: model.decompress(encoded["strings"], encoded["shape"]), device)
         x_hat = decoded["x_hat"].clamp(0, 1)
         if x_hat.shape != x_padded.shape:

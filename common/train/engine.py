@@ -24,7 +24,7 @@ from tqdm import tqdm
 import common.models as models
 from balanced_rd import FollowLRGamma, TaskLossError, TaskWeightedOptimizer
 from common import data, losses, qat, replace
-from common.assembly import Recipe, assemble, load_model, start_from_weights
+from common.assembly import Recipe, assemble, check_finite_parameters, load_model, start_from_weights
 from common.models import memory_format
 from common.checkpoint import (CHECKPOINT_FORMAT, atomic_link, atomic_save, atomic_write_text, load_file, model_only,
                                remove_stale_temporaries)
@@ -401,6 +401,7 @@ class Trainer:
             self.replace_config, self.qat_config = recipe.replace, recipe.qat
             model = assemble(recipe)
             model.load_state_dict(resume_ckpt["state_dict"])
+            check_finite_parameters(model, self._resume_path())
             if cfg.distill.distill:
                 self.teacher = load_model(cfg.model.model, quality=model_kwargs(cfg.model).get("quality", 1),
                                           pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint,
