@@ -17,6 +17,15 @@ from pathlib import Path
 from common.errors import UserError
 
 
+def path_text(path: str | os.PathLike) -> str:
+    """``path`` as text that any UTF-8 file can hold, for names written into results.
+
+    Python keeps the bytes of a file name that are not UTF-8 as lone surrogates, which no UTF-8 writer accepts;
+    they become ``\\xNN`` escapes of the bytes (``b"x\\xff.png"`` is written ``x\\xff.png``).
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> str:
     """``"<path>: <reason>"`` for an OSError, with the usual causes spelled out."""
     where = path if path is not None else (exc.filename or "?")

@@ -190,6 +190,27 @@ def test_cli_writes_compressai_json_and_csv(dataset, checkpoint, tmp_path):
     assert results["bpp"][0] == pytest.approx(agg["bpp"])
 
 
+def test_cli_names_that_are_not_utf8(tmp_path):
+    import os
+
+    from common.eval.__main__ import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = [b"x\xff\xfe.png", b"plain.png"]
+    for name in names:
+        Image.fromarray(_smooth_image(rng, 48, 40)).save(os.path.join(os.fsencode(folder), name), format="PNG")
+    weights = tmp_path / "tiny.pt"
+    torch.save(build("bmshj2018-factorized-tiny").state_dict(), weights)
+    out = tmp_path / "curve.json"
+    assert main(["--model", "bmshj2018-factorized-tiny", "--checkpoint", str(weights), "--dataset", str(folder),
+                 "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["results"]["num_images"] == [2]
+    rows = out.with_suffix(".csv").read_text(encoding="utf-8").splitlines()[1:]
+    assert sorted(row.split(",")[1] for row in rows) == ["plain.png", "x\\xff\\xfe.png"]
+
+
 def test_cli_hpcm_official_bitstream_layout(dataset, tmp_path):
     """Both layouts code the same symbols with tables a few counts in 2^16 apart, and the coder writes 32-bit
     words: the same size to a word per image (equal sizes on these images, as on the official fixture)."""

@@ -16,7 +16,7 @@ from common.cli import OneLineErrorParser, bool_flag, number, run_main
 from common.flags import add_pixel_limit_argument, add_replace_arguments
 from common.data.images import list_images, set_max_image_pixels
 from common.errors import UserError
-from common.paths import output_file
+from common.paths import output_file, path_text
 from common.eval.evaluate import (PAD_MODES, DecodeMismatchWarning, codec_description, describe,
                                   describe_test_set, evaluate, write_results)
 from common.models import available_models, build, entry, memory_format
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     qualities = _qualities(args.quality, args.pretrained)
     replace_config = replace.config_from_args(args)
     runs = ([(q, None, f"q{q}" if q is not None else "pretrained") for q in qualities] if args.pretrained
-            else [(qualities[0], path, str(path)) for path in args.checkpoint])
+            else [(qualities[0], path, path_text(path)) for path in args.checkpoint])
 
     labels, aggregates, rows_per_point, description = [], [], [], ""
     for quality, checkpoint, label in runs:

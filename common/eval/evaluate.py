@@ -30,6 +30,7 @@ from torch import nn
 from common.data.images import load_rgb_tensor
 from common.errors import UserError
 from common.losses import ms_ssim, ms_ssim_scales, psnr_8bit, quantize_8bit
+from common.paths import path_text
 from common.rd import ms_ssim_to_db
 
 PAD_MODES = ("zero", "replicate")
@@ -207,7 +208,7 @@ def describe_test_set(dataset: str | os.PathLike, num_images: int, name: str | N
     folder = Path(dataset).resolve()
     if name is None and folder == (samples_root() / "test").resolve():
         return {"name": "lic-toolkit-samples", "split": "test", "num_images": num_images}
-    return {"name": name or folder.name, "split": None, "num_images": num_images}
+    return {"name": name or path_text(folder.name), "split": None, "num_images": num_images}
 
 
 def evaluate(model: nn.Module, image_paths: Sequence[str | os.PathLike], *, pad_multiple: int | None = None,
@@ -244,7 +245,7 @@ def evaluate(model: nn.Module, image_paths: Sequence[str | os.PathLike], *, pad_
         rows = []
         for path in image_paths:
             path = Path(path)
-            name = str(path.relative_to(root)) if root is not None else path.name
+            name = path_text(path.relative_to(root) if root is not None else path.name)
             x = load_rgb_tensor(path).unsqueeze(0).to(device)
             rows.append(evaluate_image(model, x, pad_multiple, pad_mode, entropy_estimation, name=name))
     finally:
