@@ -24,6 +24,10 @@ from common.models.memory_format import MEMORY_FORMATS
 from common.models.hpcm.model import BITSTREAM_FORMATS
 from common.assembly import load_model
 
+# Padding beyond the largest eval multiple (HPCM's 256) only costs memory: each side grows to the next multiple,
+# and a multiple of 10^9 asks for a 10^9 x 10^9 image. 4096 keeps any padded image within 4096 px of its own size.
+MAX_PAD_MULTIPLE = 4096
+
 
 def build_parser() -> OneLineErrorParser:
     parser = OneLineErrorParser(
@@ -52,8 +56,9 @@ def build_parser() -> OneLineErrorParser:
                                                   "(pads too, unlike compressai's)")
     parser.add_argument("--pad_mode", choices=PAD_MODES, default="zero",
                         help="padding to the eval multiple (default: zero, as the published protocols)")
-    parser.add_argument("--pad_multiple", type=number(int, minimum=1),
-                        help="pad to this multiple instead of the model's eval multiple (recorded in the JSON)")
+    parser.add_argument("--pad_multiple", type=number(int, minimum=1, maximum=MAX_PAD_MULTIPLE),
+                        help=f"pad to this multiple (1 to {MAX_PAD_MULTIPLE}) instead of the model's eval multiple "
+                             "(recorded in the JSON)")
     add_pixel_limit_argument(parser)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--memory_format", choices=MEMORY_FORMATS, default="auto",
@@ -117,8 +122,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.threads < 1:
             raise UserError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.pad_multiple is not None and args.pad_multiple < 1:
-        raise UserError(f"--pad_multiple must be a positive integer, got {args.pad_multiple}")
     if Path(args.output).suffix.lower() != ".json":
         raise UserError(f"--output must name a .json file (the per-image CSV is written beside it), got {args.output}")
     output_file(args.output, "--output")
