@@ -132,6 +132,8 @@ def test_leftovers_of_killed_writes_are_removed_on_the_next_start(image_dirs, tm
      "argument --opset: must be an integer >= 7 and <= 20, got '99'"),
     ("common.eval.__main__", ["--pad_multiple", "1000000000"],
      "argument --pad_multiple: must be an integer >= 1 and <= 4096, got '1000000000'"),
+    ("common.export.onnx", ["--input_size", "10000000"],
+     "argument --input_size: must be an integer >= 16 and <= 8192, got '10000000'"),
     ("common.search", ["--trials", "0"], "argument --trials: must be an integer >= 1, got '0'"),
     ("common.search", ["--trials=-3"], "argument --trials: must be an integer >= 1, got '-3'"),
 ])

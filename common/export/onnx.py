@@ -49,6 +49,9 @@ DEFAULT_ATOL = 1e-3
 from torch.onnx._constants import ONNX_MIN_OPSET  # noqa: E402
 from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as ONNX_MAX_OPSET  # noqa: E402
 DOWNSAMPLING = 16  # g_a reduces H and W by 16 in bmshj2018
+# The example image is traced and run in PyTorch and onnxruntime at this side: 8192 px already needs gigabytes of
+# activations per convolution, and larger sides only fail in the allocator.
+MAX_INPUT_SIZE = 8192
 # Operators an INT8 NPU runs natively (seed 003 §7); anything else counts as NPU-unfriendly.
 NPU_FRIENDLY_OPS = frozenset({"Conv", "Relu", "Clip", "HardSigmoid", "HardSwish", "Mul", "Add", "Resize",
                               "GlobalAveragePool", "ReduceMean", "Transpose", "QuantizeLinear",
@@ -231,9 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", required=True, help="training checkpoint (last.pt, ...) or raw/zoo state dict")
     parser.add_argument("--part", required=True, choices=PARTS, help="graph to export")
     parser.add_argument("--out", required=True, help="output .onnx file")
-    parser.add_argument("--input_size", type=number(int, minimum=16), default=256,
-                        help="image side used for export and the parity check (multiple of 16; the decoder "
-                             "gets input_size/16 latents) (default: %(default)s)")
+    parser.add_argument("--input_size", type=number(int, minimum=16, maximum=MAX_INPUT_SIZE), default=256,
+                        help=f"image side used for export and the parity check (multiple of 16, at most "
+                             f"{MAX_INPUT_SIZE}; the decoder gets input_size/16 latents) (default: %(default)s)")
     parser.add_argument("--dynamic", action="store_true", help="symbolic batch/height/width axes")
     parser.add_argument("--opset", type=number(int, minimum=ONNX_MIN_OPSET, maximum=ONNX_MAX_OPSET), default=13,
                         help=f"ONNX opset, {ONNX_MIN_OPSET}-{ONNX_MAX_OPSET} (default: %(default)s)")
