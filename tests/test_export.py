@@ -11,6 +11,7 @@ from common.checkpoint import atomic_save
 from common.errors import UserError
 from common.export.onnx import NPU_FRIENDLY_OPS, export_onnx, latent_channels, main, run_onnxruntime
 from common.assembly import load_model
+from common.models import available_models, build
 from common.replace import apply_config, make_config
 
 ARCHS = {
@@ -69,6 +70,36 @@ def test_full_graph_is_the_bitstream_reconstruction(tmp_path):
     produced = run_onnxruntime(tmp_path / "full.onnx", x)
     assert 0.0 < reference.mean() < 1.0
     assert abs(produced - reference.numpy()).max() < 1e-4
+
+
+# The smallest size of each registered model that has one; the others are exported as registered.
+SMALL_KWARGS = {"elic2022-official": {"n": 16}}
+CONTEXT_MODELS = ("elic2022-official", "hpcm-base", "hpcm-large", "hpcm-tiny")
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_every_registered_model_exports_or_says_why(tmp_path, name):
+    torch.manual_seed(0)
+    model = build(name, **SMALL_KWARGS.get(name, {})).eval()
+    model.update(force=True)
+    for part in ("encoder", "decoder"):
+        report = export_onnx(model, part, tmp_path / f"{part}.onnx", input_size=64)
+        assert report.ok, report.summary()
+    if name in CONTEXT_MODELS:
+        with pytest.raises(UserError, match=f"{type(model).__name__} decodes y step by step with a context model"):
+            export_onnx(model, "full", tmp_path / "full.onnx", input_size=64)
+        return
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        coded = model.compress(x)
+        reference = model.decompress(coded["strings"], coded["shape"])["x_hat"]
+    assert export_onnx(model, "full", tmp_path / "full.onnx", input_size=64).ok
+    assert abs(run_onnxruntime(tmp_path / "full.onnx", x) - reference.numpy()).max() < 1e-4
+
+
+def test_full_graph_of_a_hyperprior_needs_its_forward_multiple(tmp_path):
+    with pytest.raises(UserError, match="multiple of 64 for --part full of MeanScaleHyperprior, got 48"):
+        export_onnx(build("mbt2018-mean"), "full", tmp_path / "full.onnx", input_size=48)
 
 
 def test_dynamic_axes_accept_other_sizes(tmp_path):

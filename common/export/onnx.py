@@ -1,4 +1,4 @@
-"""ONNX export of bmshj2018-style models (full / encoder / decoder) with an onnxruntime parity check.
+"""ONNX export of a model's transforms (full / encoder / decoder) with an onnxruntime parity check.
 
 What each part computes (inputs and outputs are float32 NCHW):
 
@@ -6,8 +6,9 @@ What each part computes (inputs and outputs are float32 NCHW):
 - ``decoder``: ``y_hat -> x_hat = clamp(g_s(y_hat), 0, 1)``, as compressai's ``decompress`` does;
   the latent channel count is read from the first layer of ``g_s``;
 - ``full``: ``x -> x_hat = clamp(g_s(round(y - m) + m), 0, 1)`` with ``m`` the EntropyBottleneck
-  medians, i.e. exactly the image a compress/decompress round trip reconstructs (the entropy coding
-  itself, lossless, is left out).
+  medians (bmshj2018-factorized) or the means h_s predicts from the coded z (mbt2018-mean), i.e. exactly
+  the image a compress/decompress round trip reconstructs (the entropy coding itself, lossless, is left
+  out). Models with a context model (ELIC, HPCM) decode y step by step and export encoder and decoder only.
 
 The graph is written by PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``):
 it still ships with torch 2.14, runs offline, and gives plain opset-13 graphs (the dynamo exporter
@@ -34,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from compressai.models import FactorizedPrior, MeanScaleHyperprior
 from torch import Tensor, nn
 
 from common import replace
@@ -48,7 +50,10 @@ DEFAULT_ATOL = 1e-3
 # stable); torch.onnx.export raises a multi-line error for any other.
 from torch.onnx._constants import ONNX_MIN_OPSET  # noqa: E402
 from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as ONNX_MAX_OPSET  # noqa: E402
-DOWNSAMPLING = 16  # g_a reduces H and W by 16 in bmshj2018
+DOWNSAMPLING = 16  # g_a reduces H and W by 16 in every registered model
+# The models whose bitstream reconstruction is one graph (FullCodec): their y is coded without a context model.
+# Exact types: compressai's context models (mbt2018's JointAutoregressiveHierarchicalPriors) subclass them.
+FULL_GRAPH_MODELS = (FactorizedPrior, MeanScaleHyperprior)
 # The example image is traced and run in PyTorch and onnxruntime at this side: 8192 px already needs gigabytes of
 # activations per convolution, and larger sides only fail in the allocator.
 MAX_INPUT_SIZE = 8192
@@ -77,18 +82,32 @@ class Decoder(nn.Module):
 
 
 class FullCodec(nn.Module):
-    """Encoder, median-shifted rounding and decoder: the reconstruction of a real bitstream round trip."""
+    """Encoder, rounding around the entropy coder's centres and decoder: the reconstruction of a real bitstream
+    round trip.
+
+    A factorized model codes y around the medians of its EntropyBottleneck. A mean-scale hyperprior's
+    EntropyBottleneck codes z = h_a(y) (N channels, not y's M) around its medians, and y is coded around the
+    means that h_s predicts from the coded z.
+    """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.g_a = model.g_a
         self.g_s = model.g_s
-        medians = model.entropy_bottleneck._get_medians().detach()  # (C, 1, 1)
+        self.hyperprior = type(model) is MeanScaleHyperprior
+        if self.hyperprior:
+            self.h_a, self.h_s = model.h_a, model.h_s
+        medians = model.entropy_bottleneck._get_medians().detach()  # (C, 1, 1) of y, or of z for a hyperprior
         self.register_buffer("medians", medians.reshape(1, -1, 1, 1).clone())
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.g_a(x)
-        y_hat = torch.round(y - self.medians) + self.medians
+        if self.hyperprior:
+            z = self.h_a(y)
+            _, means = self.h_s(torch.round(z - self.medians) + self.medians).chunk(2, 1)
+        else:
+            means = self.medians
+        y_hat = torch.round(y - means) + means
         return self.g_s(y_hat).clamp(0.0, 1.0)
 
 
@@ -102,9 +121,15 @@ def latent_channels(model: nn.Module) -> int:
 
 def part_module(model: nn.Module, part: str) -> tuple[nn.Module, str, str]:
     """(graph module, input name, output name) for ``part``."""
-    for attr in ("g_a", "g_s") + (("entropy_bottleneck",) if part == "full" else ()):
+    for attr in ("g_a", "g_s"):
         if not hasattr(model, attr):
-            raise UserError(f"{type(model).__name__} has no {attr}; ONNX export supports bmshj2018-style models")
+            raise UserError(f"{type(model).__name__} has no {attr}; ONNX export needs the analysis and synthesis "
+                            "transforms g_a and g_s")
+    if part == "full" and type(model) not in FULL_GRAPH_MODELS:
+        raise UserError(f"--part full exports the bitstream reconstruction of "
+                        f"{' and '.join(cls.__name__ for cls in FULL_GRAPH_MODELS)} models; {type(model).__name__} "
+                        "decodes y step by step with a context model, which is no single graph: export --part "
+                        "encoder and --part decoder")
     if part == "encoder":
         return Encoder(model).eval(), "x", "y"
     if part == "decoder":
@@ -192,12 +217,15 @@ def export_onnx(model: nn.Module, part: str, out: str | Path, input_size: int = 
     """
     import onnx
 
-    if input_size <= 0 or input_size % DOWNSAMPLING:
-        raise UserError(f"--input_size must be a positive multiple of {DOWNSAMPLING}, got {input_size}")
     if opset < 13:
         raise UserError(f"--opset must be >= 13 (HardSigmoid/Clip/QuantizeLinear per-channel), got {opset}")
     model = model.eval()
     graph, input_name, output_name = part_module(model, part)
+    # The full graph of a hyperprior also runs h_a, which halves the sides twice more (the model's forward_multiple).
+    multiple = getattr(model, "forward_multiple", DOWNSAMPLING) if part == "full" else DOWNSAMPLING
+    if input_size <= 0 or input_size % multiple:
+        raise UserError(f"--input_size must be a positive multiple of {multiple} for --part {part} of "
+                        f"{type(model).__name__}, got {input_size}")
     side = input_size // DOWNSAMPLING if part == "decoder" else input_size
     example = example_input(model, part, input_size, input_size)
     out = Path(out)
@@ -212,7 +240,7 @@ def export_onnx(model: nn.Module, part: str, out: str | Path, input_size: int = 
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     checks = [example]
     if dynamic:
-        checks.append(example_input(model, part, input_size + DOWNSAMPLING, input_size + 2 * DOWNSAMPLING, seed=1))
+        checks.append(example_input(model, part, input_size + multiple, input_size + 2 * multiple, seed=1))
     max_diff, tolerance = 0.0, 0.0
     quant_slack = 2.0 * output_quant_step(graph)
     for inputs in checks:
@@ -235,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--part", required=True, choices=PARTS, help="graph to export")
     parser.add_argument("--out", required=True, help="output .onnx file")
     parser.add_argument("--input_size", type=number(int, minimum=16, maximum=MAX_INPUT_SIZE), default=256,
-                        help=f"image side used for export and the parity check (multiple of 16, at most "
-                             f"{MAX_INPUT_SIZE}; the decoder gets input_size/16 latents) (default: %(default)s)")
+                        help=f"image side used for export and the parity check (multiple of 16, of 64 for "
+                             f"--part full of mbt2018-mean; at most {MAX_INPUT_SIZE}; the decoder gets "
+                             "input_size/16 latents) (default: %(default)s)")
     parser.add_argument("--dynamic", action="store_true", help="symbolic batch/height/width axes")
     parser.add_argument("--opset", type=number(int, minimum=ONNX_MIN_OPSET, maximum=ONNX_MAX_OPSET), default=13,
                         help=f"ONNX opset, {ONNX_MIN_OPSET}-{ONNX_MAX_OPSET} (default: %(default)s)")
