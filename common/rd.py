@@ -405,6 +405,16 @@ def plot_curves(curves: Sequence[RDCurve], path: str | os.PathLike, metric: str 
     return path
 
 
+def check_figure_path(path: str | os.PathLike, flag: str) -> None:
+    """A one-line error, before any work, when ``path``'s suffix names no format matplotlib writes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    formats = sorted(FigureCanvasAgg.get_supported_filetypes())
+    if Path(path).suffix.lower().lstrip(".") not in formats:
+        raise UserError(f"{flag} {path}: the suffix names the figure's format; use one of "
+                        f"{', '.join('.' + fmt for fmt in formats)}")
+
+
 def fit_axes(axes, curves: Sequence[RDCurve], key: str) -> None:
     """Axis limits around every point of ``curves`` with a 15 % margin."""
     rates = np.concatenate([np.asarray(c.bpp, dtype=float) for c in curves])
@@ -427,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="quality axis; ms-ssim uses the dB scale -10*log10(1-MS-SSIM) (default: psnr)")
     parser.add_argument("--method", choices=METHODS + ("all",), default="pchip",
                         help="interpolation of the bjontegaard package (default: pchip)")
-    parser.add_argument("--plot", help="write an R-D plot of all curves to this PNG")
+    parser.add_argument("--plot", help="write an R-D plot of all curves to this file (.png, .pdf, .svg, ...: "
+                                       "the suffix names the format)")
     parser.add_argument("--csv", help="write the BD table to this CSV file")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 2 when any pair cannot be computed (default: only when none can)")
@@ -435,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag, value in (("--plot", args.plot), ("--csv", args.csv)):
         if value:
             output_file(value, flag)
+    if args.plot:
+        check_figure_path(args.plot, "--plot")
 
     anchor = load_curve(args.anchor)
     tests = [load_curve(p) for p in args.test]

@@ -178,6 +178,16 @@ def test_cli(tmp_path):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "not monotone" in proc.stderr
 
 
+def test_cli_refuses_a_plot_format_matplotlib_cannot_write(tmp_path):
+    folder = REPO / "baselines" / "published" / "kodak"
+    proc = subprocess.run([sys.executable, "-m", "common.rd", "--anchor", str(folder / "vtm.json"), "--test",
+                           str(folder / "compressai-bmshj2018-factorized_mse_cuda.json"), "--plot",
+                           str(tmp_path / "x.xyz")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: --plot ") and ".pdf, " in proc.stderr and ".png, " in proc.stderr
+    assert not (tmp_path / "x.xyz").exists()
+
+
 def _curve_file(path, name, bpp, psnr, test_set=None):
     document = {"name": name, "results": {"bpp": bpp, "psnr-rgb": psnr}}
     if test_set is not None:
