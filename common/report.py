@@ -32,6 +32,9 @@ from common.rd import (METRICS, RDCurve, bd_table, draw_curves, format_markdown,
 
 # Published curves drawn beside a study on a published test set, when that folder has them.
 PUBLISHED_ANCHORS = ("vtm", "bpg_444_x265_ycbcr", "jpeg", "paper-hpcm-base_mse")
+# The keys of a bundle's summary.json that a report reads (baselines.study.write_bundle writes them all).
+SUMMARY_KEYS = ("arms", "seeds", "lambdas", "test_set", "anchors", "points", "bd_summary", "command", "git_commit",
+                "wall_time_s", "machine")
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -157,12 +160,25 @@ def published_anchors(test_set: dict) -> list[RDCurve]:
     return found
 
 
+def study_summary(folder: Path) -> dict:
+    """A bundle's ``summary.json`` with every key a report reads; anything else is a one-line error."""
+    from baselines.study import SUMMARY, load_summary
+
+    summary, path = load_summary(folder), folder / SUMMARY
+    if not isinstance(summary, dict):
+        raise UserError(f"{path} holds a JSON {type(summary).__name__}, not a study summary (an object): pass the "
+                        "--out_dir of a python -m baselines.compare run")
+    missing = [key for key in SUMMARY_KEYS if key not in summary]
+    if missing:
+        raise UserError(f"{path} is not a study summary: it lacks {', '.join(missing)}; pass the --out_dir of a "
+                        "python -m baselines.compare run")
+    return summary
+
+
 def render_study(folder: str | Path, out_dir: str | Path) -> Path:
     """Write every table, figure and the HTML page of one study bundle; returns the page."""
-    from baselines.study import load_summary
-
     folder, out_dir = Path(folder), Path(out_dir)
-    summary = load_summary(folder)
+    summary = study_summary(folder)
     title = summary.get("title") or folder.name
     curves, anchors = study_curves(folder, summary)
     psnr = [v for c in curves for v in c.values("psnr-rgb")]

@@ -191,6 +191,19 @@ def test_raising_the_pixel_limit_lets_a_large_image_through(tmp_path):
         set_max_image_pixels(None)
 
 
+@pytest.mark.parametrize("content,message", [
+    ("{}", r"summary.json is not a study summary: it lacks arms, seeds, .*, machine; pass the --out_dir"),
+    ("[]", r"summary.json holds a JSON list, not a study summary \(an object\)"),
+])
+def test_a_report_of_a_folder_that_is_no_study(tmp_path, content, message):
+    from common.report import main as report_main
+
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "summary.json").write_text(content)
+    with pytest.raises(UserError, match=message):
+        report_main([str(tmp_path / "study"), "--out_dir", str(tmp_path / "reports")])
+
+
 # ------------------------------------------------------------------------------------------ the wrong thing
 def test_a_new_run_never_silently_replaces_an_existing_one(image_dirs, tmp_path):  # noqa: F811
     Trainer(train_args(image_dirs, tmp_path, "--steps", "1")).fit()
