@@ -80,9 +80,9 @@ def search_parser() -> argparse.ArgumentParser:
 def run_study(args: argparse.Namespace, train_argv: list[str]):
     import optuna
 
-    from common.train.engine import Trainer, TrainingDiverged
+    from common.train.engine import Trainer, TrainingDiverged, check_config
     from common.train.config import TrainConfig
-    from common.train.options import build_parser, parse_config
+    from common.train.options import parse_config
 
     spaces = [parse_space(text) for text in args.space]
     if not spaces:
@@ -94,8 +94,13 @@ def run_study(args: argparse.Namespace, train_argv: list[str]):
     unknown = [name for name in names if name not in TrainConfig().flat()]
     if unknown:
         raise UserError(f"--space names no training flag: {', '.join(unknown)} (see python -m common.train --help)")
-    # Validates the pass-through flags, and the search's first values, up front.
-    build_parser().parse_args(train_argv + [f"--{name}={values[0]}" for name, _, values in spaces])
+    # The pass-through flags with every value of each choice space (the other spaces at their first values) are
+    # checked as a run checks them, before the first trial: a space the optimizer does not read (gamma with
+    # --optimizer adam) would otherwise fail that trial inside optuna.
+    first = {name: values[0] for name, _, values in spaces}
+    for name, kind, values in spaces:
+        for value in values if kind == "choice" else values[:1]:
+            check_config(parse_config(train_argv + [f"--{key}={v}" for key, v in {**first, name: value}.items()]))
     out_dir = output_dir(args.out_dir, "--out_dir")
     if args.sampler == "grid" and any(kind != "choice" for _, kind, _ in spaces):
         raise UserError("--sampler grid needs choice spaces only (name=choice:a,b,c)")

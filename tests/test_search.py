@@ -58,6 +58,20 @@ def test_a_bad_storage_url_is_one_line_error(image_dirs, tmp_path):  # noqa: F81
         search.main(search_argv(image_dirs, tmp_path, "--trials", "1", "--storage", "nosuchdb://x"))
 
 
+@pytest.mark.parametrize("space,flags,message", [
+    ("gamma=log:0.001:0.01", ("--optimizer", "adam"), "--gamma is an option of --optimizer .*not of --optimizer adam"),
+    # every choice is checked, not only the first
+    ("optimizer=choice:balanced,adam", ("--w_lr", "0.05"), "--w_lr is an option of --optimizer .*not of --optimizer adam"),
+])
+def test_a_space_the_run_would_refuse_stops_the_search_before_its_first_trial(image_dirs, tmp_path, space,  # noqa: F811
+                                                                             flags, message):
+    train, test = image_dirs
+    with pytest.raises(search.UserError, match=message):
+        search.main(["--space", space, *flags, "--out_dir", str(tmp_path), "--model", "bmshj2018-factorized-tiny",
+                     "--train_dataset", str(train), "--test_dataset", str(test), "--steps", "1", "--trials", "2"])
+    assert not (tmp_path / "study.db").exists()
+
+
 def test_a_grid_study_draws_its_heatmap_and_the_importance_of_its_parameters(image_dirs, tmp_path):  # noqa: F811
     from PIL import Image
 

@@ -85,6 +85,62 @@ def check_finished_run(folder: Path, config: TrainConfig) -> None:
                         "delete that run to train it again")
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse flag values and combinations that no run accepts (one line each), before anything is built;
+    completes ``cfg`` as the run records it (:func:`complete_config`)."""
+    optimizers.check_flags(cfg.optim)
+    losses.check_flags(cfg.loss, distill=cfg.distill.distill)
+    finetune.check_flags(cfg.tune, cfg.loss.hierarchical_tasks, optimizers.optimizer_name(cfg.optim))
+    if cfg.tune.finetune:
+        _check_finetune(cfg)
+    if cfg.distill.resume_student and (cfg.model.checkpoint or cfg.model.pretrained or cfg.distill.distill):
+        raise UserError("--resume_student starts from the student's weights; drop --checkpoint, "
+                        "--pretrained and --distill")
+    complete_config(cfg)
+    for section, name, least in ((cfg.schedule, "batch_size", 1), (cfg.output, "val_every", 1),
+                                 (cfg.output, "recon_count", 0), (cfg.output, "recon_every", 0)):
+        if getattr(section, name) is not None and getattr(section, name) < least:
+            raise UserError(f"--{name} must be at least {least}, got {getattr(section, name)}")
+    if cfg.schedule.steps is not None and cfg.schedule.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {cfg.schedule.steps}")
+    if cfg.schedule.epochs is not None and cfg.schedule.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {cfg.schedule.epochs}")
+    if not (math.isfinite(cfg.schedule.lr) and cfg.schedule.lr > 0):
+        raise UserError(f"--lr must be a positive number, got {cfg.schedule.lr}")
+    if cfg.output.recon_dir and cfg.output.recon_subdir:
+        raise UserError("--recon_dir and --recon_subdir both name the reconstruction folder; pass one")
+    _check_multistep(cfg)
+    if cfg.schedule.sched == "onecycle" and cfg.schedule.lr_warmup_steps:
+        raise UserError("--lr_warmup_steps does not combine with --sched onecycle (it has its own warm-up)")
+    if cfg.distill.distill and not (cfg.model.checkpoint or cfg.model.pretrained):
+        raise UserError("--distill needs the teacher's weights: --pretrained or --checkpoint PATH")
+
+
+def _check_multistep(cfg: TrainConfig) -> None:
+    sched = cfg.schedule
+    given = sched.lr_milestones or sched.lr_factors or sched.lr_milestone_unit != ScheduleConfig().lr_milestone_unit
+    if sched.sched != "multistep":
+        if given:
+            raise UserError("--lr_milestones/--lr_factors/--lr_milestone_unit belong to --sched multistep; "
+                            "add it or drop them")
+        return
+    if not sched.lr_milestones or len(sched.lr_milestones) != len(sched.lr_factors):
+        raise UserError("--sched multistep needs --lr_milestones and as many --lr_factors (e.g. --lr_milestones "
+                        "2750 2850 2950 --lr_factors 0.3 0.1 0.01)")
+    if any(b <= a for a, b in zip(sched.lr_milestones, sched.lr_milestones[1:])):
+        raise UserError(f"--lr_milestones must increase, got {' '.join(map(str, sched.lr_milestones))}")
+
+
+def _check_finetune(cfg: TrainConfig) -> None:
+    """Seed 004's --finetune: a new run (epoch 0, a fresh schedule) from given weights at --finetune_lr."""
+    if not (cfg.model.checkpoint or cfg.model.pretrained or cfg.distill.resume_student):
+        raise UserError("--finetune starts a new run from given weights: add --checkpoint PATH (or --pretrained)")
+    default_lr = ScheduleConfig().lr
+    if cfg.schedule.lr not in (default_lr, cfg.tune.finetune_lr):
+        raise UserError(f"--finetune trains at --finetune_lr ({cfg.tune.finetune_lr}); drop --lr {cfg.schedule.lr} "
+                        "or give it as --finetune_lr")
+
+
 class TrainingDiverged(UserError):
     """The loss or the model outputs became non-finite or exceeded the overflow tolerance."""
 
@@ -201,7 +257,7 @@ class Trainer:
         self.save_dir = Path(cfg.output.save_dir)
         self.names = checkpoint_names(cfg.distill)
         self.teacher: nn.Module | None = None
-        self._check_args()
+        check_config(cfg)
         if self.main:
             output_dir(self.save_dir, "--save_dir")
             self._check_existing_run()
@@ -288,64 +344,11 @@ class Trainer:
             self.progress.wandb_id = self.wandb.run_id
 
     # ------------------------------------------------------------------ setup
-    def _check_args(self) -> None:
-        cfg = self.cfg
-        optimizers.check_flags(cfg.optim)
-        losses.check_flags(cfg.loss, distill=cfg.distill.distill)
-        finetune.check_flags(cfg.tune, cfg.loss.hierarchical_tasks, optimizers.optimizer_name(cfg.optim))
-        if cfg.tune.finetune:
-            self._check_finetune()
-        if cfg.distill.resume_student and (cfg.model.checkpoint or cfg.model.pretrained or cfg.distill.distill):
-            raise UserError("--resume_student starts from the student's weights; drop --checkpoint, "
-                            "--pretrained and --distill")
-        complete_config(cfg)
-        for section, name, least in ((cfg.schedule, "batch_size", 1), (cfg.output, "val_every", 1),
-                                     (cfg.output, "recon_count", 0), (cfg.output, "recon_every", 0)):
-            if getattr(section, name) is not None and getattr(section, name) < least:
-                raise UserError(f"--{name} must be at least {least}, got {getattr(section, name)}")
-        if cfg.schedule.steps is not None and cfg.schedule.steps < 1:
-            raise UserError(f"--steps must be at least 1, got {cfg.schedule.steps}")
-        if cfg.schedule.epochs is not None and cfg.schedule.epochs < 1:
-            raise UserError(f"--epochs must be at least 1, got {cfg.schedule.epochs}")
-        if not (math.isfinite(cfg.schedule.lr) and cfg.schedule.lr > 0):
-            raise UserError(f"--lr must be a positive number, got {cfg.schedule.lr}")
-        if cfg.output.recon_dir and cfg.output.recon_subdir:
-            raise UserError("--recon_dir and --recon_subdir both name the reconstruction folder; pass one")
-        self._check_multistep()
-        if cfg.schedule.sched == "onecycle" and cfg.schedule.lr_warmup_steps:
-            raise UserError("--lr_warmup_steps does not combine with --sched onecycle (it has its own warm-up)")
-        if cfg.distill.distill and not (cfg.model.checkpoint or cfg.model.pretrained):
-            raise UserError("--distill needs the teacher's weights: --pretrained or --checkpoint PATH")
-
-    def _check_multistep(self) -> None:
-        sched = self.cfg.schedule
-        given = sched.lr_milestones or sched.lr_factors or sched.lr_milestone_unit != ScheduleConfig().lr_milestone_unit
-        if sched.sched != "multistep":
-            if given:
-                raise UserError("--lr_milestones/--lr_factors/--lr_milestone_unit belong to --sched multistep; "
-                                "add it or drop them")
-            return
-        if not sched.lr_milestones or len(sched.lr_milestones) != len(sched.lr_factors):
-            raise UserError("--sched multistep needs --lr_milestones and as many --lr_factors (e.g. --lr_milestones "
-                            "2750 2850 2950 --lr_factors 0.3 0.1 0.01)")
-        if any(b <= a for a, b in zip(sched.lr_milestones, sched.lr_milestones[1:])):
-            raise UserError(f"--lr_milestones must increase, got {' '.join(map(str, sched.lr_milestones))}")
-
     def multistep_factor(self, t: int) -> float:
         """--lr_factors of the last milestone reached at epoch or step ``t`` (1 before the first)."""
         sched = self.cfg.schedule
         passed = sum(t >= milestone for milestone in sched.lr_milestones)
         return sched.lr_factors[passed - 1] if passed else 1.0
-
-    def _check_finetune(self) -> None:
-        """Seed 004's --finetune: a new run (epoch 0, a fresh schedule) from given weights at --finetune_lr."""
-        cfg = self.cfg
-        if not (cfg.model.checkpoint or cfg.model.pretrained or cfg.distill.resume_student):
-            raise UserError("--finetune starts a new run from given weights: add --checkpoint PATH (or --pretrained)")
-        default_lr = ScheduleConfig().lr
-        if cfg.schedule.lr not in (default_lr, cfg.tune.finetune_lr):
-            raise UserError(f"--finetune trains at --finetune_lr ({cfg.tune.finetune_lr}); drop --lr {cfg.schedule.lr} "
-                            "or give it as --finetune_lr")
 
     def _check_existing_run(self) -> None:
         """Refuse to start a new run over an existing one unless asked to (--resume continues it)."""
