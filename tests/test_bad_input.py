@@ -238,6 +238,16 @@ def test_resume_refuses_other_flags_and_refits_lr_and_length(image_dirs, tmp_pat
         assert row["lr"] == pytest.approx(expected, rel=1e-12), row
 
 
+def test_resume_refuses_a_run_shorter_than_what_it_trained(image_dirs, tmp_path):  # noqa: F811
+    Trainer(train_args(image_dirs, tmp_path, "--steps", "6")).fit()
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(UserError, match=r"last.pt has trained 6 steps, more than the 3 of --steps 3; resume with a "
+                                        r"longer run"):
+        Trainer(train_args(image_dirs, tmp_path, "--steps", "3", "--resume"))
+    assert (tmp_path / "last.pt").read_bytes() == before
+    Trainer(train_args(image_dirs, tmp_path, "--steps", "6", "--resume")).fit()  # as long as it was: nothing to train
+
+
 def test_the_quality_of_raw_weights_is_inferred(image_dirs, tmp_path):  # noqa: F811
     from compressai.models import FactorizedPrior
 

@@ -522,6 +522,12 @@ class Trainer:
         else:
             set_rng_state(ckpt["rng"])
         self.progress = Progress(**ckpt["progress"])
+        if self.progress.step > self.total_steps:
+            # The loop would train nothing and the final save would record the longer run as this shorter one.
+            length = (f"--steps {self.cfg.schedule.steps}" if self.cfg.schedule.steps is not None
+                      else f"--epochs {self.cfg.schedule.epochs or DEFAULT_EPOCHS}")
+            raise UserError(f"{self._resume_path()} has trained {self.progress.step} steps, more than the "
+                            f"{self.total_steps} of {length}; resume with a longer run or start a new one")
         self._refit_schedule(ckpt.get("args", {}))
 
     def _refit_schedule(self, recorded: dict) -> None:
