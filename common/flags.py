@@ -145,9 +145,10 @@ def add_qat_arguments(parser: argparse.ArgumentParser) -> None:
                        help="transforms to fake-quantize (default: %(default)s)")
     bool_flag(group, "--qat_exclude_entropy", QAT_DEFAULTS["exclude_entropy"],
               "keep the entropy model and hyperprior transforms in float")
-    group.add_argument("--qat_calib_steps", type=int, default=QAT_DEFAULTS["calib_steps"],
+    # Step counts: calibration needs at least one step of data, and freezing comes after it (qat.make_config).
+    group.add_argument("--qat_calib_steps", type=number(int, minimum=1), default=QAT_DEFAULTS["calib_steps"],
                        help="steps during which activation observers learn their ranges (default: %(default)s)")
-    group.add_argument("--qat_freeze_after", type=int, default=QAT_DEFAULTS["freeze_after"],
+    group.add_argument("--qat_freeze_after", type=number(int, minimum=1), default=QAT_DEFAULTS["freeze_after"],
                        help="step from which every observer is frozen, weight scales included (default: %(default)s)")
     group.add_argument("--qat_act_observer", choices=ACT_OBSERVERS, default=QAT_DEFAULTS["act_observer"],
                        help=f"activation range: ema (moving average, constant {EMA_AVERAGING_CONSTANT}) or "
