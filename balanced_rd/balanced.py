@@ -12,12 +12,14 @@ Notation: losses l_i, offsets m_i (``min_losses``), D_i = l_i - m_i + 1e-8, logi
   plus coupled L2 decay towards xi0 = 0, i.e. uniform weights, or towards ``prior_weights``). A task whose
   log loss fell less than average gains weight.
 
-Loss arithmetic (D, log, c, delta) is done with autocast off in the wider of FP32 and the losses' dtype (FP64
-losses keep FP64 arithmetic; the logits and their Adam state stay FP32). Under ``torch.distributed`` the
-detached loss vectors are averaged over ranks in both calls, so every rank holds the same logits; the
-backpropagated form sum_i a_i l_i(local) then makes DDP's gradient averaging give exactly the gradient of
-the FAMO loss of the global batch. The logits and their Adam live outside ``param_groups``, so learning-rate
-schedulers never touch ``w_lr``.
+Loss arithmetic (D, log, c, delta) is done with autocast off in the wider of FP32 and the losses' dtype. The
+logits, their prior, per-task gamma and their Adam state are FP32, and FP64 from the first FP64 losses on: an
+FP64 problem keeps FP64 arithmetic all the way (an FP32 logit step rounds every gradient and Adam moment to FP32,
+and the weights drift from the FP64 ones step by step), while FP32, FP16 and BF16 losses keep the FP32 state.
+Under ``torch.distributed`` the detached loss vectors are averaged over ranks in both calls, so every rank holds
+the same logits; the backpropagated form sum_i a_i l_i(local) then makes DDP's gradient averaging give exactly
+the gradient of the FAMO loss of the global batch. The logits and their Adam live outside ``param_groups``, so
+learning-rate schedulers never touch ``w_lr``.
 
 Typical step (``common.train.step.training_step`` does exactly this, with AMP and the cheaper options)::
 
@@ -105,7 +107,7 @@ class Balanced(TaskWeightedOptimizer):
     # ----------------------------------------------------------------------------------- properties
     @property
     def gamma(self) -> float | Tensor:
-        """Logit decay: a float, or a float32 vector with one value per task."""
+        """Logit decay: a float, or a vector with one value per task in the logits' dtype."""
         return self._gamma
 
     @gamma.setter
@@ -114,7 +116,7 @@ class Balanced(TaskWeightedOptimizer):
         if (vector < 0).any():
             raise ValueError(f"gamma must be >= 0, got {vector.tolist()}")
         is_scalar = not isinstance(value, Tensor) and isinstance(value, (int, float))
-        self._gamma = float(value) if is_scalar else vector.to(self.logits.device)
+        self._gamma = float(value) if is_scalar else vector.to(self.logits.device, self.logits.dtype)
 
     @property
     def w_lr(self) -> float:
@@ -158,7 +160,7 @@ class Balanced(TaskWeightedOptimizer):
         with torch.autocast(device_type=losses.device.type, enabled=False):
             local = losses.to(arithmetic_dtype(losses))
             values = all_reduce_mean(local.detach())
-            min_losses = self._famo_on(values.device).to(values.dtype)
+            min_losses = self._famo_on(values.device, values.dtype).to(values.dtype)
             check_above_min(values, min_losses, self.task_names)
             z = torch.softmax(self.logits.to(values.dtype), dim=0)
             inverse = z / (values - min_losses + LOG_EPS)
@@ -206,7 +208,7 @@ class Balanced(TaskWeightedOptimizer):
                 previous = all_reduce_mean(previous.to(arithmetic_dtype(previous)))
             dtype = torch.promote_types(previous.dtype, new.dtype)
             previous, new = previous.to(dtype), new.to(dtype)
-            min_losses = self._famo_on(new.device).to(dtype)
+            min_losses = self._famo_on(new.device, dtype).to(dtype)
             check_above_min(previous, min_losses, self.task_names)
             check_above_min(new, min_losses, self.task_names)
             delta = shifted_log(previous, min_losses) - shifted_log(new, min_losses)
@@ -219,7 +221,8 @@ class Balanced(TaskWeightedOptimizer):
     def _step_logits(self, delta: Tensor) -> None:
         """Adam step on the logits with gradient J_softmax^T delta + gamma * (logits - prior).
 
-        The gradient is formed in delta's precision and stored in the logits' FP32 Adam state.
+        The gradient is formed in delta's precision and stored in the logits' Adam state (FP32, or FP64 for
+        FP64 losses: see :meth:`_famo_on`).
         """
         grad = logit_gradient(self.logits.to(delta.dtype), delta, self._gamma, self.logit_prior.to(delta.dtype))
         grad = grad.to(self.logits.dtype)
@@ -237,16 +240,18 @@ class Balanced(TaskWeightedOptimizer):
             shift = torch.logsumexp(before[free], 0) - torch.logsumexp(self.logits[free], 0)
             self.logits = torch.where(frozen, before, self.logits + shift)
 
-    def _famo_on(self, device: torch.device) -> Tensor:
-        """Move the FAMO state to ``device`` (created on the CPU; follows the losses); returns min_losses."""
-        if self.logits.device != device:
-            self.logits = self.logits.to(device)
-            self._logit_exp_avg = self._logit_exp_avg.to(device)
-            self._logit_exp_avg_sq = self._logit_exp_avg_sq.to(device)
+    def _famo_on(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Move the FAMO state to ``device`` and to the wider of its dtype and the loss arithmetic's ``dtype``
+        (created FP32 on the CPU; follows the losses, and never narrows); returns min_losses."""
+        dtype = torch.promote_types(self.logits.dtype, dtype)
+        if self.logits.device != device or self.logits.dtype != dtype:
+            self.logits = self.logits.to(device, dtype)
+            self._logit_exp_avg = self._logit_exp_avg.to(device, dtype)
+            self._logit_exp_avg_sq = self._logit_exp_avg_sq.to(device, dtype)
             self.min_losses = self.min_losses.to(device)
-            self.logit_prior = self.logit_prior.to(device)
+            self.logit_prior = self.logit_prior.to(device, dtype)
             if isinstance(self._gamma, Tensor):
-                self._gamma = self._gamma.to(device)
+                self._gamma = self._gamma.to(device, dtype)
         return self.min_losses
 
     # ------------------------------------------------------------------------------- checkpointing
@@ -282,11 +287,12 @@ class Balanced(TaskWeightedOptimizer):
             raise ValueError(f"optimizer state was saved with n_tasks={famo['n_tasks']}, "
                             f"this optimizer has n_tasks={self.n_tasks}")
         super().load_state_dict(state_dict)
-        device = self.logits.device
-        self.logits = famo["logits"].to(device=device, dtype=torch.float32).clone()
-        self.logit_prior = famo["logit_prior"].to(device=device, dtype=torch.float32).clone()
-        self._logit_exp_avg = famo["logit_exp_avg"].to(device=device, dtype=torch.float32).clone()
-        self._logit_exp_avg_sq = famo["logit_exp_avg_sq"].to(device=device, dtype=torch.float32).clone()
+        # The logit state keeps the dtype it was saved in (FP64 after FP64 losses, see _famo_on).
+        device, dtype = self.logits.device, famo["logits"].dtype
+        self.logits = famo["logits"].to(device=device, dtype=dtype).clone()
+        self.logit_prior = famo["logit_prior"].to(device=device, dtype=dtype).clone()
+        self._logit_exp_avg = famo["logit_exp_avg"].to(device=device, dtype=dtype).clone()
+        self._logit_exp_avg_sq = famo["logit_exp_avg_sq"].to(device=device, dtype=dtype).clone()
         self._logit_step = int(famo["logit_step"])
         self.min_losses = famo["min_losses"].to(device=device, dtype=torch.float32).clone()
         self.gamma = famo["gamma"]

@@ -532,5 +532,96 @@ def test_float64_losses_keep_float64_task_weight_arithmetic():
     gradient = 0.5 * (delta[0] - (delta[0] + delta[1]) / 2)  # z0 * (delta0 - <z, delta>), = -gradient for task 1
     step = W_LR * gradient / (abs(gradient) + 1e-8)  # Adam's first step with eps 1e-8, against the gradient
     assert step > 1e-4  # the faster task 0 loses weight
-    torch.testing.assert_close(opt.logits, torch.tensor([-step, step]), rtol=1e-5, atol=0)
-    assert opt.logits.dtype == torch.float32
+    torch.testing.assert_close(opt.logits, torch.tensor([-step, step], dtype=torch.float64), rtol=1e-9, atol=0)
+    assert opt.logits.dtype == torch.float64  # the logit step too is float64 for float64 losses
+
+
+def test_float32_losses_keep_float32_logits():
+    opt = make_opt(3)
+    drive(opt, [1.0, 2.0, 3.0], [0.9, 1.9, 2.95])
+    assert opt.logits.dtype == opt._logit_exp_avg.dtype == opt._logit_exp_avg_sq.dtype == torch.float32
+
+
+class FiveTasks(nn.Module):
+    """A float64 toy problem: five quadratic losses of different scales over one shared parameter vector."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(3)
+        self.w = nn.Parameter(torch.randn(4, generator=gen, dtype=torch.float64))
+        self.register_buffer("targets", torch.randn(5, 4, generator=gen, dtype=torch.float64))
+        self.register_buffer("scales", torch.tensor([50.0, 5.0, 1.0, 0.2, 0.02], dtype=torch.float64))
+
+    def losses(self) -> torch.Tensor:
+        return self.scales * ((self.w - self.targets) ** 2).sum(1)
+
+
+def reference_logit_steps(deltas, gamma: float, w_lr: float) -> list[list[float]]:
+    """The task weights after each logit step, by the module docstring's formulas in Python floats (float64):
+    Adam (betas 0.9/0.999, eps 1e-8) on xi with gradient z * (delta - <z, delta>) + gamma * xi, from xi = 0."""
+    n = len(deltas[0])
+    xi, m, v, weights = [0.0] * n, [0.0] * n, [0.0] * n, []
+    for t, delta in enumerate(deltas, start=1):
+        top = max(xi)
+        e = [math.exp(x - top) for x in xi]
+        z = [value / sum(e) for value in e]
+        mean = sum(zi * di for zi, di in zip(z, delta))
+        grad = [zi * (di - mean) + gamma * x for zi, di, x in zip(z, delta, xi)]
+        m = [0.9 * mi + 0.1 * g for mi, g in zip(m, grad)]
+        v = [0.999 * vi + 0.001 * g * g for vi, g in zip(v, grad)]
+        xi = [x - w_lr / (1 - 0.9 ** t) * mi / (math.sqrt(vi) / math.sqrt(1 - 0.999 ** t) + 1e-8)
+              for x, mi, vi in zip(xi, m, v)]
+        top = max(xi)
+        e = [math.exp(x - top) for x in xi]
+        weights.append([value / sum(e) for value in e])
+    return weights
+
+
+def test_float64_logit_steps_match_a_float64_reimplementation():
+    model = FiveTasks()
+    opt = Balanced(model.parameters(), lr=1e-2, n_tasks=5, gamma=0.003, w_lr=W_LR, min_losses=-1.0)
+    deltas, weights = [], []
+    for _ in range(40):
+        opt.zero_grad()
+        before = model.losses()
+        opt.weighted_loss(before).backward()
+        opt.step()
+        with torch.no_grad():
+            after = model.losses()
+        opt.update_task_weights(after)
+        deltas.append([math.log(b + 1.0 + 1e-8) - math.log(a + 1.0 + 1e-8)
+                       for b, a in zip(before.tolist(), after.tolist())])
+        weights.append(opt.task_weights.tolist())
+    expected = reference_logit_steps(deltas, 0.003, W_LR)
+    deviation = max(abs(w - e) for row, ref in zip(weights, expected) for w, e in zip(row, ref))
+    assert deviation < 1e-9, deviation  # float32 logits deviated by 3e-8 here
+    assert max(abs(w - 0.2) for w in weights[-1]) > 1e-3  # the weights did move
+    assert opt.logits.dtype == opt._logit_exp_avg.dtype == opt._logit_exp_avg_sq.dtype == torch.float64
+
+
+def test_float64_logit_state_round_trips():
+    straight, resumed = FiveTasks(), FiveTasks()
+    kwargs = dict(lr=1e-2, n_tasks=5, gamma=[0.003, 0.001, 0.002, 0.004, 0.005], w_lr=W_LR)
+    opt_straight = Balanced(straight.parameters(), **kwargs)
+    opt_first = Balanced(resumed.parameters(), **kwargs)
+
+    def train(model, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            opt.weighted_loss(model.losses()).backward()
+            opt.step()
+            with torch.no_grad():
+                opt.update_task_weights(model.losses())
+
+    train(straight, opt_straight, 20)
+    train(resumed, opt_first, 10)
+    buffer = io.BytesIO()
+    torch.save(opt_first.state_dict(), buffer)
+    buffer.seek(0)
+    opt_second = Balanced(resumed.parameters(), lr=1.0, n_tasks=5)  # overwritten by the state
+    opt_second.load_state_dict(torch.load(buffer, weights_only=True))
+    assert opt_second.logits.dtype == opt_second.gamma.dtype == torch.float64
+    train(resumed, opt_second, 10)
+    assert torch.equal(straight.w, resumed.w)
+    assert torch.equal(opt_straight.logits, opt_second.logits)
+    assert torch.equal(opt_straight._logit_exp_avg_sq, opt_second._logit_exp_avg_sq)
