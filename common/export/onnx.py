@@ -51,9 +51,10 @@ DEFAULT_ATOL = 1e-3
 from torch.onnx._constants import ONNX_MIN_OPSET  # noqa: E402
 from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as ONNX_MAX_OPSET  # noqa: E402
 DOWNSAMPLING = 16  # g_a reduces H and W by 16 in every registered model
-# The models whose bitstream reconstruction is one graph (FullCodec): their y is coded without a context model.
+# The models whose bitstream reconstruction is one graph (FullCodec), with their registry names: their y is coded
+# without a context model.
 # Exact types: compressai's context models (mbt2018's JointAutoregressiveHierarchicalPriors) subclass them.
-FULL_GRAPH_MODELS = (FactorizedPrior, MeanScaleHyperprior)
+FULL_GRAPH_MODELS = {FactorizedPrior: "bmshj2018-factorized", MeanScaleHyperprior: "mbt2018-mean"}
 # The example image is traced and run in PyTorch and onnxruntime at this side: 8192 px already needs gigabytes of
 # activations per convolution, and larger sides only fail in the allocator.
 MAX_INPUT_SIZE = 8192
@@ -126,10 +127,9 @@ def part_module(model: nn.Module, part: str) -> tuple[nn.Module, str, str]:
             raise UserError(f"{type(model).__name__} has no {attr}; ONNX export needs the analysis and synthesis "
                             "transforms g_a and g_s")
     if part == "full" and type(model) not in FULL_GRAPH_MODELS:
-        raise UserError(f"--part full exports the bitstream reconstruction of "
-                        f"{' and '.join(cls.__name__ for cls in FULL_GRAPH_MODELS)} models; {type(model).__name__} "
-                        "decodes y step by step with a context model, which is no single graph: export --part "
-                        "encoder and --part decoder")
+        raise UserError(f"--part full exports the bitstream reconstruction of {' and '.join(FULL_GRAPH_MODELS.values())} "
+                        f"models; {type(model).__name__} decodes y step by step with a context model, which is no "
+                        "single graph: export --part encoder and --part decoder")
     if part == "encoder":
         return Encoder(model).eval(), "x", "y"
     if part == "decoder":
