@@ -240,7 +240,7 @@ def evaluate_runs(out_dir: Path, arms: Sequence[Arm], seeds: Sequence[int], lamb
                 rows, aggregate = evaluate(model, images, root=root)
                 aggregates.append(aggregate)
                 rows_per_point.append(rows)
-                verdict = json.loads((folder / "convergence.json").read_text())
+                verdict = run_verdict(folder)
                 points.append(Point(arm.name, seed, lmbda, aggregate, verdict, training_seconds(folder)))
             name = arm.name if len(seeds) == 1 else f"{arm.name} (seed {seed})"
             path, _ = write_results(curves_dir / f"{arm.name}_seed{seed}.json", name,
@@ -249,6 +249,17 @@ def evaluate_runs(out_dir: Path, arms: Sequence[Arm], seeds: Sequence[int], lamb
                                     test_set=test_set, codec=codec_description(_model_name(folder)))
             curves[(arm.name, seed)] = path
     return points, curves
+
+
+def run_verdict(folder: Path) -> dict:
+    """The run's convergence verdict under the current criterion, judged again from its logs (a run trained
+    before the criterion changed is held to today's), with the window its ``convergence.json`` recorded."""
+    from common.train import convergence
+    from common.train.logging import read_rows
+
+    recorded = json.loads((folder / "convergence.json").read_text())
+    rows = {name: read_rows(folder / f"{name}.jsonl") for name in ("val_log", "train_log")}
+    return convergence.assess(rows["val_log"], recorded["total_steps"], rows["train_log"]).to_dict()
 
 
 def training_seconds(folder: Path) -> float | None:
@@ -355,8 +366,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     codecs = [c.strip() for c in args.anchors.split(",") if c.strip()]
     if any(c not in CODECS for c in codecs):
         raise UserError(f"--anchors must name some of: {', '.join(CODECS)} (got {args.anchors!r})")
-    _check_train_flags(train_argv, arms)
+    validation = _check_train_flags(train_argv, arms)
     images, root = _eval_images(args, train_argv)
+    image_sets = describe_image_sets(validation, images)
+    if image_sets["validation_and_test_share"]:
+        print(f"warning: validation and the final evaluation share {len(image_sets['validation_and_test_share'])} "
+              "image(s): the convergence verdict and best/EMA checkpoints then see the test images; give "
+              "--eval_dataset (or a --test_dataset that is not the test set)", file=sys.stderr)
     starts = {(seed, lmbda): _start(args, seed, lmbda) for seed in seeds for lmbda in lambdas}
     out_dir = output_dir(args.out_dir, "--out_dir")
     output_dir(args.bundle_dir or out_dir, "--bundle_dir")
@@ -386,13 +402,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_bundle(bundle, run_root=out_dir, args=args, argv=list(sys.argv[1:] if argv is None else argv), arms=arms,
                  lambdas=lambdas, seeds=seeds, points=points, curves=curves, anchors=anchors, pairs=pairs,
                  summary=summarize_pairs(pairs), images=images, root=root, test_set=test_set,
-                 wall_time=time.perf_counter() - started, commit=commit)
+                 wall_time=time.perf_counter() - started, commit=commit, image_sets=image_sets)
     return 0
 
 
-def _check_train_flags(train_argv: list[str], arms: Sequence[Arm]) -> None:
+def _check_train_flags(train_argv: list[str], arms: Sequence[Arm]) -> list[Path]:
     """Parse each arm's full training command line and find its data now, so a mistake fails before hours of
-    training rather than inside the first run."""
+    training rather than inside the first run; returns the validation images."""
     from common.data import build_datasets
     from common.train.options import build_parser as train_parser
 
@@ -401,7 +417,22 @@ def _check_train_flags(train_argv: list[str], arms: Sequence[Arm]) -> None:
         if reserved:
             raise UserError(f"--arm {arm.name}: {', '.join(reserved)} are set per run by the comparison")
         parsed = train_parser().parse_args([*train_argv, *arm.flags])
-    build_datasets(parsed, report=False)
+    _, validation = build_datasets(parsed, report=False)
+    return list(validation.files)
+
+
+def describe_image_sets(validation: Sequence[Path], test: Sequence[Path]) -> dict:
+    """Names and SHA-256 of the validation and test images, and the test images whose content validation also holds."""
+    import hashlib
+
+    def entries(paths: Sequence[Path]) -> list[dict]:
+        return [{"file": Path(path).name, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+                for path in paths]
+
+    sets = {"validation": entries(validation), "test": entries(test)}
+    seen = {entry["sha256"] for entry in sets["validation"]}
+    sets["validation_and_test_share"] = [entry["file"] for entry in sets["test"] if entry["sha256"] in seen]
+    return sets
 
 
 def _eval_images(args, train_argv: list[str]) -> tuple[list[Path], Path]:

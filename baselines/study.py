@@ -69,7 +69,7 @@ def machine_description() -> str:
 def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: Sequence["Arm"], lambdas: Sequence[float],
                  seeds: Sequence[int], points: Sequence["Point"], curves: dict[tuple[str, int], RDCurve],
                  anchors: Sequence[RDCurve], pairs: list[dict], summary: list[dict], images: list[Path],
-                 root: Path, test_set: dict, wall_time: float, commit: str) -> None:
+                 root: Path, test_set: dict, wall_time: float, commit: str, image_sets: dict | None = None) -> None:
     """Write every file of the bundle and print the table; see the module docstring. ``commit``: the
     :func:`git_commit` of the code that ran."""
     reference = arms[0].name
@@ -87,6 +87,7 @@ def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: 
         "seeds": list(seeds),
         "test_set": test_set,
         "eval_images": [str(p.relative_to(root)) for p in images],
+        "image_sets": image_sets,
         "start": start_provenance(args.start_checkpoint, args.start_from),
         "points": [{"arm": p.arm, "seed": p.seed, "lambda": p.lmbda,
                     **{k: p.metrics[k] for k in ("bpp", "bpp_estimated", "psnr-rgb", "ms-ssim-rgb")},

@@ -17,6 +17,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def read_rows(jsonl_path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``<name>.jsonl`` log, read only ([] when it does not exist; see :meth:`MetricsLog.rows`)."""
+    if not jsonl_path.exists():
+        return []
+    lines = [line for line in jsonl_path.read_text(errors="replace").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise UserError(f"{jsonl_path} line {number} is not JSON ({exc}); the run's log is damaged") from exc
+    return rows
+
+
 class MetricsLog:
     """Append-only table of rows (dicts) written to ``<name>.csv`` and ``<name>.jsonl``.
 
@@ -49,18 +65,7 @@ class MetricsLog:
         A last line cut short by a killed process is dropped (the next resume rewrites the file without it);
         a broken line before it is an error.
         """
-        if not self.jsonl_path.exists():
-            return []
-        lines = [line for line in self.jsonl_path.read_text(errors="replace").splitlines() if line.strip()]
-        rows = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                if number == len(lines):
-                    break
-                raise UserError(f"{self.jsonl_path} line {number} is not JSON ({exc}); the run's log is damaged") from exc
-        return rows
+        return read_rows(self.jsonl_path)
 
     def write(self, row: dict[str, Any]) -> None:
         row = {key: _plain(value) for key, value in row.items()}
