@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
 # Phase 1 baseline: standard Adam on the R-D loss λ·255²·MSE + bpp. Extra arguments go to common.train.
 set -euo pipefail
-source "$(dirname "$0")/../scripts/env.sh"
+FROM_BASE=1 source "$(dirname "$0")/../scripts/env.sh"
 train --optimizer adam --save_dir "$OUT/phase1/standard" "$@"

@@ -46,3 +46,18 @@ def test_grid_search_runs_every_point(env):
     trials = rows(root / "runs/phase1/hparam_search/trials.csv")
     assert sorted(float(t["params_gamma"]) for t in trials) == [0.001, 0.01]
     assert all(t["state"] == "COMPLETE" for t in trials)
+
+
+def test_without_a_model_the_scripts_fine_tune_the_shipped_base(env):
+    # The default run must end somewhere meaningful: the shipped base model fine-tuned in the demo's regime.
+    root, variables = env
+    defaults = {key: value for key, value in variables.items() if key != "MODEL"}
+    result = run_script("phase1/run_balanced.sh", {**defaults, "OUT": str(root / "base_runs")}, "--num_workers", "0",
+                        "--progress", "false")
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+    flags = json.loads((root / "base_runs/phase1/balanced/convergence.json").read_text())
+    assert flags["total_steps"] == 2
+    readme = (root / "base_runs/phase1/balanced/README.md").read_text()
+    assert "bmshj2018-factorized-small" in readme and "bmshj2018-factorized-small.pt" in readme
+    assert "`--gamma`: `[0.03]`" in readme
