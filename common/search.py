@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -60,6 +61,34 @@ def suggest(trial, name: str, kind: str, values: list) -> str:
     if kind == "int":
         return str(trial.suggest_int(name, int(values[0]), int(values[1])))
     return repr(trial.suggest_float(name, values[0], values[1], log=kind == "log"))
+
+
+# What a database says when another process created the same tables, version rows or study between this
+# process's check and its own creation (SQLite, PostgreSQL, MySQL), or held the write lock meanwhile.
+_CREATION_RACE = ("already exists", "unique constraint failed", "duplicate key", "duplicate entry",
+                  "database is locked")
+
+
+def open_study(name: str, storage: str, attempts: int = 8):
+    """Create the study, or load it when it exists, on a storage that other workers may be creating too.
+
+    Workers started together on an empty storage race to create optuna's tables and the study: the loser's
+    ``CREATE TABLE`` fails with ``table studies already exists`` (or its version row with a unique
+    constraint). Each such failure is retried after a short random pause; by then the tables exist and the
+    study is loaded. Any other failure, or the last attempt's, is the user's storage URL: one line.
+    """
+    import optuna
+
+    pause = random.Random()
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
+        except Exception as exc:  # noqa: BLE001 - any failure to open the user's storage URL (driver, dialect, access)
+            if attempt + 1 < attempts and any(text in str(exc).lower() for text in _CREATION_RACE):
+                time.sleep(0.05 * (attempt + 1) + 0.1 * pause.random())
+                continue
+            raise UserError(f"--storage {storage}: {' '.join(str(exc).split())[:200]}") from exc
+    raise AssertionError("unreachable")
 
 
 def search_parser() -> argparse.ArgumentParser:
@@ -107,11 +136,7 @@ def run_study(args: argparse.Namespace, train_argv: list[str]):
     total = math.prod(len(values) for _, _, values in spaces) if args.sampler == "grid" else args.trials or 10
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = args.storage or f"sqlite:///{out_dir / 'study.db'}"
-    try:
-        study = optuna.create_study(study_name=args.study_name, storage=storage, direction="minimize",
-                                    load_if_exists=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to open the user's storage URL (driver, dialect, access)
-        raise UserError(f"--storage {storage}: {' '.join(str(exc).split())[:200]}") from exc
+    study = open_study(args.study_name, storage)
     if args.sampler == "grid":
         study.sampler = optuna.samplers.GridSampler({name: values for name, _, values in spaces},
                                                     seed=args.search_seed)

@@ -87,3 +87,53 @@ def test_a_grid_study_draws_its_heatmap_and_the_importance_of_its_parameters(ima
     # A 2 x 2 grid: the heatmap's four cells are the four trials' losses (ranked table, lowest first).
     ranked = (tmp_path / "trials.md").read_text().splitlines()[2:]
     assert len(ranked) == 4
+
+
+# Each worker imports everything first and then waits for the same moment, so that both reach the empty storage
+# together as two workers started at once do (torch's import time would otherwise set them apart by chance).
+LAUNCH_TOGETHER = """
+import sys, time
+import optuna, common.search, common.train.engine
+start = float(sys.argv.pop(1))
+while time.time() < start:
+    pass
+sys.argv[0] = "common.search"
+common.search.cli()
+"""
+
+
+def test_two_workers_started_at_once_on_an_empty_storage_both_run(image_dirs, tmp_path):  # noqa: F811
+    # Both created optuna's tables: the loser died with "table studies already exists" (issue 28).
+    import time
+
+    storage = f"sqlite:///{tmp_path / 'empty.db'}"
+    start = time.time() + 15
+    commands = [[sys.executable, "-c", LAUNCH_TOGETHER, str(start),
+                 *search_argv(image_dirs, tmp_path / f"w{i}", "--trials", "2", "--storage", storage,
+                              "--study_name", "search", "--search_seed", str(i))] for i in range(2)]
+    processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for command in commands]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    # The study stops at 2 finished trials (one each, or a third that had started when the second finished).
+    assert 2 <= len([t for t in trials(storage) if t.state == optuna.trial.TrialState.COMPLETE]) <= 3
+
+
+def test_a_storage_created_by_another_worker_meanwhile_is_loaded(tmp_path, monkeypatch):
+    # The same race, made certain: the first attempt fails as the losing worker's CREATE TABLE does.
+    import sqlalchemy
+
+    real, calls = optuna.create_study, []
+
+    def racing(**kwargs):
+        calls.append(kwargs["study_name"])
+        if len(calls) == 1:
+            real(**kwargs)  # the other worker wins ...
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(optuna, "create_study", racing)
+    study = search.open_study("shared", f"sqlite:///{tmp_path / 'S.db'}")
+    assert study.study_name == "shared" and len(calls) == 2
+    with pytest.raises(search.UserError, match="no such table|unable to open"):
+        search.open_study("shared", f"sqlite:///{tmp_path / 'missing' / 'S.db'}")
