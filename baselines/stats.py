@@ -33,6 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
+from baselines.study import json_safe
+from common.checkpoint import atomic_write_text
 from common.cli import OneLineErrorParser, number, run_main
 from common.errors import UserError
 from common.rd import METHODS, bd_rate
@@ -302,17 +304,6 @@ def analyse(folder: Path, draws: int = 2000, confidence: float = 0.95, seed: int
             "points": point_statistics(bundle, confidence)}
 
 
-def _finite_or_none(value):
-    """The document with NaN as null, so that stats.json is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_none(item) for item in value]
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineErrorParser(prog="python -m baselines.stats", description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", help="folder of a baselines.compare bundle (summary.json, curves/)")
@@ -325,8 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = Path(args.bundle)
     document = analyse(folder, args.bootstrap, args.confidence, args.seed)
     text = markdown(document)
-    (folder / "stats.json").write_text(json.dumps(_finite_or_none(document), indent=2, allow_nan=False) + "\n")
-    (folder / "stats.md").write_text(text)
+    atomic_write_text(folder / "stats.json", json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(folder / "stats.md", text)
     title = Bundle(folder).summary.get("title", "")
     plot_mean_curves(document, folder / "rd_mean.png", title)
     print(text)

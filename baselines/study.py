@@ -101,7 +101,7 @@ def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: 
         "checks": checks,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / SUMMARY, json.dumps(_finite(document), indent=2) + "\n")
+    atomic_write_text(out_dir / SUMMARY, json.dumps(json_safe(document), indent=2) + "\n")
     _write_csv(out_dir / "points.csv", [_point_row(p) for p in points])
     _write_csv(out_dir / "bd.csv", pairs)
     figure = plot_curves(_mean_curves(arms, seeds, curves), out_dir / "rd.png", anchors=anchors,
@@ -129,14 +129,14 @@ def start_provenance(checkpoint: str | None, start_from: str | None) -> dict:
     return record
 
 
-def _finite(value):
-    """JSON has no NaN: NaN becomes null."""
-    if isinstance(value, float) and math.isnan(value):
+def json_safe(value):
+    """JSON has no NaN or infinity: they become null (in nested dicts and lists too)."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
