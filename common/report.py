@@ -197,9 +197,33 @@ def render_study(folder: str | Path, out_dir: str | Path) -> Path:
         if runs:
             weight_figures[arm] = task_weight_figure(runs, out_dir / f"task_weights_{arm}",
                                                      f"{arm}: task weights (seed {summary['seeds'][0]})")
+    if (folder / "stats.json").is_file():
+        files["intervals"] = write_tables(intervals_frame(json.loads((folder / "stats.json").read_text())),
+                                          out_dir / "intervals", f"{title}: BD-rate intervals over seeds")
+        if (folder / "rd_mean.png").is_file():
+            figures["mean over seeds"] = [folder / "rd_mean.png"]
     page = out_dir / "index.html"
     page.write_text(_html(summary, title, files, figures, weight_figures, folder / "recon"))
     return page
+
+
+def intervals_frame(stats: dict) -> pd.DataFrame:
+    """One row per arm of a bundle's ``stats.json`` (``python -m baselines.stats``): the BD-rate intervals."""
+
+    def interval(entry: dict, low: str, high: str) -> str:
+        return "" if entry.get(low) is None else f"[{entry[low]:+.2f}, {entry[high]:+.2f}]"
+
+    rows = []
+    for arm in stats["arms"]:
+        pchip = arm["pchip"]
+        rows.append({"arm": arm["arm"], "vs": arm["reference"], "seeds": pchip["n"],
+                     "pchip mean %": pchip["mean_%"], "pchip SD %": pchip["sd_%"],
+                     "pchip 95 % t": interval(pchip, "t_low_%", "t_high_%"),
+                     "pchip bootstrap": interval(pchip, "bootstrap_low_%", "bootstrap_high_%"),
+                     "cubic 95 % t": interval(arm["cubic"], "t_low_%", "t_high_%"),
+                     "akima 95 % t": interval(arm["akima"], "t_low_%", "t_high_%"),
+                     "verdict": pchip["verdict"], "detectable at 80 % power %": pchip["detectable_%"]})
+    return pd.DataFrame(rows)
 
 
 def _embed(path: Path) -> str:
@@ -230,6 +254,10 @@ def _html(summary: dict, title: str, tables: dict, figures: dict, weight_figures
         recon_html = (f"<p>Centre crop of <code>{esc(manifest['image'])}</code>; each codec at the point whose bpp on "
                       f"this image is closest to {manifest['target_bpp']:.3f} bpp (the reference arm at its middle "
                       f"λ).</p><div class='crops'>{cells}</div>")
+    intervals = ""
+    if "intervals" in tables:
+        intervals = ("<h2>BD-rate intervals over seeds (paired by seed; an interval containing 0 is inconclusive)</h2>"
+                     + pd.read_csv(tables["intervals"][0]).fillna("").to_html(index=False, border=0, classes="table"))
     test_set = summary["test_set"]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
@@ -247,7 +275,7 @@ Arms: {', '.join(f'<b>{esc(a)}</b> <code>{esc(f)}</code>' for a, f in summary['a
 <p>Command: <code>{esc(summary['command'])}</code><br>git commit {esc(summary['git_commit'])};
 {summary['wall_time_s']:.0f} s on {esc(summary['machine'])}.</p>
 <h2>R-D curves</h2>{figure_html}
-<h2>BD-rate and BD-PSNR</h2>{bd}
+<h2>BD-rate and BD-PSNR</h2>{bd}{intervals}
 <h2>Checks</h2><ul>{checks}</ul>
 <h2>Reconstructions at matched bpp</h2>{recon_html}
 <h2>Task weights</h2>{weights_html}
