@@ -269,3 +269,37 @@ def test_wandb_gets_the_seeds_keys_task_weights_and_reconstruction_grids(image_d
     # The grid: the 2 validation images over their 2 reconstructions (32 px each, 2 px padding).
     grid = next(values["recon/e000"] for _, values in fake.logged if "recon/e000" in values)
     assert grid.image.size == (2 + 2 * 34, 2 + 2 * 34)
+
+
+class Killed(BaseException):
+    """Stands for kill -9: nothing after it runs (not even ``finally`` blocks that catch Exception)."""
+
+
+@pytest.mark.parametrize("point", ["after_final_validation", "after_epoch_row", "after_window_row"])
+def test_logs_of_a_killed_and_resumed_run_equal_the_uninterrupted_run(image_dirs, tmp_path, monkeypatch, point):
+    # kill -9 right after the last validation, then --resume, left val_log.csv with the last step twice (issue 28).
+    # 3 batches per epoch, 5 steps: epoch validation at step 3, the convergence window's at step 4, the final at 5.
+    from common.train import engine
+    from common.train.logging import MetricsLog
+
+    flags = ("--steps", "5", "--sched", "cosine", "--save_every_steps", "1", "--recon_every", "0", "--val_every", "1")
+    Trainer(train_args(image_dirs, tmp_path / "a", *flags)).fit()
+    kill_at = {"after_epoch_row": 3, "after_window_row": 4}.get(point)
+    with monkeypatch.context() as patch:
+        if kill_at is None:  # the final validation and its checkpoint are written; the finishing save is not
+            def finish(self):
+                raise Killed
+            patch.setattr(engine.Trainer, "_finish", finish)
+        else:  # the validation row is on disk, the checkpoint of that validation is not
+            write = MetricsLog.write
+
+            def write_then_die(self, row):
+                write(self, row)
+                if self.jsonl_path.name == "val_log.jsonl" and row["step"] == kill_at:
+                    raise Killed
+            patch.setattr(MetricsLog, "write", write_then_die)
+        with pytest.raises(Killed):
+            Trainer(train_args(image_dirs, tmp_path / "b", *flags)).fit()
+    Trainer(train_args(image_dirs, tmp_path / "b", *flags, "--resume")).fit()
+    for name in ("train_log.csv", "train_log.jsonl", "val_log.csv", "val_log.jsonl"):
+        assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes(), name

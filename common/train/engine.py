@@ -155,6 +155,7 @@ class Progress:
     best_msssim: float = -math.inf
     best_loss: float = math.inf
     wandb_id: str | None = None
+    validated_at: int | None = None  # the step of the last validation recorded (its val_log row written)
 
 
 class TeacherTarget(nn.Module):
@@ -296,7 +297,6 @@ class Trainer:
         self.total_steps = self._total_steps()
         self.convergence_start = convergence.window_start(self.total_steps)
         self.convergence: convergence.Convergence | None = None
-        self._validated_at: int | None = None
         self.total_epochs = math.ceil(self.total_steps / self.sampler.batches_per_epoch)
 
         trainable = (replace.set_trainable(self.model, self.replace_config) if self.replace_config
@@ -330,6 +330,8 @@ class Trainer:
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
         resume_step = self.progress.step if resume_ckpt is not None else None
+        # The rows each log held when the checkpoint was written (older checkpoints: the rows up to its step).
+        log_rows = (resume_ckpt.get("log_rows") or {}) if resume_ckpt is not None else {}
         default_recon = "recon_ft" if cfg.distill.resume_student else "recon"
         recon_dir = (Path(cfg.output.recon_dir) if cfg.output.recon_dir
                      else self.save_dir / (cfg.output.recon_subdir or default_recon))
@@ -337,8 +339,8 @@ class Trainer:
                                  self.val_set, cfg.output.recon_count) if self.main and self.recon_every > 0 else None
         if self.main:
             self.save_dir.mkdir(parents=True, exist_ok=True)
-            self.train_log = MetricsLog(self.save_dir, "train_log", resume_step)
-            self.val_log = MetricsLog(self.save_dir, "val_log", resume_step)
+            self.train_log = MetricsLog(self.save_dir, "train_log", resume_step, log_rows.get("train_log"))
+            self.val_log = MetricsLog(self.save_dir, "val_log", resume_step, log_rows.get("val_log"))
             self.wandb = WandbRun(cfg.output.wandb, self.save_dir, cfg.output.wandb_project, cfg.flat(),
                                   self.progress.wandb_id)
             self.progress.wandb_id = self.wandb.run_id
@@ -485,6 +487,9 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "progress": asdict(self.progress),
+            # A resume keeps exactly these rows: a row written after this checkpoint (a validation whose own
+            # checkpoint a kill prevented) is written again by the resumed run, never twice.
+            "log_rows": {"train_log": self.train_log.count, "val_log": self.val_log.count} if self.main else None,
             "step": self.progress.step,
             "epoch": self.progress.epoch,
             "args": self.cfg.flat(),
@@ -695,16 +700,20 @@ class Trainer:
 
     def _validate_at_window_start(self) -> None:
         """Validate where the last 20 % of the run begins, so that convergence can be judged at the end."""
-        if self.progress.step == self.convergence_start and self._validated_at != self.progress.step:
+        if self.progress.step == self.convergence_start and self.progress.validated_at != self.progress.step:
             self._record_validation(self.validate())
 
     def _record_validation(self, val: dict[str, float]) -> None:
-        self._validated_at = self.progress.step
+        self.progress.validated_at = self.progress.step
         row = {"step": self.progress.step, "epoch": self.epoch_index(), **{f"val_{k}": v for k, v in val.items()}}
         better_msssim = val["ms_ssim"] > self.progress.best_msssim
         better_loss = val["loss"] < self.progress.best_loss
         self.progress.best_msssim = max(self.progress.best_msssim, val["ms_ssim"])
         self.progress.best_loss = min(self.progress.best_loss, val["loss"])
+        if self.main:
+            # The row before the checkpoint that counts it: a run killed between the two resumes from the
+            # previous checkpoint, which drops the row and validates again.
+            self.val_log.write(row)
         ckpt = self.checkpoint()
         self.save(self.names["last"], ckpt)
         # Best files hold the model only (no optimizer state); when one validation improves both, one file is
@@ -719,7 +728,6 @@ class Trainer:
         if self.main:
             run_folder.keep_checkpoints(self.save_dir, ckpt, val, self.cfg.output.keep_last, self.cfg.output.keep_best,
                                         self.progress.step, self.epoch_index(), self.cfg.flat())
-            self.val_log.write(row)
             self.wandb.log(row, self.progress.step, split="val")
             tqdm.write(f"epoch {self.epoch_index()} step {self.progress.step}: "
                        + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
@@ -737,6 +745,10 @@ class Trainer:
                    disable=not (self.main and cfg.output.progress), dynamic_ncols=True)
         val: dict[str, float] | None = None
         started = time.perf_counter()
+        if 0 < progress.batch_in_epoch < self.sampler.batches_per_epoch:
+            # Resumed from a checkpoint written at the step where the convergence window starts, before that
+            # step's validation (--save_every_steps): validate now, as the uninterrupted run did.
+            self._validate_at_window_start()
         while progress.step < self.total_steps:
             self.sampler.set_position(progress.epoch, progress.batch_in_epoch)
             if hasattr(self.train_set, "set_epoch"):
@@ -769,7 +781,7 @@ class Trainer:
             else:
                 val = None
         bar.close()
-        if self._validated_at != progress.step:  # the last step is always validated
+        if progress.validated_at != progress.step:  # the last step is always validated
             val = self.validate()
             self._record_validation(val)
         self._finish()

@@ -37,23 +37,28 @@ class MetricsLog:
     """Append-only table of rows (dicts) written to ``<name>.csv`` and ``<name>.jsonl``.
 
     Columns are fixed by the first row; later rows may not add columns (keeps the CSV rectangular).
-    On resume, rows after the resumed step are dropped so the log matches the restored state.
+    On resume, the log is cut back to the rows it held when the resumed checkpoint was written (``keep_rows``,
+    which the checkpoint records), so that the resumed run writes every later row once; without that count
+    (older checkpoints), rows after the resumed step are dropped.
     """
 
-    def __init__(self, folder: Path, name: str, resume_step: int | None = None):
+    def __init__(self, folder: Path, name: str, resume_step: int | None = None, keep_rows: int | None = None):
         self.csv_path = folder / f"{name}.csv"
         self.jsonl_path = folder / f"{name}.jsonl"
         self.columns: list[str] | None = None
+        self.count = 0  # rows in the file
         if resume_step is None:
             for path in (self.csv_path, self.jsonl_path):
                 path.unlink(missing_ok=True)
         else:
-            self._truncate_after(resume_step)
+            self._truncate_after(resume_step, keep_rows)
 
-    def _truncate_after(self, step: int) -> None:
+    def _truncate_after(self, step: int, keep_rows: int | None = None) -> None:
         if not self.jsonl_path.exists():
             return
         rows = [row for row in self.rows() if row.get("step", 0) <= step]
+        if keep_rows is not None:
+            rows = rows[:keep_rows]
         self.jsonl_path.unlink()
         self.csv_path.unlink(missing_ok=True)
         for row in rows:
@@ -81,6 +86,7 @@ class MetricsLog:
                     csv.writer(handle).writerow(self.columns)
         with open(self.csv_path, "a", newline="") as handle:
             csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore").writerow(row)
+        self.count += 1
 
 
 # Seed 003's W&B key names for the training terms this engine logs (the others go to ``train/<name>``).
