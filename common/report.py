@@ -211,7 +211,8 @@ def intervals_frame(stats: dict) -> pd.DataFrame:
     """One row per arm of a bundle's ``stats.json`` (``python -m baselines.stats``): the BD-rate intervals."""
 
     def interval(entry: dict, low: str, high: str) -> str:
-        return "" if entry.get(low) is None else f"[{entry[low]:+.2f}, {entry[high]:+.2f}]"
+        value = entry.get(low)
+        return "" if value is None or math.isnan(value) else f"[{entry[low]:+.2f}, {entry[high]:+.2f}]"
 
     rows = []
     for arm in stats["arms"]:
