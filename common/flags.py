@@ -15,7 +15,7 @@ from common.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from common.losses import CRITERIA
 from common.qat import ACT_OBSERVERS, EMA_AVERAGING_CONSTANT, QAT_SCOPES
 from common.qat import DEFAULTS as QAT_DEFAULTS
-from common.replace import (ACT_TYPES, DEC_DEFAULTS, ENC_DEFAULTS, PARTS, TRAIN_SCOPES, UPSAMPLE_MODES,
+from common.replace import (ACT_TYPES, DEC_DEFAULTS, ENC_DEFAULTS, ENC_T_MAX, PARTS, TRAIN_SCOPES, UPSAMPLE_MODES,
                             available_blocks)
 from common.train.optimizers import SEED_SCALE_GAMMAS
 
@@ -106,18 +106,18 @@ def add_replace_arguments(parser: argparse.ArgumentParser, trainable_scopes: boo
                        help="keyword option passed to a custom block's factories; repeatable")
     # The GDNishLite options default to None so that a given one (even at its default value) chooses the block.
     enc, dec = ENC_DEFAULTS, DEC_DEFAULTS
-    group.add_argument("--enc_t", type=float, help=f"GDNishLiteEnc 1x1 expansion ratio (default: {enc['t']})")
-    group.add_argument("--enc_kdw", type=int, help=f"GDNishLiteEnc depthwise kernel (default: {enc['k_dw']})")
+    group.add_argument("--enc_t", type=number(float, above=0, maximum=ENC_T_MAX), help=f"GDNishLiteEnc 1x1 expansion ratio (default: {enc['t']})")
+    group.add_argument("--enc_kdw", type=number(int, minimum=1), help=f"GDNishLiteEnc depthwise kernel (default: {enc['k_dw']})")
     _optional_bool(group, "--enc_eca", enc["use_eca"], "GDNishLiteEnc: ECA channel gate")
     _optional_bool(group, "--enc_residual", enc["residual"], "GDNishLiteEnc: residual connection")
-    group.add_argument("--enc_eca_kernel", type=int, help=f"GDNishLiteEnc: ECA 1-D kernel width (default: "
+    group.add_argument("--enc_eca_kernel", type=number(int, minimum=1), help=f"GDNishLiteEnc: ECA 1-D kernel width (default: "
                                                           f"{enc['eca_kernel']})")
     group.add_argument("--enc_act", choices=ACT_TYPES, help=f"GDNishLiteEnc activation (default: {enc['act_type']})")
     _optional_bool(group, "--enc_bn", enc["bn"], "GDNishLiteEnc: BatchNorm after the first two convs")
     _optional_bool(group, "--enc_init_identity", enc["init_identity"], "GDNishLiteEnc: identity init")
-    group.add_argument("--dec_k", type=int, help=f"GDNishLiteDec depthwise kernel (default: {dec['k']})")
-    group.add_argument("--dec_gmin", type=float, help=f"GDNishLiteDec lowest gain (default: {dec['g_min']})")
-    group.add_argument("--dec_gmax", type=float, help=f"GDNishLiteDec highest gain (default: {dec['g_max']})")
+    group.add_argument("--dec_k", type=number(int, minimum=1), help=f"GDNishLiteDec depthwise kernel (default: {dec['k']})")
+    group.add_argument("--dec_gmin", type=number(float, minimum=0), help=f"GDNishLiteDec lowest gain (default: {dec['g_min']})")
+    group.add_argument("--dec_gmax", type=number(float, above=0), help=f"GDNishLiteDec highest gain (default: {dec['g_max']})")
     _optional_bool(group, "--dec_residual", dec["residual"], "GDNishLiteDec: residual connection")
     group.add_argument("--dec_act", choices=ACT_TYPES, help=f"GDNishLiteDec activation (default: {dec['act_type']})")
     _optional_bool(group, "--dec_bn", dec["use_bn"], "GDNishLiteDec: BatchNorm after the 1x1 conv")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import math
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -42,6 +43,7 @@ __all__ = [
 
 ENC_DEFAULTS = {"t": 2.0, "k_dw": 3, "use_eca": True, "residual": True, "eca_kernel": 3, "init_identity": True,
                 "act_type": "relu6", "bn": False}
+ENC_T_MAX = 64.0  # --enc_t: a wider 1x1 expansion than this is a typo, and 1e30 would not allocate
 DEC_DEFAULTS = {"k": 3, "g_min": 0.5, "g_max": 2.0, "residual": True, "act_type": "relu6", "use_bn": False,
                 "init_identity": True}
 
@@ -102,13 +104,13 @@ def make_config(replace_parts: str = "none", act: str | None = None, *, act_modu
 
 
 def _check_gdnish(enc: dict, dec: dict) -> None:
-    if enc["t"] <= 0:
-        raise UserError(f"--enc_t must be > 0, got {enc['t']}")
+    if not 0 < enc["t"] <= ENC_T_MAX:  # NaN too
+        raise UserError(f"--enc_t must be > 0 and <= {ENC_T_MAX:g}, got {enc['t']}")
     for flag, value in (("--enc_kdw", enc["k_dw"]), ("--enc_eca_kernel", enc["eca_kernel"]),
                         ("--dec_k", dec["k"])):
         if value < 1 or value % 2 == 0:
             raise UserError(f"{flag} must be a positive odd integer, got {value}")
-    if not 0.0 <= dec["g_min"] < dec["g_max"]:
+    if not 0.0 <= dec["g_min"] < dec["g_max"] < math.inf:
         raise UserError(f"need 0 <= --dec_gmin < --dec_gmax, got {dec['g_min']} and {dec['g_max']}")
     for part, options in (("enc", enc), ("dec", dec)):
         if options["act_type"] not in ACT_TYPES:
