@@ -151,3 +151,10 @@ def test_cli_error_is_one_line(tmp_path):
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "not found" in result.stderr
+
+
+def test_a_file_given_as_coco_dir_is_named_as_such(tmp_path):
+    # It said "--coco_dir folder not found" for a file that exists (the bad-input sweep's case).
+    (tmp_path / "coco.zip").write_bytes(b"PK")
+    with pytest.raises(UserError, match="--coco_dir is not a folder: .*coco.zip"):
+        run(tmp_path / "coco.zip", tmp_path / "out")

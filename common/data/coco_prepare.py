@@ -151,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_images is not None and args.max_images < 1:
         raise UserError(f"--max_images must be >= 1, got {args.max_images}")
     coco_dir, out_dir = Path(args.coco_dir).expanduser(), Path(args.out_dir).expanduser()
+    if coco_dir.exists() and not coco_dir.is_dir():
+        raise UserError(f"--coco_dir is not a folder: {coco_dir}")
     if not coco_dir.is_dir():
         raise UserError(f"--coco_dir folder not found: {coco_dir}")
 
