@@ -398,3 +398,17 @@ def test_kills_during_checkpoint_writes_then_resume_give_the_uninterrupted_weigh
     for key, value in straight["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
     assert not list(run.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--distill_l1", "0"), "--distill_l1 is an option of --distill"),
+    (("--distill_msssim", "1e30"), "--distill_msssim is an option of --distill"),
+    (("--finetune_lr", "1e30"), "--finetune_lr is the learning rate of --finetune"),
+])
+def test_an_option_of_a_variant_not_chosen_is_refused(flags, message):
+    # The bad-input sweep saw them accepted and ignored (README: such a flag is refused).
+    from common.train.engine import check_config
+    from common.train.options import parse_config
+
+    with pytest.raises(UserError, match=message):
+        check_config(parse_config(list(flags)))

@@ -34,7 +34,7 @@ from common.train import convergence, distributed, finetune, optimizers, precisi
 from common.train.callbacks import Callback
 from common.train.ema import WeightEMA
 from common.train.logging import MetricsLog, WandbRun
-from common.train.config import DistillConfig, ModelConfig, ScheduleConfig, TrainConfig
+from common.train.config import DistillConfig, FinetuneConfig, ModelConfig, ScheduleConfig, TrainConfig
 from common.train.plots import plot_task_weights
 from common.train.recon import ReconWriter
 from common.train.sampler import ResumableSampler
@@ -93,6 +93,7 @@ def check_config(cfg: TrainConfig) -> None:
     finetune.check_flags(cfg.tune, cfg.loss.hierarchical_tasks, optimizers.optimizer_name(cfg.optim))
     if cfg.tune.finetune:
         _check_finetune(cfg)
+    _check_unused_variant_flags(cfg)
     if cfg.distill.resume_student and (cfg.model.checkpoint or cfg.model.pretrained or cfg.distill.distill):
         raise UserError("--resume_student starts from the student's weights; drop --checkpoint, "
                         "--pretrained and --distill")
@@ -114,6 +115,17 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError("--lr_warmup_steps does not combine with --sched onecycle (it has its own warm-up)")
     if cfg.distill.distill and not (cfg.model.checkpoint or cfg.model.pretrained):
         raise UserError("--distill needs the teacher's weights: --pretrained or --checkpoint PATH")
+
+
+def _check_unused_variant_flags(cfg: TrainConfig) -> None:
+    """--distill_l1/--distill_msssim without --distill and --finetune_lr without --finetune were silently ignored."""
+    distill, tune = DistillConfig(), FinetuneConfig()
+    if not cfg.distill.distill:
+        for name in ("distill_l1", "distill_msssim"):
+            if getattr(cfg.distill, name) != getattr(distill, name):
+                raise UserError(f"--{name} is an option of --distill (its loss weights); add --distill or drop it")
+    if not cfg.tune.finetune and cfg.tune.finetune_lr != tune.finetune_lr:
+        raise UserError("--finetune_lr is the learning rate of --finetune; add --finetune or give --lr instead")
 
 
 def _check_multistep(cfg: TrainConfig) -> None:
