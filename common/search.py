@@ -12,7 +12,8 @@ Interrupted studies continue where they stopped (same ``--out_dir``); a finished
 table. A resumed TPE study draws new values (its sampler seed counts the trials already in the study; processes
 sharing a study add a random salt each).
 ``--storage URL`` takes any optuna RDB URL (default: ``sqlite:///OUT_DIR/study.db``): several processes or
-machines given the same URL and ``--study_name`` work on one study, and each stops once the study holds
+machines given the same URL and ``--study_name`` work on one study (they may start together on an empty storage:
+the one that loses the race to create optuna's tables loads them), and each stops once the study holds
 ``--trials`` finished trials (a trial another process has started still finishes). Results: the study, ``trials.csv``, ``trials.md`` (ranked) and the printed table.
 """
 from __future__ import annotations
