@@ -89,14 +89,26 @@ def test_a_grid_study_draws_its_heatmap_and_the_importance_of_its_parameters(ima
     assert len(ranked) == 4
 
 
-# Each worker imports everything first and then waits for the same moment, so that both reach the empty storage
-# together as two workers started at once do (torch's import time would otherwise set them apart by chance).
+# Each worker waits for the same moment right before it creates optuna's tables, and then creates them as a
+# worker does that checked for them before the other created them: so the race is run every time, not only when
+# the two start-ups happen to take equally long.
 LAUNCH_TOGETHER = """
 import sys, time
-import optuna, common.search, common.train.engine
-start = float(sys.argv.pop(1))
-while time.time() < start:
-    pass
+import common.search
+from optuna.storages._rdb import models
+
+start, metadata, calls = float(sys.argv.pop(1)), models.BaseModel.metadata, []
+create_all = metadata.create_all
+
+def together(bind, **kwargs):
+    calls.append(bind)
+    if len(calls) > 1:
+        return create_all(bind, **kwargs)
+    while time.time() < start:
+        pass
+    return create_all(bind, checkfirst=False)  # no table was there when this worker looked
+
+metadata.create_all = together
 sys.argv[0] = "common.search"
 common.search.cli()
 """
