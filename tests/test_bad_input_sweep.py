@@ -43,10 +43,12 @@ import re
 import shutil
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from common.cli import OneLineErrorParser, run_main
 from tests.helpers import REPO, write_image_dirs
@@ -265,13 +267,15 @@ def run_case(entry: str, argv: list[str], cwd: Path) -> tuple[int, str, float]:
     """Run ``python -m entry argv`` in this process as its ``cli()`` does: (exit status, stderr, seconds)."""
     module = importlib.import_module(ENTRY_POINTS[entry])
     err, out = io.StringIO(), io.StringIO()
-    threads, environ = torch.get_num_threads(), dict(os.environ)
+    # What a command may set for its process, put back for the cases and tests that follow in this worker.
+    threads, environ, pixels = torch.get_num_threads(), dict(os.environ), Image.MAX_IMAGE_PIXELS
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(LIMIT_S)
     started = time.perf_counter()
     code = None
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd), \
+                warnings.catch_warnings():
             run_main(module.main, argv)
     except SystemExit as exc:
         code = exc.code
@@ -281,6 +285,7 @@ def run_case(entry: str, argv: list[str], cwd: Path) -> tuple[int, str, float]:
         torch.set_num_threads(threads)
         os.environ.clear()
         os.environ.update(environ)
+        Image.MAX_IMAGE_PIXELS = pixels
     return (0 if code is None else code), err.getvalue(), time.perf_counter() - started
 
 
