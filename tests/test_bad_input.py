@@ -412,3 +412,18 @@ def test_an_option_of_a_variant_not_chosen_is_refused(flags, message):
 
     with pytest.raises(UserError, match=message):
         check_config(parse_config(list(flags)))
+
+
+def test_local_fp32_custom_is_refused_where_nothing_reads_it_or_it_names_nothing():
+    # The sweep saw --local_fp32_custom NAME accepted and ignored without --local_fp32 custom.
+    from common.train.engine import check_config
+    from common.train.options import parse_config
+    from common.train.precision import select_local_fp32_modules
+    from common.models import build
+
+    with pytest.raises(UserError, match="--local_fp32_custom is read only by --local_fp32 custom"):
+        check_config(parse_config(["--local_fp32_custom", "Softmax"]))
+    model = build("bmshj2018-factorized-tiny")
+    with pytest.raises(UserError, match="matches no module class"):
+        select_local_fp32_modules(model, "custom", "NoSuchLayer")
+    assert select_local_fp32_modules(model, "custom", "EntropyBottleneck") == ["entropy_bottleneck"]

@@ -118,7 +118,8 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def _check_unused_variant_flags(cfg: TrainConfig) -> None:
-    """--distill_l1/--distill_msssim without --distill and --finetune_lr without --finetune were silently ignored."""
+    """--distill_l1/--distill_msssim without --distill, --finetune_lr without --finetune and --local_fp32_custom
+    without --local_fp32 custom were silently ignored."""
     distill, tune = DistillConfig(), FinetuneConfig()
     if not cfg.distill.distill:
         for name in ("distill_l1", "distill_msssim"):
@@ -126,6 +127,9 @@ def _check_unused_variant_flags(cfg: TrainConfig) -> None:
                 raise UserError(f"--{name} is an option of --distill (its loss weights); add --distill or drop it")
     if not cfg.tune.finetune and cfg.tune.finetune_lr != tune.finetune_lr:
         raise UserError("--finetune_lr is the learning rate of --finetune; add --finetune or give --lr instead")
+    if cfg.precision.local_fp32 != "custom" and cfg.precision.local_fp32_custom:
+        raise UserError(f"--local_fp32_custom is read only by --local_fp32 custom, not by --local_fp32 "
+                        f"{cfg.precision.local_fp32}; add it or drop --local_fp32_custom")
 
 
 def _check_multistep(cfg: TrainConfig) -> None:

@@ -84,6 +84,9 @@ def select_local_fp32_modules(model: nn.Module, mode: str, custom: str = "") -> 
             "GDN" in cls or "Norm" in cls)
         if any(fragment in cls for fragment in fragments) or in_decoder_norm:
             selected.append(name)
+    if mode == "custom" and not selected:
+        raise UserError(f"--local_fp32_custom {custom!r} matches no module class of this model; give fragments of "
+                        "its class names, e.g. \"EntropyBottleneck,Softmax\"")
     # Children of an FP32 module already run in FP32.
     return [n for n in selected if not any(n.startswith(p + ".") for p in selected if p != n)]
 
