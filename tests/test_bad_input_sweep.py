@@ -1,7 +1,8 @@
 """A generated sweep of bad input over every entry point's declared options (issue 28).
 
 From each command's argparse parser: every numeric option (``common.cli.number``, ``int`` or ``float``) at
-0, -1, nan, inf and 1e30; every choice option (and every true/false flag) at a value it does not offer; and a
+0, -1, nan, inf and 1e30; every choice option (and every true/false flag) at a value it does not offer; the
+free-text options that name something (a model, a block, a recipe, a codec list, ...) at a name nothing has; and a
 few path options at a missing file, a directory, a plain file and a truncated checkpoint or curve. The other
 flags of a case are valid tiny values (images of 48 px, the tiny model, one training step), so that a case
 that is accepted runs the command for real, briefly. Each case runs in this process through
@@ -14,21 +15,21 @@ Cases per entry point (``CASE_COUNTS``, checked against the generated cases by
 2-core machine (most cases are refused by the parser; an accepted one trains one step of the tiny model):
 
 <!-- case-table -->
-| entry point | numeric | choice | path | cases |
-|---|---:|---:|---:|---:|
-| common.train | 355 | 52 | 11 | 418 |
-| common.eval | 45 | 18 | 7 | 70 |
-| common.export.onnx | 50 | 14 | 4 | 68 |
-| common.rd | 0 | 2 | 6 | 8 |
-| common.report | 0 | 0 | 4 | 4 |
-| common.search | 10 | 1 | 1 | 12 |
-| baselines.compare | 5 | 0 | 4 | 9 |
-| baselines.sweep | 10 | 0 | 4 | 14 |
-| baselines.classic | 0 | 0 | 4 | 4 |
-| common.data.coco_prepare | 25 | 2 | 3 | 30 |
-| baselines.pretrain | 0 | 0 | 2 | 2 |
-| baselines.stats | 15 | 0 | 3 | 18 |
-| all | | | | 657 |
+| entry point | numeric | choice | name | path | cases |
+|---|---:|---:|---:|---:|---:|
+| common.train | 355 | 52 | 9 | 11 | 427 |
+| common.eval | 45 | 18 | 4 | 7 | 74 |
+| common.export.onnx | 50 | 14 | 2 | 4 | 70 |
+| common.rd | 0 | 2 | 0 | 6 | 8 |
+| common.report | 0 | 0 | 0 | 4 | 4 |
+| common.search | 10 | 1 | 2 | 1 | 14 |
+| baselines.compare | 5 | 0 | 4 | 4 | 13 |
+| baselines.sweep | 10 | 0 | 2 | 4 | 16 |
+| baselines.classic | 0 | 0 | 2 | 4 | 6 |
+| common.data.coco_prepare | 25 | 2 | 0 | 3 | 30 |
+| baselines.pretrain | 0 | 0 | 0 | 2 | 2 |
+| baselines.stats | 15 | 0 | 0 | 3 | 18 |
+| all | | | | | 682 |
 <!-- /case-table -->
 """
 from __future__ import annotations
@@ -120,6 +121,18 @@ PATHS = {
     "baselines.pretrain": [("--out", ("dir",)), ("--save_dir", ("file",))],
     "baselines.stats": [(None, ("missing", "file", "empty_dir"))],
 }
+# Free-text options that name something of a registry (not argparse choices), at a name nothing has.
+NAMES = {
+    "common.train": ("--model", "--act", "--recipe", "--device", "--amp", "--local_fp32_custom", "--group_lr",
+                     "--unfreeze_at", "--act_opt"),
+    "common.eval": ("--model", "--quality", "--act", "--test_set"),
+    "common.export.onnx": ("--model", "--act"),
+    "common.search": ("--space", "--storage"),
+    "baselines.compare": ("--arm", "--lambdas", "--seeds", "--anchors"),
+    "baselines.sweep": ("--lambdas", "--recipe"),
+    "baselines.classic": ("--codecs", "--qualities"),
+}
+
 # Base flags a path case leaves out, so that its path is what the command judges (not a clash of two flags).
 DROP = {("common.train", "--coco_dir"): ("--train_dataset", "--test_dataset")}
 BAD_PATHS = {"missing": "{work}/missing/nothing.pt", "dir": "{work}/a_dir", "file": "{work}/a_file.txt",
@@ -171,7 +184,7 @@ def _boolean(action: argparse.Action) -> bool:
 
 
 def generate_cases() -> list[tuple[str, str, str, tuple[str, ...]]]:
-    """(entry point, kind, flag, values) of every case; kind is number, choice or path."""
+    """(entry point, kind, flag, values) of every case; kind is number, choice, name or path."""
     cases = []
     for entry in ENTRY_POINTS:
         parser = declared_parser(entry)
@@ -184,6 +197,7 @@ def generate_cases() -> list[tuple[str, str, str, tuple[str, ...]]]:
                 cases += [(entry, "number", flag, (value,) * repeat) for value in NUMBERS]
             elif action.choices or _boolean(action):
                 cases.append((entry, "choice", flag, (WRONG_CHOICE,) * repeat))
+        cases += [(entry, "name", flag, (WRONG_CHOICE,)) for flag in NAMES.get(entry, ())]
         for flag, kinds in PATHS[entry]:
             cases += [(entry, "path", flag or "POSITIONAL", (BAD_PATHS[kind],)) for kind in kinds]
     return cases
@@ -194,11 +208,12 @@ CASE_COUNTS = {entry: sum(case[0] == entry for case in CASES) for entry in ENTRY
 
 
 def case_table() -> str:
-    rows = ["| entry point | numeric | choice | path | cases |", "|---|---:|---:|---:|---:|"]
+    rows = ["| entry point | numeric | choice | name | path | cases |", "|---|---:|---:|---:|---:|---:|"]
     for entry in ENTRY_POINTS:
-        kinds = [sum(case[0] == entry and case[1] == kind for case in CASES) for kind in ("number", "choice", "path")]
+        kinds = [sum(case[0] == entry and case[1] == kind for case in CASES)
+                 for kind in ("number", "choice", "name", "path")]
         rows.append(f"| {entry} | {' | '.join(map(str, kinds))} | {sum(kinds)} |")
-    rows.append(f"| all | | | | {len(CASES)} |")
+    rows.append(f"| all | | | | | {len(CASES)} |")
     return "\n".join(rows)
 
 
@@ -239,7 +254,8 @@ def workspace(tmp_path_factory):
 def build_argv(entry: str, flag: str, values: tuple[str, ...], fill: dict) -> list[str]:
     """The entry point's valid tiny command with ``flag`` set to ``values`` (replacing the base's own value)."""
     parser = declared_parser(entry)
-    dest = None if flag == "POSITIONAL" else parser._option_string_actions[flag].dest
+    action = parser._option_string_actions.get(flag)  # None: a training flag that a driver passes on
+    dest = action.dest if action is not None else None
     argv = []
     for base_flag, *base_values in BASE[entry]:
         if base_flag is None:
