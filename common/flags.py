@@ -19,6 +19,9 @@ from common.replace import (ACT_TYPES, DEC_DEFAULTS, ENC_DEFAULTS, ENC_T_MAX, PA
                             available_blocks)
 from common.train.optimizers import SEED_SCALE_GAMMAS
 
+# More DataLoader workers than this only exhausts memory (10^12 was accepted and forked until the kernel killed it).
+MAX_NUM_WORKERS = 256
+
 
 class _PatchSizeAction(argparse.Action):
     """``--patch_size 256`` or the seeds' ``--patch-size 256 256``; stores one int (square patches)."""
@@ -51,10 +54,15 @@ def add_data_arguments(parser) -> None:
     parser.add_argument("--val_patch_size", type=number(int, minimum=1), default=None, metavar="N",
                         help="side of the centre crops validated on (default: --patch_size); larger crops judge "
                              "a model trained on small patches more like whole-image evaluation")
-    parser.add_argument("-n", dest="num_workers", type=number(int, minimum=0), default=argparse.SUPPRESS,
-                        help=argparse.SUPPRESS)  # the official HPCM train.py's spelling
-    parser.add_argument("--num_workers", "--num-workers", type=number(int, minimum=0), default=default_num_workers(),
-                        help="DataLoader worker processes")
+    parser.add_argument("-n", dest="num_workers", type=number(int, minimum=0, maximum=MAX_NUM_WORKERS),
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the official HPCM train.py's spelling
+    parser.add_argument("--num_workers", "--num-workers", type=number(int, minimum=0, maximum=MAX_NUM_WORKERS),
+                        default=default_num_workers(),
+                        help=f"DataLoader worker processes (at most {MAX_NUM_WORKERS}: each is a process with its "
+
+# More DataLoader workers than this only exhausts memory (10^12 was accepted and forked until the kernel killed it).
+MAX_NUM_WORKERS = 256
+                             "own copy of the dataset's cache)")
     bool_flag(parser, "--strict", False, "stop at the first unreadable image instead of skipping it")
     add_pixel_limit_argument(parser)
     parser.add_argument("--cache_images_mb", type=number(float, minimum=0), default=DEFAULT_CACHE_MB, metavar="MB",
