@@ -59,9 +59,6 @@ def add_data_arguments(parser) -> None:
     parser.add_argument("--num_workers", "--num-workers", type=number(int, minimum=0, maximum=MAX_NUM_WORKERS),
                         default=default_num_workers(),
                         help=f"DataLoader worker processes (at most {MAX_NUM_WORKERS}: each is a process with its "
-
-# More DataLoader workers than this only exhausts memory (10^12 was accepted and forked until the kernel killed it).
-MAX_NUM_WORKERS = 256
                              "own copy of the dataset's cache)")
     bool_flag(parser, "--strict", False, "stop at the first unreadable image instead of skipping it")
     add_pixel_limit_argument(parser)
