@@ -9,6 +9,10 @@ from typing import Callable, Sequence
 
 from common.errors import UserError
 
+# Upper bounds of size and process-count flags: larger values are typos (a crop of 10^12 px cannot be allocated).
+MAX_CROP = 16384  # crop and image sides in pixels
+MAX_WORKERS = 256  # worker processes and threads (as --num_workers, common.flags.MAX_NUM_WORKERS)
+
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
 _FALSE = {"false", "0", "no", "n", "off", "f"}
 

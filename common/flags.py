@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from balanced_rd.gamma import GAMMA_STRATEGIES
-from common.cli import bool_flag, number, str2bool
+from common.cli import MAX_CROP, bool_flag, number, str2bool
 from common.data import DEFAULT_CACHE_MB, DEFAULT_PATCH_SIZE, DEFAULT_VAL_RATIO, default_num_workers
 from common.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from common.losses import CRITERIA
@@ -48,10 +48,10 @@ def add_data_arguments(parser) -> None:
                              f"(if not given: the source's validation folder, else {DEFAULT_VAL_RATIO})")
     parser.add_argument("--max_images", type=number(int, minimum=1), default=None, metavar="N",
                         help="use at most N training-source images (a fixed pseudo-random subset)")
-    parser.add_argument("--patch_size", "--patch-size", type=number(int, minimum=1), nargs="+", action=_PatchSizeAction,
+    parser.add_argument("--patch_size", "--patch-size", type=number(int, minimum=1, maximum=MAX_CROP), nargs="+", action=_PatchSizeAction,
                         default=DEFAULT_PATCH_SIZE, metavar="N",
                         help="square crop size (the seeds' COCO recipes use 224)")
-    parser.add_argument("--val_patch_size", type=number(int, minimum=1), default=None, metavar="N",
+    parser.add_argument("--val_patch_size", type=number(int, minimum=1, maximum=MAX_CROP), default=None, metavar="N",
                         help="side of the centre crops validated on (default: --patch_size); larger crops judge "
                              "a model trained on small patches more like whole-image evaluation")
     parser.add_argument("-n", dest="num_workers", type=number(int, minimum=0, maximum=MAX_NUM_WORKERS),

@@ -1,7 +1,8 @@
 """A generated sweep of bad input over every entry point's declared options (issue 28).
 
 From each command's argparse parser: every numeric option (``common.cli.number``, ``int`` or ``float``) at
-0, -1, nan, inf and 1e30; every choice option (and every true/false flag) at a value it does not offer; the
+0, -1, nan, inf and 1e30, and every integer one also at 10^12 (except the run lengths --steps, --trials and
+--warm_start_steps, where it is a long run); every choice option (and every true/false flag) at a value it does not offer; the
 free-text options that name something (a model, a block, a recipe, a codec list, ...) at a name nothing has; and a
 few path options at a missing file, a directory, a plain file and a truncated checkpoint or curve. The other
 flags of a case are valid tiny values (images of 48 px, the tiny model, one training step), so that a case
@@ -17,19 +18,19 @@ Cases per entry point (``CASE_COUNTS``, checked against the generated cases by
 <!-- case-table -->
 | entry point | numeric | choice | name | path | cases |
 |---|---:|---:|---:|---:|---:|
-| common.train | 355 | 52 | 9 | 11 | 427 |
-| common.eval | 45 | 18 | 4 | 7 | 74 |
-| common.export.onnx | 50 | 14 | 2 | 4 | 70 |
+| common.train | 388 | 52 | 9 | 11 | 460 |
+| common.eval | 51 | 18 | 4 | 7 | 80 |
+| common.export.onnx | 56 | 14 | 2 | 4 | 76 |
 | common.rd | 0 | 2 | 0 | 6 | 8 |
 | common.report | 0 | 0 | 0 | 4 | 4 |
-| common.search | 10 | 1 | 2 | 1 | 14 |
-| baselines.compare | 5 | 0 | 4 | 4 | 13 |
+| common.search | 11 | 1 | 2 | 1 | 15 |
+| baselines.compare | 6 | 0 | 4 | 4 | 14 |
 | baselines.sweep | 10 | 0 | 2 | 4 | 16 |
 | baselines.classic | 0 | 0 | 2 | 4 | 6 |
-| common.data.coco_prepare | 25 | 2 | 0 | 3 | 30 |
+| common.data.coco_prepare | 29 | 2 | 0 | 3 | 34 |
 | baselines.pretrain | 0 | 0 | 0 | 2 | 2 |
-| baselines.stats | 15 | 0 | 0 | 3 | 18 |
-| all | | | | | 682 |
+| baselines.stats | 17 | 0 | 0 | 3 | 20 |
+| all | | | | | 735 |
 <!-- /case-table -->
 """
 from __future__ import annotations
@@ -58,6 +59,9 @@ pytestmark = pytest.mark.sweep
 
 LIMIT_S = 20  # per case
 NUMBERS = ("0", "-1", "nan", "inf", "1e30")
+HUGE_INT = "1000000000000"  # 1e30 is no integer to argparse; this one is, and no size or count should take it
+# Integer options whose huge value is a long run the user asked for, not a mistake.
+RUN_LENGTHS = {("common.train", "--steps"), ("common.search", "--trials"), ("baselines.sweep", "--warm_start_steps")}
 WRONG_CHOICE = "no-such-choice"
 
 # entry point -> the module whose main(argv) it runs
@@ -142,6 +146,9 @@ BAD_PATHS = {"missing": "{work}/missing/nothing.pt", "dir": "{work}/a_dir", "fil
 KNOWN = {
     # numpy's default_rng refuses a negative seed with a ValueError; baselines/stats.py's --seed is a plain int
     "baselines.stats:--seed=-1": ValueError,
+    # ProcessPoolExecutor(max_workers=10**12): "Python int too large to convert to C int"; baselines/compare.py's
+    # --jobs has no maximum
+    f"baselines.compare:--jobs={HUGE_INT}": OverflowError,
 }
 
 
@@ -194,7 +201,8 @@ def generate_cases() -> list[tuple[str, str, str, tuple[str, ...]]]:
             flag = max(action.option_strings, key=len)
             repeat = action.nargs if isinstance(action.nargs, int) else 1
             if _numeric(action):
-                cases += [(entry, "number", flag, (value,) * repeat) for value in NUMBERS]
+                huge = getattr(action.type, "__name__", "") == "int" and (entry, flag) not in RUN_LENGTHS
+                cases += [(entry, "number", flag, (value,) * repeat) for value in NUMBERS + (HUGE_INT,) * huge]
             elif action.choices or _boolean(action):
                 cases.append((entry, "choice", flag, (WRONG_CHOICE,) * repeat))
         cases += [(entry, "name", flag, (WRONG_CHOICE,)) for flag in NAMES.get(entry, ())]

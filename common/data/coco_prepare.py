@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from common.cli import OneLineErrorParser, bool_flag, number, run_main
+from common.cli import MAX_CROP, MAX_WORKERS, OneLineErrorParser, bool_flag, number, run_main
 from common.data.datasets import MAX_NAMED_SKIPS, hash_subset, is_validation, reflect_pad_to, split_key
 from common.flags import add_pixel_limit_argument
 from common.data.images import list_images, load_rgb, set_max_image_pixels
@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: %(default)s)")
     parser.add_argument("--max_images", type=number(int, minimum=1), default=None, metavar="N",
                         help="use at most N train2017 images, a fixed pseudo-random subset (default: all)")
-    parser.add_argument("--size", type=number(int, minimum=1), default=224, help="crop side in pixels (default: %(default)s)")
-    parser.add_argument("--workers", type=number(int, minimum=1), default=os.cpu_count() or 1, help="parallel processes (default: %(default)s, the CPU count)")
+    parser.add_argument("--size", type=number(int, minimum=1, maximum=MAX_CROP), default=224, help="crop side in pixels (default: %(default)s)")
+    parser.add_argument("--workers", type=number(int, minimum=1, maximum=MAX_WORKERS), default=os.cpu_count() or 1, help="parallel processes (default: %(default)s, the CPU count)")
     bool_flag(parser, "--strict", False, "stop at the first unreadable image instead of skipping it")
     add_pixel_limit_argument(parser)
     return parser

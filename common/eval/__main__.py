@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from common import replace
-from common.cli import OneLineErrorParser, bool_flag, number, run_main
+from common.cli import MAX_WORKERS, OneLineErrorParser, bool_flag, number, run_main
 from common.flags import add_pixel_limit_argument, add_replace_arguments
 from common.data.images import list_images, set_max_image_pixels
 from common.errors import UserError
@@ -64,7 +64,7 @@ def build_parser() -> OneLineErrorParser:
     parser.add_argument("--memory_format", choices=MEMORY_FORMATS, default="auto",
                         help="layout of the model's activations: auto = what the model declares for "
                         "the CPU (channels_last for HPCM-Base/-Large), PyTorch's default otherwise")
-    parser.add_argument("--threads", type=number(int, minimum=1),
+    parser.add_argument("--threads", type=number(int, minimum=1, maximum=MAX_WORKERS),
                         help="torch CPU threads (compressai's eval_model uses 1; default: torch's choice)")
     parser.add_argument("--no-update", "--no_update", dest="update", action="store_false",
                         help="keep the CDF tables stored in the checkpoint (default: rebuild them with "
