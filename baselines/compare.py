@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--start_checkpoint", help="every run starts from these weights (e.g. the base model)")
     start.add_argument("--start_from", metavar="DIR",
                        help="each run starts from DIR/seed<k>/lambda_<λ>/last.pt (another sweep's final models)")
-    parser.add_argument("--jobs", type=number(int, minimum=1), default=1,
+    parser.add_argument("--jobs", type=number(int, minimum=1, maximum=64), default=1,
                         help="trainings at a time; each gets (usable cores)/jobs threads")
     parser.add_argument("--eval_dataset", help="images of the real-bitstream evaluation (default: "
                                                "--test_dataset, else the embedded test photos)")

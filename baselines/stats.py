@@ -311,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="bootstrap resamples (0: none; default 2000)")
     parser.add_argument("--confidence", type=number(float, above=0, below=1), default=0.95,
                         help="level of the intervals (default 0.95)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap's random draws (default 0)")
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0,
+                        help="seed of the bootstrap's random draws (default 0)")
     args = parser.parse_args(argv)
     folder = Path(args.bundle)
     document = analyse(folder, args.bootstrap, args.confidence, args.seed)

@@ -126,7 +126,7 @@ def test_leftovers_of_killed_writes_are_removed_on_the_next_start(image_dirs, tm
 @pytest.mark.parametrize("module,argv,message", [
     ("common.train.__main__", ["--lr", "nan"], "argument --lr: must be a finite number > 0, got 'nan'"),
     ("common.train.__main__", ["--lr", "-1e-3"], "argument --lr: must be a finite number > 0, got '-1e-3'"),
-    ("common.train.__main__", ["--num_workers", "-1"], "must be an integer >= 0, got '-1'"),
+    ("common.train.__main__", ["--num_workers", "-1"], "must be an integer >= 0 and <= 256, got '-1'"),
     ("common.train.__main__", ["--ema_decay", "1"], "argument --ema_decay: must be a finite number >= 0 and < 1"),
     ("common.train.__main__", ["--qat_calib_steps", "-5"], "argument --qat_calib_steps: must be an integer >= 1, got '-5'"),
     ("common.train.__main__", ["--qat_freeze_after=-1"], "argument --qat_freeze_after: must be an integer >= 1, got '-1'"),

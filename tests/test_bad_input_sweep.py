@@ -142,15 +142,6 @@ DROP = {("common.train", "--coco_dir"): ("--train_dataset", "--test_dataset")}
 BAD_PATHS = {"missing": "{work}/missing/nothing.pt", "dir": "{work}/a_dir", "file": "{work}/a_file.txt",
              "empty_dir": "{work}/empty_dir", "truncated": "{truncated}", "truncated_json": "{truncated_json}"}
 
-# Cases that still fail, in code this change leaves to its owner; strict, so that a fix shows here.
-KNOWN = {
-    # numpy's default_rng refuses a negative seed with a ValueError; baselines/stats.py's --seed is a plain int
-    "baselines.stats:--seed=-1": ValueError,
-    # ProcessPoolExecutor(max_workers=10**12): "Python int too large to convert to C int"; baselines/compare.py's
-    # --jobs has no maximum
-    f"baselines.compare:--jobs={HUGE_INT}": OverflowError,
-}
-
 
 class _Captured(BaseException):
     def __init__(self, parser):
@@ -322,9 +313,7 @@ def _case_id(case) -> str:
     return f"{entry}:{flag}={shown}"
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(case, id=_case_id(case), marks=[pytest.mark.xfail(raises=KNOWN[_case_id(case)], strict=True)]
-                 if _case_id(case) in KNOWN else []) for case in CASES])
+@pytest.mark.parametrize("case", [pytest.param(case, id=_case_id(case)) for case in CASES])
 def test_bad_input_is_one_line_or_a_run(case, workspace, tmp_path):
     entry, kind, flag, values = case
     fill = {**workspace, "case": str(tmp_path)}
