@@ -328,10 +328,12 @@ def test_prepared_crops_smaller_than_the_patch_warn(tmp_path, capsys):
 
 def test_embedded_samples_are_the_default(tmp_path, monkeypatch, capsys):
     make_folder(tmp_path / "train", 2, size=(16, 16))
-    make_folder(tmp_path / "test", 1, size=(16, 16))
-    monkeypatch.setattr(data, "sample_dirs", lambda: (tmp_path / "train", tmp_path / "test"))
+    make_folder(tmp_path / "val", 1, size=(16, 16))
+    make_folder(tmp_path / "test", 3, size=(16, 16))
+    monkeypatch.setattr(data, "sample_splits", lambda: (tmp_path / "train", tmp_path / "val", tmp_path / "test"))
     train, val = data.build_datasets(data_args(patch_size=16))
-    assert (len(train), len(val)) == (2, 1)
+    # Validation is the val/ split: the test photos are left to the final evaluation.
+    assert (len(train), len(val)) == (2, 1) and val.files[0].parent == tmp_path / "val"
     assert "embedded sample photos" in capsys.readouterr().out
     make_folder(tmp_path / "kodak", 2, size=(16, 16))
     train, val = data.build_datasets(data_args(test_dataset=str(tmp_path / "kodak"), patch_size=16))
