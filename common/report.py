@@ -172,6 +172,13 @@ def study_summary(folder: Path) -> dict:
     if missing:
         raise UserError(f"{path} is not a study summary: it lacks {', '.join(missing)}; pass the --out_dir of a "
                         "python -m baselines.compare run")
+    for point in summary.get("points", []):
+        for key in ("bpp", "psnr-rgb"):
+            value = point.get(key)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"{path}: the point of arm {point.get('arm')}, seed {point.get('seed')}, λ "
+                                f"{point.get('lambda')} has {key} {value!r}, not a finite number; evaluate that "
+                                "run again (python -m baselines.compare with the same flags re-evaluates it)")
     return summary
 
 

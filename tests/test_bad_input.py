@@ -16,7 +16,7 @@ from PIL import Image
 from common import checkpoint as ckpt_io
 from common.errors import UserError
 from common.train.engine import Trainer, TrainingDiverged
-from tests.helpers import smooth_image
+from tests.helpers import REPO, smooth_image
 from tests.test_engine import CrashAfter, image_dirs, train_args  # noqa: F401 - module fixture
 
 UNWRITABLE = Path("/sys/lic-toolkit-test")  # sysfs: no file can be created there, not even by root
@@ -297,8 +297,6 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_where_it_loads(image_di
     import subprocess
     import sys
 
-    from tests.helpers import REPO
-
     Trainer(train_args(image_dirs, tmp_path / "run", "--steps", "4")).fit()
     checkpoint = ckpt_io.load_file(tmp_path / "run" / "last.pt")
     checkpoint["state_dict"]["g_a.0.weight"].fill_(float("nan"))
@@ -427,3 +425,18 @@ def test_local_fp32_custom_is_refused_where_nothing_reads_it_or_it_names_nothing
     with pytest.raises(UserError, match="matches no module class"):
         select_local_fp32_modules(model, "custom", "NoSuchLayer")
     assert select_local_fp32_modules(model, "custom", "EntropyBottleneck") == ["entropy_bottleneck"]
+
+
+def test_a_report_of_a_bundle_with_a_non_finite_metric_names_the_point(tmp_path):
+    import json
+    import shutil
+
+    from common.report import study_summary
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "results" / "demo", bundle)
+    summary = json.loads((bundle / "summary.json").read_text())
+    summary["points"][1]["psnr-rgb"] = None  # a NaN metric, as json_safe writes it
+    (bundle / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(UserError, match=r"seed 0, λ 0.0013 has psnr-rgb None, not a finite number"):
+        study_summary(bundle)
