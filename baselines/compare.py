@@ -200,6 +200,8 @@ def train_all(jobs: list[tuple[list[str], Path]], parallel: int) -> None:
                              initializer=_start_worker, initargs=(threads,)) as pool:
         futures = {pool.submit(_train, argv, str(folder)): folder for argv, folder in jobs}
         for future in as_completed(futures):
+            if future.cancelled():  # not started: a run before it failed
+                continue
             folder, verdict = futures[future], future.result()
             if verdict.startswith("failed: "):
                 failures.append(f"training in {folder} {verdict} (full output: {folder / 'train.out'})")

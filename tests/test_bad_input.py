@@ -440,3 +440,12 @@ def test_a_report_of_a_bundle_with_a_non_finite_metric_names_the_point(tmp_path)
     (bundle / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(UserError, match=r"seed 0, λ 0.0013 has psnr-rgb None, not a finite number"):
         study_summary(bundle)
+
+
+def test_a_failed_run_stops_the_sweep_with_its_line_not_a_cancelled_future(tmp_path):
+    from baselines.compare import train_all
+
+    bad = ["--model", "no-such-model", "--save_dir"]
+    jobs = [([*bad, str(tmp_path / f"run{index}")], tmp_path / f"run{index}") for index in range(4)]
+    with pytest.raises(UserError, match=r"training in .*run0 failed: .*no-such-model"):
+        train_all(jobs, 1)
