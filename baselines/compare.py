@@ -149,8 +149,8 @@ def train_command(train_argv: Sequence[str], arm: Arm, seed: int, lmbda: float, 
 
 
 def _start_worker(threads: int) -> None:
-    """Each worker process imports the engine once and keeps it for all its runs (the import alone takes
-    several seconds, as long as a short fine-tuning run's validation work)."""
+    """Each worker process imports the engine once and keeps it for all its runs (the import takes about 5 s
+    on the project's machine, which a process per run paid every time)."""
     import torch
 
     import common.train.engine  # noqa: F401  (imported here so the first run does not pay for it)
@@ -194,7 +194,7 @@ def train_all(jobs: list[tuple[list[str], Path]], parallel: int) -> None:
 
     threads = max(1, len(os.sched_getaffinity(0)) // parallel)
     started = time.perf_counter()
-    failures = []
+    failure = None
     # spawn, not fork: a forked child of a process whose OpenMP threads already ran can hang.
     with ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(threads,)) as pool:
@@ -204,13 +204,13 @@ def train_all(jobs: list[tuple[list[str], Path]], parallel: int) -> None:
                 continue
             folder, verdict = futures[future], future.result()
             if verdict.startswith("failed: "):
-                failures.append(f"training in {folder} {verdict} (full output: {folder / 'train.out'})")
+                failure = failure or f"training in {folder} {verdict} (full output: {folder / 'train.out'})"
                 for other in futures:
                     other.cancel()
                 continue
             print(f"[{time.perf_counter() - started:7.1f} s] {folder}: {verdict.split(': ', 1)[-1]}", flush=True)
-    if failures:
-        raise UserError(failures[0])
+    if failure:
+        raise UserError(failure)
 
 
 # ------------------------------------------------------------------------------------------ evaluation
