@@ -131,6 +131,23 @@ def finished(folder: Path) -> bool:
     return (folder / "convergence.json").is_file() and (folder / "last.pt").is_file()
 
 
+DIVERGED = "diverged.json"
+
+
+def diverged_record(folder: Path) -> dict | None:
+    """What a run that diverged recorded (its flags and the engine's message), or None."""
+    path = folder / DIVERGED
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_diverged_run(folder: Path, record: dict, flags: Sequence[str]) -> None:
+    """A diverged run is a result of its flags: rerunning them diverges again, so it is kept, but only for the
+    same flags."""
+    if record.get("flags") != list(flags):
+        raise UserError(f"{folder} holds a run that diverged with other flags ({shlex.join(record.get('flags', []))});"
+                        " give another output folder or delete that run to train it again")
+
+
 def run_flags(train_argv: Sequence[str], arm: Arm, seed: int, lmbda: float, folder: Path) -> list[str]:
     """The training flags of one run (without its starting weights)."""
     return [*train_argv, *arm.flags, "--seed", str(seed), "--lambda", repr(lmbda), "--save_dir", str(folder),
@@ -158,20 +175,28 @@ def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _train(argv: list[str], folder: str) -> str:
-    """One training, in a worker process; returns its convergence line. Its console output goes to
-    ``folder/train.out``."""
+def _train(argv: list[str], folder: str, flags: list[str]) -> str:
+    """One training, in a worker process; returns its convergence line, or "diverged: ..." after writing
+    ``folder/diverged.json`` (``flags``: the run's flags without its start, which a rerun must match). Its console
+    output goes to ``folder/train.out``."""
     import contextlib
     import traceback
 
+    from common.checkpoint import atomic_write_text
     from common.cli import one_line
     from common.train.__main__ import main as train_main
+    from common.train.engine import TrainingDiverged
 
     Path(folder).mkdir(parents=True, exist_ok=True)
     log_path = Path(folder) / "train.out"
     with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
             train_main(argv)
+        except TrainingDiverged as exc:
+            print(f"diverged: {one_line(exc)}", flush=True)
+            atomic_write_text(Path(folder) / DIVERGED,
+                              json.dumps({"flags": flags, "message": one_line(exc)}, indent=2) + "\n")
+            return f"diverged: {one_line(exc)}"
         except UserError as exc:
             print(f"error: {one_line(exc)}", flush=True)
             return f"failed: {one_line(exc)}"
@@ -182,12 +207,14 @@ def _train(argv: list[str], folder: str) -> str:
     return next((line for line in reversed(lines) if line.startswith("convergence")), "convergence: no verdict")
 
 
-def train_all(jobs: list[tuple[list[str], Path]], parallel: int) -> None:
-    """Run the trainings ``parallel`` at a time in worker processes that each import the engine once.
+def train_all(jobs: list[tuple[list[str], Path, list[str]]], parallel: int) -> None:
+    """Run the trainings (arguments, folder, the run's flags) ``parallel`` at a time in worker processes that each
+    import the engine once.
 
     Each worker gets (usable cores) / ``parallel`` threads: the cores this process may use (taskset,
     cgroups), not the machine's, since more threads than cores slows every run down many times over.
-    A failed run stops the sweep with its last line once the runs already started have ended.
+    A run that diverges is a result: it is recorded in its folder and the sweep goes on. A run that fails
+    otherwise stops the sweep with its last line once the runs already started have ended.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -198,7 +225,7 @@ def train_all(jobs: list[tuple[list[str], Path]], parallel: int) -> None:
     # spawn, not fork: a forked child of a process whose OpenMP threads already ran can hang.
     with ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(_train, argv, str(folder)): folder for argv, folder in jobs}
+        futures = {pool.submit(_train, argv, str(folder), flags): folder for argv, folder, flags in jobs}
         for future in as_completed(futures):
             if future.cancelled():  # not started: a run before it failed
                 continue
@@ -229,12 +256,15 @@ class Point:
 def evaluate_runs(out_dir: Path, arms: Sequence[Arm], seeds: Sequence[int], lambdas: Sequence[float],
                   images: list[Path], root: Path, test_set: dict,
                   curves_dir: Path) -> tuple[list[Point], dict[tuple[str, int], Path]]:
-    """Real-bitstream evaluation of every final model; one CompressAI-format curve per arm and seed."""
+    """Real-bitstream evaluation of every final model; one CompressAI-format curve per arm and seed whose runs
+    all finished (where one diverged, the others are not evaluated: a curve needs every λ)."""
     from common.assembly import load_model
 
     points, curves = [], {}
     for arm in arms:
         for seed in seeds:
+            if any(diverged_record(run_dir(out_dir, arm.name, seed, lmbda)) for lmbda in lambdas):
+                continue
             aggregates, rows_per_point = [], []
             for lmbda in lambdas:
                 folder = run_dir(out_dir, arm.name, seed, lmbda)
@@ -251,6 +281,18 @@ def evaluate_runs(out_dir: Path, arms: Sequence[Arm], seeds: Sequence[int], lamb
                                     test_set=test_set, codec=codec_description(_model_name(folder)))
             curves[(arm.name, seed)] = path
     return points, curves
+
+
+def diverged_runs(out_dir: Path, arms: Sequence[Arm], seeds: Sequence[int], lambdas: Sequence[float]) -> list[dict]:
+    """Every run of the grid that diverged, with the engine's message."""
+    runs = []
+    for arm in arms:
+        for seed in seeds:
+            for lmbda in lambdas:
+                record = diverged_record(run_dir(out_dir, arm.name, seed, lmbda))
+                if record is not None:
+                    runs.append({"arm": arm.name, "seed": seed, "lambda": lmbda, "message": record["message"]})
+    return runs
 
 
 def run_verdict(folder: Path) -> dict:
@@ -303,13 +345,17 @@ def bd_pairs(reference: str, arm_names: Sequence[str], seeds: Sequence[int], cur
     """
     rows = []
     for seed in seeds:
+        if (reference, seed) not in curves:
+            continue
         for name in arm_names:
+            if (name, seed) not in curves:
+                continue
             if name != reference:
                 rows.append({"pair": f"{name} vs {reference}", "seed": seed,
                              **bd_row(curves[(reference, seed)], curves[(name, seed)])})
             for anchor in anchors:
                 rows.append({"pair": f"{name} vs {anchor.name}", "seed": seed, **bd_row(anchor, curves[(name, seed)])})
-        if seed != seeds[0]:
+        if seed != seeds[0] and (reference, seeds[0]) in curves:
             rows.append({"pair": f"{reference} other seeds vs seed {seeds[0]} (seed noise)", "seed": seed,
                          **bd_row(curves[(reference, seeds[0])], curves[(reference, seed)])})
     return rows
@@ -385,18 +431,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             start = starts[(seed, lmbda)]
             for arm in arms:
                 folder = run_dir(out_dir, arm.name, seed, lmbda)
+                flags = run_flags(train_argv, arm, seed, lmbda, folder)
+                record = diverged_record(folder)
+                if record is not None:
+                    check_diverged_run(folder, record, flags)
+                    print(f"{folder}: diverged run found, kept as a result")
+                    continue
                 if finished(folder):
-                    check_finished_run(folder, parse_config(run_flags(train_argv, arm, seed, lmbda, folder)))
+                    check_finished_run(folder, parse_config(flags))
                     print(f"{folder}: finished run found, skipped")
                     continue
-                jobs.append((train_command(train_argv, arm, seed, lmbda, folder, start), folder))
+                jobs.append((train_command(train_argv, arm, seed, lmbda, folder, start), folder, flags))
     print(f"training {len(jobs)} runs ({len(arms)} arms x {len(seeds)} seeds x {len(lambdas)} λ, "
           f"{args.jobs} at a time)", flush=True)
     train_all(jobs, args.jobs)
 
     bundle = Path(args.bundle_dir or out_dir)
     test_set = describe_test_set(root, len(images), args.test_set)
+    diverged = diverged_runs(out_dir, arms, seeds, lambdas)
+    if diverged:
+        print(f"{len(diverged)} run(s) diverged; an arm has no curve for a seed where one of its runs diverged:",
+              file=sys.stderr)
+        for run in diverged:
+            print(f"  {run['arm']}/seed{run['seed']}/λ={run['lambda']:g}: {run['message']}", file=sys.stderr)
     points, curve_paths = evaluate_runs(out_dir, arms, seeds, lambdas, images, root, test_set, bundle / "curves")
+    if not any(key[0] == arms[0].name for key in curve_paths):
+        raise UserError(f"every run of the reference arm {arms[0].name} diverged: there is no curve to compare "
+                        "against (the bundle is not written)")
     curves = {key: _load(path) for key, path in curve_paths.items()}
     psnr = [p.metrics["psnr-rgb"] for p in points]
     anchors = anchor_curves(codecs, images, root, test_set, bundle / "curves", min(psnr), max(psnr))
@@ -404,7 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_bundle(bundle, run_root=out_dir, args=args, argv=list(sys.argv[1:] if argv is None else argv), arms=arms,
                  lambdas=lambdas, seeds=seeds, points=points, curves=curves, anchors=anchors, pairs=pairs,
                  summary=summarize_pairs(pairs), images=images, root=root, test_set=test_set,
-                 wall_time=time.perf_counter() - started, commit=commit, image_sets=image_sets)
+                 wall_time=time.perf_counter() - started, commit=commit, image_sets=image_sets,
+                 diverged=diverged)
     return 0
 
 

@@ -123,9 +123,16 @@ class Bundle:
             raise UserError(f"{summary_path} has no {', '.join(missing)}: it is not a baselines.compare bundle")
         self.folder = folder
         self.summary = summary
-        self.arms = [arm["name"] if isinstance(arm, dict) else arm for arm in summary["arms"]]
         self.reference = summary["reference_arm"]
         self.seeds = [int(seed) for seed in summary["seeds"]]
+        # The pairing is over seeds: an arm with a run that diverged (no curve for that seed) has no paired values.
+        diverged = summary.get("diverged") or []
+        self.diverged = {run["arm"]: sum(1 for other in diverged if other["arm"] == run["arm"]) for run in diverged}
+        if self.reference in self.diverged:
+            raise UserError(f"{summary_path}: the reference arm {self.reference} has runs that diverged; the paired "
+                            "statistics need its curve at every seed")
+        self.arms = [name for name in (arm["name"] if isinstance(arm, dict) else arm for arm in summary["arms"])
+                     if name not in self.diverged]
         self.lambdas = [float(value) for value in summary["lambdas"]]
         # rows[(arm, seed)][λ] = {image: (bpp, psnr)}
         self.rows: dict[tuple[str, int], dict[float, dict[str, tuple[float, float]]]] = {}
@@ -256,6 +263,8 @@ def markdown(document: dict) -> str:
                      f"{interval(pchip, 'bootstrap_low_%', 'bootstrap_high_%')} | {interval(entry['cubic'])} | "
                      f"{interval(entry['akima'])} | {pchip['verdict']} | "
                      f"{pchip['detectable_%']:.2f} % | {needed if needed is not None else '> 10000'} |")
+    for arm, runs in (document.get("diverged_arms") or {}).items():
+        lines.append(f"| {arm} | {runs} run(s) diverged (summary.json) | – | – | – | – | no interval | – | – |")
     lines += ["", f"Per arm and λ: mean over seeds ({percent} t-interval); l = λ·255²·MSE on the test images", "",
               "| arm | λ | bpp | PSNR dB | l |", "|---|---|---|---|---|"]
     for row in document["points"]:
@@ -301,6 +310,7 @@ def analyse(folder: Path, draws: int = 2000, confidence: float = 0.95, seed: int
             "images": bundle.images, "confidence": confidence, "bootstrap_seed": seed,
             "arms": [arm_statistics(bundle, arm, confidence, draws, rng) for arm in bundle.arms
                      if arm != bundle.reference],
+            "diverged_arms": bundle.diverged,
             "points": point_statistics(bundle, confidence)}
 
 

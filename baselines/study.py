@@ -69,11 +69,13 @@ def machine_description() -> str:
 def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: Sequence["Arm"], lambdas: Sequence[float],
                  seeds: Sequence[int], points: Sequence["Point"], curves: dict[tuple[str, int], RDCurve],
                  anchors: Sequence[RDCurve], pairs: list[dict], summary: list[dict], images: list[Path],
-                 root: Path, test_set: dict, wall_time: float, commit: str, image_sets: dict | None = None) -> None:
+                 root: Path, test_set: dict, wall_time: float, commit: str, image_sets: dict | None = None,
+                 diverged: Sequence[dict] = ()) -> None:
     """Write every file of the bundle and print the table; see the module docstring. ``commit``: the
-    :func:`git_commit` of the code that ran."""
+    :func:`git_commit` of the code that ran; ``diverged``: the runs that diverged (their arm has no curve for
+    that seed)."""
     reference = arms[0].name
-    checks = target_checks(arms, seeds, lambdas, points, curves, summary, reference)
+    checks = target_checks(arms, seeds, lambdas, points, curves, summary, reference, diverged)
     document = {
         "title": args.title,
         "command": "python -m baselines.compare " + shlex.join(argv),
@@ -96,6 +98,7 @@ def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: 
         "anchors": {a.name: {"bpp": a.bpp, "psnr-rgb": a.values("psnr-rgb"),
                              "ms-ssim-rgb": a.values("ms-ssim-rgb"), "quality": a.metrics.get("quality")}
                     for a in anchors},
+        "diverged": list(diverged),
         "bd_per_seed": pairs,
         "bd_summary": summary,
         "checks": checks,
@@ -107,8 +110,10 @@ def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: 
     figure = plot_curves(_mean_curves(arms, seeds, curves), out_dir / "rd.png", anchors=anchors,
                          title=args.title or f"{' vs '.join(a.name for a in arms)} on {test_set['name']}")
     copy_task_weights(out_dir, run_root, arms, seeds, lambdas)
-    recon = write_reconstructions(out_dir, run_root, arms, seeds[0], lambdas, images, root, anchors,
-                                  args.recon_image)
+    # The reconstructions come from the first seed whose reference curve exists, for the arms that have one there.
+    shown_seed = next(seed for seed in seeds if (reference, seed) in curves)
+    recon = write_reconstructions(out_dir, run_root, [arm for arm in arms if (arm.name, shown_seed) in curves],
+                                  shown_seed, lambdas, images, root, anchors, args.recon_image)
     print_report(document, out_dir, figure, recon)
 
 
@@ -156,26 +161,31 @@ def _write_csv(path: Path, rows: Sequence[dict]) -> None:
 
 
 def _mean_curves(arms, seeds, curves: dict[tuple[str, int], RDCurve]) -> list[RDCurve]:
-    """One curve per arm: the seed itself, or the mean over seeds of each λ point's bpp and metrics."""
+    """One curve per arm: the seed itself, or the mean over seeds of each λ point's bpp and metrics (over the seeds
+    that have a curve; an arm that diverged at every seed has none)."""
     result = []
     for arm in arms:
-        members = [curves[(arm.name, seed)] for seed in seeds]
+        members = [curves[(arm.name, seed)] for seed in seeds if (arm.name, seed) in curves]
+        if not members:
+            continue
         if len(members) == 1:
             result.append(RDCurve(arm.name, members[0].bpp, members[0].metrics))
             continue
         keys = [k for k in ("psnr-rgb", "ms-ssim-rgb") if k in members[0].metrics]
-        result.append(RDCurve(f"{arm.name} (mean of {len(seeds)} seeds)",
+        result.append(RDCurve(f"{arm.name} (mean of {len(members)} seeds)",
                               list(np.mean([c.bpp for c in members], axis=0)),
                               {k: list(np.mean([c.metrics[k] for c in members], axis=0)) for k in keys}))
     return result
 
 
 # ------------------------------------------------------------------------------------------ targets
-def target_checks(arms, seeds, lambdas, points, curves, summary, reference) -> list[dict]:
+def target_checks(arms, seeds, lambdas, points, curves, summary, reference, diverged=()) -> list[dict]:
     """The demo's targets, each with whether it holds and the numbers behind it."""
     checks = []
     for arm in arms:
         for seed in seeds:
+            if (arm.name, seed) not in curves:
+                continue
             curve = curves[(arm.name, seed)]
             try:
                 sorted_monotone(curve.bpp, curve.values("psnr-rgb"), curve.name)
@@ -190,6 +200,9 @@ def target_checks(arms, seeds, lambdas, points, curves, summary, reference) -> l
                    "detail": f"{len(points) - len(unconverged)} of {len(points)} runs"
                              + (": not " + ", ".join(f"{p.arm}/seed{p.seed}/λ={p.lmbda:g}" for p in unconverged)
                                 if unconverged else "")})
+    checks.append({"check": "no run diverged", "ok": not diverged,
+                   "detail": "; ".join(f"{run['arm']}/seed{run['seed']}/λ={run['lambda']:g}: {run['message']}"
+                                       for run in diverged) or f"{len(points)} runs finished"})
     for entry in summary:
         if not entry["computed"]:
             checks.append({"check": f"{entry['pair']}: BD computed", "ok": False, "detail": entry["note"]})
@@ -226,6 +239,8 @@ def copy_task_weights(out_dir: Path, run_root: Path, arms, seeds, lambdas) -> No
         for seed in seeds:
             for lmbda in lambdas:
                 log = run_dir(run_root, arm.name, seed, lmbda) / "train_log.csv"
+                if not log.is_file():  # diverged before its first logged row
+                    continue
                 with log.open(newline="") as handle:
                     rows = list(csv.DictReader(handle))
                 columns = ["step"] + [c for c in (rows[0] if rows else {}) if c.startswith(("weight_", "coef_"))]
@@ -337,6 +352,9 @@ def print_report(document: dict, out_dir: Path, figure: Path, recon: dict) -> No
     for arm in document["arms"]:
         for lmbda in document["lambdas"]:
             rows = [p for p in document["points"] if p["arm"] == arm and p["lambda"] == lmbda]
+            if not rows:  # diverged at every seed
+                points.append([arm, f"{lmbda:g}", "diverged", "", "", ""])
+                continue
             points.append([arm, f"{lmbda:g}", _mean_std([r["bpp"] for r in rows], 4),
                            _mean_std([r["psnr-rgb"] for r in rows], 2), _mean_std([r["ms-ssim-rgb"] for r in rows], 4),
                            f"{sum(r['converged'] for r in rows)}/{len(rows)}"])

@@ -130,10 +130,14 @@ def _run_label(path: Path) -> str:
 
 # ------------------------------------------------------------------------------------------ studies
 def study_curves(folder: Path, summary: dict) -> tuple[list[RDCurve], list[RDCurve]]:
-    """(the arms' curves, the live anchors) of a bundle, the anchors trimmed as in the study's BD values."""
+    """(the arms' curves, the live anchors) of a bundle, the anchors trimmed as in the study's BD values. An arm
+    and seed with a run that diverged has no curve (the checks and the points table say so)."""
     curves, anchors = [], []
+    diverged = {(run["arm"], run["seed"]) for run in summary.get("diverged") or []}
     for arm in summary["arms"]:
         for seed in summary["seeds"]:
+            if (arm, seed) in diverged:
+                continue
             curves.append(load_curve(folder / "curves" / f"{arm}_seed{seed}.json"))
     for name, anchor in summary["anchors"].items():
         metrics = {"psnr-rgb": anchor["psnr-rgb"], "ms-ssim-rgb": anchor["ms-ssim-rgb"]}

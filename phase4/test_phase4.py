@@ -192,3 +192,34 @@ def test_pairs_are_summarised_over_seeds():
     assert second["computed"] == 0 and math.isnan(second["bd_rate_pchip_%_mean"]) and second["note"] == \
         "c is not monotone"
     assert third["note"] == "seed 1: short by 1 (and 1 more seeds, see bd.csv)"
+
+
+def test_a_diverged_run_is_a_result_and_the_sweep_goes_on(tmp_path):
+    # An arm whose lr blows the weights up diverges at every λ: the other arms are still trained and compared, the
+    # bundle lists the diverged runs, and a rerun keeps them (only for the same flags) instead of training again.
+    train, test = write_image_dirs(tmp_path, size=64, n_train=2, n_test=1)
+    def argv(blowup_lr):
+        return ["--out_dir", str(tmp_path / "cmp"), "--lambdas", "0.00001,10", "--anchors", "", "--jobs", "2",
+                "--start_checkpoint", str(BASE), "--arm", "adam=--optimizer adam",
+                "--arm", "cautious=--optimizer cautious_adam", "--arm", f"blowup=--optimizer adam --lr {blowup_lr}",
+                "--model", "bmshj2018-factorized-small", "--steps", "2", "--batch_size", "2", "--patch_size", "32",
+                "--val_patch_size", "32", "--val_every", "1", "--recon_every", "0", "--train_dataset", str(train),
+                "--test_dataset", str(test)]
+
+    assert compare.main(argv(1e30)) == 0
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert [(run["arm"], run["lambda"]) for run in summary["diverged"]] == [("blowup", 1e-05), ("blowup", 10.0)]
+    assert all("training stopped at step" in run["message"] for run in summary["diverged"])
+    assert {p["arm"] for p in summary["points"]} == {"adam", "cautious"}
+    assert {row["pair"] for row in summary["bd_per_seed"]} == {"cautious vs adam"}
+    check = next(c for c in summary["checks"] if c["check"] == "no run diverged")
+    assert not check["ok"] and "blowup/seed0/λ=10" in check["detail"]
+    assert not (tmp_path / "cmp" / "curves" / "blowup_seed0.json").exists()
+    from common.report import render_study
+
+    page = render_study(tmp_path / "cmp", tmp_path / "report").read_text()
+    assert "no run diverged: blowup/seed0/λ=1e-05: training stopped at step" in page
+    assert compare.main(argv(1e30)) == 0  # nothing to train again
+    assert json.loads((tmp_path / "cmp" / "summary.json").read_text())["diverged"] == summary["diverged"]
+    with pytest.raises(UserError, match=r"blowup/seed0/lambda_1e-05 holds a run that diverged with other flags"):
+        compare.main(argv(1e29))
