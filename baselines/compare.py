@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -55,12 +55,24 @@ REPO = Path(__file__).resolve().parent.parent
 _RESERVED = ("--lambda", "--save_dir", "--resume", "--seed", "--checkpoint", "--optimizer", "--use_balanced")
 
 
+THEN, AFTER = "--then", "--after"
+
+
 @dataclass(frozen=True)
 class Arm:
-    """One optimizer setting: a name and the training flags that select it."""
+    """One setting of the study: a name, the training flags of each of its stages (one stage for an optimizer
+    setting; several for a recipe such as "train the replaced layers, then all"), and the arm whose final model
+    of the same seed and λ it starts from (``after``; None: the study's start)."""
 
     name: str
-    flags: tuple[str, ...]
+    stages: tuple[tuple[str, ...], ...]
+    after: str | None = None
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """The flags as given: stages joined by ``--then``, led by ``--after ARM`` where there is one."""
+        joined = [flag for index, stage in enumerate(self.stages) for flag in ((THEN,) if index else ()) + stage]
+        return ((AFTER, self.after) if self.after else ()) + tuple(joined)
 
 
 def parse_arm(text: str) -> Arm:
@@ -69,7 +81,44 @@ def parse_arm(text: str) -> Arm:
     if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
         raise UserError(f"--arm must look like NAME=\"--optimizer adam ...\" (NAME of letters, digits, - and _), "
                         f"got {text!r}")
-    return Arm(name, tuple(shlex.split(flags)))
+    tokens = shlex.split(flags)
+    after = None
+    if tokens[:1] == [AFTER]:
+        if len(tokens) < 2 or tokens[1].startswith("-"):
+            raise UserError(f"--arm {name}: {AFTER} needs the name of an earlier arm")
+        after, tokens = tokens[1], tokens[2:]
+    stages, current = [], []
+    for token in tokens:
+        if token == THEN:
+            stages.append(tuple(current))
+            current = []
+        elif token == AFTER:
+            raise UserError(f"--arm {name}: {AFTER} ARM may only lead the arm's flags")
+        else:
+            current.append(token)
+    stages.append(tuple(current))
+    if len(stages) > 1 and not all(stages):
+        raise UserError(f"--arm {name}: every stage between {THEN} needs flags")
+    return Arm(name, tuple(stages), after)
+
+
+def check_arms(arms: Sequence[Arm]) -> None:
+    """Two or more arms with different names; an arm's ``--after`` names an arm before it."""
+    if len(arms) < 2 or len({arm.name for arm in arms}) != len(arms):
+        raise UserError("give at least two --arm settings with different names")
+    if arms[0].after:
+        raise UserError(f"the reference arm {arms[0].name} cannot start {AFTER} another arm")
+    for index, arm in enumerate(arms):
+        if arm.after and arm.after not in {earlier.name for earlier in arms[:index]}:
+            raise UserError(f"--arm {arm.name}: {AFTER} {arm.after} must name an arm given before it")
+
+
+def arm_waves(arms: Sequence[Arm]) -> list[list[Arm]]:
+    """The arms in the order their runs can train: each wave starts from the final models of earlier ones."""
+    depth: dict[str, int] = {}
+    for arm in arms:
+        depth[arm.name] = depth[arm.after] + 1 if arm.after else 0
+    return [[arm for arm in arms if depth[arm.name] == level] for level in range(max(depth.values()) + 1)]
 
 
 def parse_lambdas(text: str) -> list[float]:
@@ -148,21 +197,50 @@ def check_diverged_run(folder: Path, record: dict, flags: Sequence[str]) -> None
                         " give another output folder or delete that run to train it again")
 
 
+def stage_dirs(folder: Path, arm: Arm) -> list[Path]:
+    """Where each stage of a run trains: the last in the run's folder, earlier ones beside it."""
+    return [folder.with_name(f"{folder.name}.stage{index + 1}") for index in range(len(arm.stages) - 1)] + [folder]
+
+
+def reads_lambda(flags: Sequence[str]) -> bool:
+    """Whether a stage's loss has the R-D trade-off λ: not distillation (its target is the teacher's output) and
+    not a ``--loss_type`` without λ (seed 000's reconstruction loss, the seeds' recon + λ_bpp·bpp)."""
+    from common.losses import LOSS_OPTIONS
+
+    if "--distill" in flags:
+        return False
+    loss_types = [flags[index + 1] for index, flag in enumerate(flags[:-1]) if flag == "--loss_type"]
+    return "lmbda" in LOSS_OPTIONS.get(loss_types[-1] if loss_types else "mse", ("lmbda",))
+
+
+def stage_flags(train_argv: Sequence[str], flags: Sequence[str], seed: int, lmbda: float, folder: Path) -> list[str]:
+    """The training flags of one stage (without its starting weights); ``--lambda`` where its loss reads λ."""
+    trade_off = ["--lambda", repr(lmbda)] if reads_lambda([*train_argv, *flags]) else []
+    return [*train_argv, *flags, "--seed", str(seed), *trade_off, "--save_dir", str(folder), "--progress", "false"]
+
+
 def run_flags(train_argv: Sequence[str], arm: Arm, seed: int, lmbda: float, folder: Path) -> list[str]:
-    """The training flags of one run (without its starting weights)."""
-    return [*train_argv, *arm.flags, "--seed", str(seed), "--lambda", repr(lmbda), "--save_dir", str(folder),
-            "--progress", "false"]
+    """The training flags of one run: its last stage's (without its starting weights)."""
+    return stage_flags(train_argv, arm.stages[-1], seed, lmbda, folder)
 
 
 def train_command(train_argv: Sequence[str], arm: Arm, seed: int, lmbda: float, folder: Path,
-                  start: Path | None) -> list[str]:
-    """The ``python -m common.train`` arguments of one run: resumed when it has a checkpoint."""
-    argv = run_flags(train_argv, arm, seed, lmbda, folder)
-    if (folder / "last.pt").is_file():
-        return [*argv, "--resume"]
-    # No checkpoint yet: whatever a run that died before its first checkpoint left there is replaced.
-    argv.append("--overwrite")
-    return [*argv, "--checkpoint", str(start)] if start is not None else argv
+                  start: Path | None) -> list[list[str]]:
+    """The ``python -m common.train`` arguments of each stage of one run, each stage starting from the one before:
+    a finished stage is skipped, one with a checkpoint resumed."""
+    commands, previous = [], start
+    for flags, where in zip(arm.stages, stage_dirs(folder, arm)):
+        argv = stage_flags(train_argv, flags, seed, lmbda, where)
+        if where != folder and finished(where):
+            previous = where / "last.pt"
+            continue
+        if (where / "last.pt").is_file():
+            commands.append([*argv, "--resume"])
+        else:
+            # No checkpoint yet: whatever a run that died before its first checkpoint left there is replaced.
+            commands.append([*argv, "--overwrite", *(["--checkpoint", str(previous)] if previous is not None else [])])
+        previous = where / "last.pt"
+    return commands
 
 
 def _start_worker(threads: int) -> None:
@@ -175,10 +253,10 @@ def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _train(argv: list[str], folder: str, flags: list[str]) -> str:
-    """One training, in a worker process; returns its convergence line, or "diverged: ..." after writing
-    ``folder/diverged.json`` (``flags``: the run's flags without its start, which a rerun must match). Its console
-    output goes to ``folder/train.out``."""
+def _train(stages: list[list[str]], folder: str, flags: list[str]) -> str:
+    """One run (its stages in order), in a worker process; returns its convergence line, or "diverged: ..." after
+    writing ``folder/diverged.json`` (``flags``: the run's flags without its start, which a rerun must match). The
+    console output of every stage goes to ``folder/train.out``."""
     import contextlib
     import traceback
 
@@ -191,7 +269,8 @@ def _train(argv: list[str], folder: str, flags: list[str]) -> str:
     log_path = Path(folder) / "train.out"
     with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
-            train_main(argv)
+            for argv in stages:
+                train_main(argv)
         except TrainingDiverged as exc:
             print(f"diverged: {one_line(exc)}", flush=True)
             atomic_write_text(Path(folder) / DIVERGED,
@@ -207,9 +286,10 @@ def _train(argv: list[str], folder: str, flags: list[str]) -> str:
     return next((line for line in reversed(lines) if line.startswith("convergence")), "convergence: no verdict")
 
 
-def train_all(jobs: list[tuple[list[str], Path, list[str]]], parallel: int) -> None:
-    """Run the trainings (arguments, folder, the run's flags) ``parallel`` at a time in worker processes that each
-    import the engine once.
+def train_all(waves: Iterable[list[tuple[list[list[str]], Path, list[str]]]], parallel: int) -> None:
+    """Run the trainings (each stage's arguments, folder, the run's flags), wave after wave (a wave starts from
+    the models of the waves before it), ``parallel`` at a time in worker processes that each import the engine
+    once.
 
     Each worker gets (usable cores) / ``parallel`` threads: the cores this process may use (taskset,
     cgroups), not the machine's, since more threads than cores slows every run down many times over.
@@ -225,17 +305,20 @@ def train_all(jobs: list[tuple[list[str], Path, list[str]]], parallel: int) -> N
     # spawn, not fork: a forked child of a process whose OpenMP threads already ran can hang.
     with ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(_train, argv, str(folder), flags): folder for argv, folder, flags in jobs}
-        for future in as_completed(futures):
-            if future.cancelled():  # not started: a run before it failed
-                continue
-            folder, verdict = futures[future], future.result()
-            if verdict.startswith("failed: "):
-                failure = failure or f"training in {folder} {verdict} (full output: {folder / 'train.out'})"
-                for other in futures:
-                    other.cancel()
-                continue
-            print(f"[{time.perf_counter() - started:7.1f} s] {folder}: {verdict.split(': ', 1)[-1]}", flush=True)
+        for jobs in waves:
+            futures = {pool.submit(_train, stages, str(folder), flags): folder for stages, folder, flags in jobs}
+            for future in as_completed(futures):
+                if future.cancelled():  # not started: a run before it failed
+                    continue
+                folder, verdict = futures[future], future.result()
+                if verdict.startswith("failed: "):
+                    failure = failure or f"training in {folder} {verdict} (full output: {folder / 'train.out'})"
+                    for other in futures:
+                        other.cancel()
+                    continue
+                print(f"[{time.perf_counter() - started:7.1f} s] {folder}: {verdict.split(': ', 1)[-1]}", flush=True)
+            if failure:
+                break
     if failure:
         raise UserError(failure)
 
@@ -391,8 +474,6 @@ def _first_note(group: Sequence[dict]) -> str:
 # ------------------------------------------------------------------------------------------ main
 def main(argv: Sequence[str] | None = None) -> int:
     from baselines.study import git_commit, write_bundle
-    from common.train.engine import check_finished_run
-    from common.train.options import parse_config
 
     started = time.perf_counter()
     # Before anything is written: a bundle folder that git tracks would otherwise count as a local change.
@@ -406,8 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"{', '.join(reserved)} are set per run by the comparison; use --lambdas, --seeds, "
                         "--arm and --start_checkpoint/--start_from")
     arms = [parse_arm(text) for text in args.arm]
-    if len(arms) < 2 or len({arm.name for arm in arms}) != len(arms):
-        raise UserError("give at least two --arm settings with different names")
+    check_arms(arms)
     lambdas, seeds = parse_lambdas(args.lambdas), parse_seeds(args.seeds)
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
@@ -425,26 +505,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = output_dir(args.out_dir, "--out_dir")
     output_dir(args.bundle_dir or out_dir, "--bundle_dir")
 
-    jobs = []
-    for seed in seeds:
-        for lmbda in lambdas:
-            start = starts[(seed, lmbda)]
-            for arm in arms:
-                folder = run_dir(out_dir, arm.name, seed, lmbda)
-                flags = run_flags(train_argv, arm, seed, lmbda, folder)
-                record = diverged_record(folder)
-                if record is not None:
-                    check_diverged_run(folder, record, flags)
-                    print(f"{folder}: diverged run found, kept as a result")
-                    continue
-                if finished(folder):
-                    check_finished_run(folder, parse_config(flags))
-                    print(f"{folder}: finished run found, skipped")
-                    continue
-                jobs.append((train_command(train_argv, arm, seed, lmbda, folder, start), folder, flags))
-    print(f"training {len(jobs)} runs ({len(arms)} arms x {len(seeds)} seeds x {len(lambdas)} λ, "
-          f"{args.jobs} at a time)", flush=True)
-    train_all(jobs, args.jobs)
+    def planned_waves():
+        """Each wave's jobs, planned once the waves before it have trained (a run whose starting arm diverged
+        is then recorded, not trained)."""
+        for wave in arm_waves(arms):
+            jobs = [_job(out_dir, train_argv, arm, seed, lmbda, starts[(seed, lmbda)])
+                    for seed in seeds for lmbda in lambdas for arm in wave]
+            jobs = [job for job in jobs if job is not None]
+            print(f"training {len(jobs)} runs ({len(wave)} arms x {len(seeds)} seeds x {len(lambdas)} λ: "
+                  f"{', '.join(arm.name for arm in wave)}; {args.jobs} at a time)", flush=True)
+            yield jobs
+
+    train_all(planned_waves(), args.jobs)
 
     bundle = Path(args.bundle_dir or out_dir)
     test_set = describe_test_set(root, len(images), args.test_set)
@@ -470,6 +542,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def record_flags(train_argv: Sequence[str], arm: Arm, seed: int, lmbda: float, folder: Path) -> list[str]:
+    """What identifies a run for a rerun: its last stage's flags and the arm's flags as given (every stage)."""
+    return [*run_flags(train_argv, arm, seed, lmbda, folder), *arm.flags]
+
+
+def _job(out_dir: Path, train_argv: list[str], arm: Arm, seed: int, lmbda: float,
+         start: Path | None) -> tuple[list[list[str]], Path, list[str]] | None:
+    """The training job of one run, or None where there is nothing to train: a finished run (trained with these
+    flags, every stage), a run that diverged with these flags, or one whose starting arm diverged (recorded so)."""
+    from common.checkpoint import atomic_write_text
+    from common.train.engine import check_finished_run
+    from common.train.options import parse_config
+
+    folder = run_dir(out_dir, arm.name, seed, lmbda)
+    flags = record_flags(train_argv, arm, seed, lmbda, folder)
+    record = diverged_record(folder)
+    if record is not None:
+        check_diverged_run(folder, record, flags)
+        print(f"{folder}: diverged run found, kept as a result")
+        return None
+    if finished(folder):
+        for stage, where in zip(arm.stages, stage_dirs(folder, arm)):
+            check_finished_run(where, parse_config(stage_flags(train_argv, stage, seed, lmbda, where)))
+        print(f"{folder}: finished run found, skipped")
+        return None
+    if arm.after:
+        start = run_dir(out_dir, arm.after, seed, lmbda) / "last.pt"
+        if diverged_record(start.parent) is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            message = f"not trained: it starts from {arm.after}, whose run diverged"
+            atomic_write_text(folder / DIVERGED, json.dumps({"flags": flags, "message": message}, indent=2) + "\n")
+            print(f"{folder}: {message}")
+            return None
+    return train_command(train_argv, arm, seed, lmbda, folder, start), folder, flags
+
+
 def _check_train_flags(train_argv: list[str], arms: Sequence[Arm]) -> list[Path]:
     """Parse each arm's full training command line and find its data now, so a mistake fails before hours of
     training rather than inside the first run; returns the validation images."""
@@ -480,7 +588,8 @@ def _check_train_flags(train_argv: list[str], arms: Sequence[Arm]) -> list[Path]
         reserved = [flag for flag in arm.flags if flag.split("=")[0] in _RESERVED and flag != "--optimizer"]
         if reserved:
             raise UserError(f"--arm {arm.name}: {', '.join(reserved)} are set per run by the comparison")
-        parsed = train_parser().parse_args([*train_argv, *arm.flags])
+        for stage in arm.stages:
+            parsed = train_parser().parse_args([*train_argv, *stage])
     _, validation = build_datasets(parsed, report=False)
     return list(validation.files)
 

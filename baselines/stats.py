@@ -37,7 +37,7 @@ from baselines.study import json_safe
 from common.checkpoint import atomic_write_text
 from common.cli import OneLineErrorParser, number, run_main
 from common.errors import UserError
-from common.rd import METHODS, bd_rate
+from common.rd import METHODS, bd_psnr, bd_rate
 
 POWER = 0.8
 DETECT_TARGET_PERCENT = 1.0
@@ -134,8 +134,8 @@ class Bundle:
         self.arms = [name for name in (arm["name"] if isinstance(arm, dict) else arm for arm in summary["arms"])
                      if name not in self.diverged]
         self.lambdas = [float(value) for value in summary["lambdas"]]
-        # rows[(arm, seed)][λ] = {image: (bpp, psnr)}
-        self.rows: dict[tuple[str, int], dict[float, dict[str, tuple[float, float]]]] = {}
+        # rows[(arm, seed)][λ] = {image: (bpp, psnr, ms-ssim)}
+        self.rows: dict[tuple[str, int], dict[float, dict[str, tuple[float, float, float]]]] = {}
         for arm in self.arms:
             for seed in self.seeds:
                 self.rows[(arm, seed)] = self._read_curve(arm, seed)
@@ -143,15 +143,16 @@ class Bundle:
                   for image in per_image}
         self.images = sorted(images)
 
-    def _read_curve(self, arm: str, seed: int) -> dict[float, dict[str, tuple[float, float]]]:
+    def _read_curve(self, arm: str, seed: int) -> dict[float, dict[str, tuple[float, float, float]]]:
         path = self.folder / "curves" / f"{arm}_seed{seed}.csv"
         if not path.is_file():
             raise UserError(f"{path} is missing: the bundle has no per-image results of arm {arm}, seed {seed}")
-        per_lambda: dict[float, dict[str, tuple[float, float]]] = defaultdict(dict)
+        per_lambda: dict[float, dict[str, tuple[float, float, float]]] = defaultdict(dict)
         with path.open(newline="") as handle:
             for row in csv.DictReader(handle):
                 lmbda = float(row["point"].split("=", 1)[1])
-                per_lambda[lmbda][row["image"]] = (float(row["bpp"]), float(row[QUALITY_KEY]))
+                per_lambda[lmbda][row["image"]] = (float(row["bpp"]), float(row[QUALITY_KEY]),
+                                                   float(row["ms-ssim-rgb"]))
         if sorted(per_lambda) != sorted(self.lambdas):
             raise UserError(f"{path} holds λ {sorted(per_lambda)}, the bundle {self.lambdas}")
         return dict(per_lambda)
@@ -164,6 +165,11 @@ class Bundle:
         psnr = [np.mean([per_lambda[lmbda][image][1] for image in images]) for lmbda in self.lambdas]
         return np.asarray(bpp), np.asarray(psnr)
 
+    def ms_ssim(self, arm: str, seed: int) -> np.ndarray:
+        """MS-SSIM (RGB) per λ, the mean over the test images."""
+        per_lambda = self.rows[(arm, seed)]
+        return np.asarray([np.mean([per_lambda[lmbda][image][2] for image in self.images]) for lmbda in self.lambdas])
+
     def distortion_task_value(self, arm: str, seed: int) -> list[float]:
         """l = λ·255²·MSE per λ, MSE averaged over the test images (from each image's PSNR)."""
         per_lambda = self.rows[(arm, seed)]
@@ -171,25 +177,28 @@ class Bundle:
                                                    for image in self.images])) for lmbda in self.lambdas]
 
 
-def _bd(reference: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], method: str) -> float:
+def _bd(reference: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], method: str,
+        measure=bd_rate) -> float:
+    """``measure`` (BD-rate in %, or BD-PSNR in dB) of ``test`` against ``reference``; NaN where it has no value."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return bd_rate(reference[0], reference[1], test[0], test[1], method=method)
+            return measure(reference[0], reference[1], test[0], test[1], method=method)
     except (UserError, ValueError):
         return math.nan
 
 
-def bootstrap_interval(bundle: Bundle, arm: str, draws: int, confidence: float,
-                       rng: np.random.Generator) -> tuple[float, float, int]:
+def bootstrap_interval(bundle: Bundle, arm: str, draws: int, confidence: float, rng: np.random.Generator,
+                       reference: str | None = None) -> tuple[float, float, int]:
     """Percentile interval of the mean pchip BD-rate over seeds and images resampled together; and how many
     resamples gave no BD value (a non-monotone curve or no overlap) and were left out."""
     means, failed = [], 0
     seeds, images = bundle.seeds, bundle.images
+    reference = reference or bundle.reference
     for _ in range(draws):
         drawn_seeds = rng.choice(seeds, size=len(seeds), replace=True)
         drawn_images = list(rng.choice(images, size=len(images), replace=True))
-        values = [_bd(bundle.curve(bundle.reference, int(seed), drawn_images),
+        values = [_bd(bundle.curve(reference, int(seed), drawn_images),
                       bundle.curve(arm, int(seed), drawn_images), "pchip") for seed in drawn_seeds]
         if any(math.isnan(value) for value in values):
             failed += 1
@@ -202,12 +211,15 @@ def bootstrap_interval(bundle: Bundle, arm: str, draws: int, confidence: float,
     return float(low), float(high), failed
 
 
-def arm_statistics(bundle: Bundle, arm: str, confidence: float, draws: int, rng: np.random.Generator) -> dict:
-    """Per-seed BD-rates of ``arm`` against the reference with every method, their intervals, verdict and power."""
-    entry: dict = {"arm": arm, "reference": bundle.reference, "seeds": bundle.seeds}
+def arm_statistics(bundle: Bundle, arm: str, confidence: float, draws: int, rng: np.random.Generator,
+                   reference: str | None = None) -> dict:
+    """Per-seed BD-rates of ``arm`` against ``reference`` (default: the bundle's) with every method, their
+    intervals, verdict and power."""
+    reference = reference or bundle.reference
+    entry: dict = {"arm": arm, "reference": reference, "seeds": bundle.seeds}
     alpha = 1 - confidence
     for method in METHODS:
-        per_seed = [_bd(bundle.curve(bundle.reference, seed), bundle.curve(arm, seed), method)
+        per_seed = [_bd(bundle.curve(reference, seed), bundle.curve(arm, seed), method)
                     for seed in bundle.seeds]
         good = [value for value in per_seed if not math.isnan(value)]
         mean, sd, low, high = t_interval(good, confidence)
@@ -215,22 +227,30 @@ def arm_statistics(bundle: Bundle, arm: str, confidence: float, draws: int, rng:
                          "t_low_%": low, "t_high_%": high, "verdict": verdict(low, high),
                          "detectable_%": detectable_effect(sd, len(good), alpha),
                          "seeds_for_1_%": seeds_needed(DETECT_TARGET_PERCENT, sd, alpha)}
-    low, high, failed = bootstrap_interval(bundle, arm, draws, confidence, rng) if draws else (math.nan,) * 2 + (0,)
+        psnr_per_seed = [_bd(bundle.curve(reference, seed), bundle.curve(arm, seed), method, bd_psnr)
+                         for seed in bundle.seeds]
+        mean, sd, low, high = t_interval([value for value in psnr_per_seed if not math.isnan(value)], confidence)
+        entry[method].update({"bd_psnr_per_seed_dB": psnr_per_seed, "bd_psnr_mean_dB": mean, "bd_psnr_sd_dB": sd,
+                              "bd_psnr_t_low_dB": low, "bd_psnr_t_high_dB": high})
+    low, high, failed = (bootstrap_interval(bundle, arm, draws, confidence, rng, reference) if draws
+                         else (math.nan,) * 2 + (0,))
     entry["pchip"].update({"bootstrap_low_%": low, "bootstrap_high_%": high, "bootstrap_draws": draws,
                            "bootstrap_failed": failed})
     return entry
 
 
 def point_statistics(bundle: Bundle, confidence: float) -> list[dict]:
-    """Per arm and λ: mean and t-interval over seeds of bpp, PSNR and the distortion task value l."""
+    """Per arm and λ: mean and t-interval over seeds of bpp, PSNR, MS-SSIM and the distortion task value l."""
     rows = []
     for arm in bundle.arms:
         curves = [bundle.curve(arm, seed) for seed in bundle.seeds]
+        similarity = [bundle.ms_ssim(arm, seed) for seed in bundle.seeds]
         task_values = [bundle.distortion_task_value(arm, seed) for seed in bundle.seeds]
         for index, lmbda in enumerate(bundle.lambdas):
             row = {"arm": arm, "lambda": lmbda}
             for name, values in (("bpp", [curve[0][index] for curve in curves]),
                                  ("psnr", [curve[1][index] for curve in curves]),
+                                 ("ms_ssim", [values[index] for values in similarity]),
                                  ("l", [values[index] for values in task_values])):
                 mean, sd, low, high = t_interval(values, confidence)
                 row.update({f"{name}_mean": mean, f"{name}_sd": sd, f"{name}_low": low, f"{name}_high": high})
@@ -257,21 +277,42 @@ def markdown(document: dict) -> str:
 
         needed = pchip["seeds_for_1_%"]
         if pchip["n"] == 0:
-            lines.append(f"| {entry['arm']} | no BD value (see bd.csv) | – | – | – | – | no interval | – | – |")
+            lines.append(f"| {_label(entry, document)} | no BD value (see bd.csv) | – | – | – | – | no interval | – | – |")
             continue
-        lines.append(f"| {entry['arm']} | {pchip['mean_%']:+.2f} ± {pchip['sd_%']:.2f} % | {interval(pchip)} | "
+        lines.append(f"| {_label(entry, document)} | {pchip['mean_%']:+.2f} ± {pchip['sd_%']:.2f} % | {interval(pchip)} | "
                      f"{interval(pchip, 'bootstrap_low_%', 'bootstrap_high_%')} | {interval(entry['cubic'])} | "
                      f"{interval(entry['akima'])} | {pchip['verdict']} | "
                      f"{pchip['detectable_%']:.2f} % | {needed if needed is not None else '> 10000'} |")
     for arm, runs in (document.get("diverged_arms") or {}).items():
         lines.append(f"| {arm} | {runs} run(s) diverged (summary.json) | – | – | – | – | no interval | – | – |")
+    lines += ["", f"BD-PSNR against {document['reference']} (paired by seed; positive = more dB at the same rate)",
+              "", f"| arm | pchip mean ± SD | pchip {percent} t-interval | cubic {percent} t-interval |",
+              "|---|---|---|---|"]
+    for entry in document["arms"]:
+        pchip, cubic = entry["pchip"], entry["cubic"]
+        if pchip["n"] == 0 or "bd_psnr_mean_dB" not in pchip:
+            continue
+        lines.append(f"| {_label(entry, document)} | {pchip['bd_psnr_mean_dB']:+.3f} ± {pchip['bd_psnr_sd_dB']:.3f} dB | "
+                     f"{_db_interval(pchip)} | {_db_interval(cubic)} |")
     lines += ["", f"Per arm and λ: mean over seeds ({percent} t-interval); l = λ·255²·MSE on the test images", "",
-              "| arm | λ | bpp | PSNR dB | l |", "|---|---|---|---|---|"]
+              "| arm | λ | bpp | PSNR dB | MS-SSIM | l |", "|---|---|---|---|---|---|"]
     for row in document["points"]:
+        similarity = (f"{row['ms_ssim_mean']:.4f} [{row['ms_ssim_low']:.4f}, {row['ms_ssim_high']:.4f}]"
+                      if "ms_ssim_mean" in row else "–")
         lines.append(f"| {row['arm']} | {row['lambda']:g} | {row['bpp_mean']:.4f} "
                      f"[{row['bpp_low']:.4f}, {row['bpp_high']:.4f}] | {row['psnr_mean']:.2f} "
-                     f"[{row['psnr_low']:.2f}, {row['psnr_high']:.2f}] | {row['l_mean']:.3f} |")
+                     f"[{row['psnr_low']:.2f}, {row['psnr_high']:.2f}] | {similarity} | {row['l_mean']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _label(entry: dict, document: dict) -> str:
+    """The arm, with what it is compared against where that is not the bundle's reference."""
+    return entry["arm"] if entry["reference"] == document["reference"] else f"{entry['arm']} vs {entry['reference']}"
+
+
+def _db_interval(stats: dict) -> str:
+    low, high = stats["bd_psnr_t_low_dB"], stats["bd_psnr_t_high_dB"]
+    return "–" if math.isnan(low) else f"[{low:+.3f}, {high:+.3f}] dB"
 
 
 def plot_mean_curves(document: dict, path: Path, title: str) -> None:
@@ -300,16 +341,24 @@ def plot_mean_curves(document: dict, path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def analyse(folder: Path, draws: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
-    """Every statistic of the module docstring for the bundle in ``folder``."""
+def analyse(folder: Path, draws: int = 2000, confidence: float = 0.95, seed: int = 0,
+            pairs: Sequence[tuple[str, str]] = ()) -> dict:
+    """Every statistic of the module docstring for the bundle in ``folder``; ``pairs``: (arm, reference) compared
+    as well, beside every arm against the bundle's reference (e.g. a recipe after QAT against the same recipe)."""
     bundle = Bundle(folder)
     if len(bundle.seeds) < 2:
         raise UserError(f"{folder} has {len(bundle.seeds)} seed; intervals over seeds need at least 2")
+    for pair in pairs:
+        unknown = [name for name in pair if name not in bundle.arms]
+        if unknown:
+            raise UserError(f"--pair {':'.join(pair)}: {', '.join(unknown)} is not an arm of {folder} with a curve at "
+                            f"every seed ({', '.join(bundle.arms)})")
     rng = np.random.default_rng(seed)
     return {"bundle": str(folder), "reference": bundle.reference, "seeds": bundle.seeds, "lambdas": bundle.lambdas,
             "images": bundle.images, "confidence": confidence, "bootstrap_seed": seed,
             "arms": [arm_statistics(bundle, arm, confidence, draws, rng) for arm in bundle.arms
-                     if arm != bundle.reference],
+                     if arm != bundle.reference]
+            + [arm_statistics(bundle, arm, confidence, draws, rng, reference) for arm, reference in pairs],
             "diverged_arms": bundle.diverged,
             "points": point_statistics(bundle, confidence)}
 
@@ -323,9 +372,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="level of the intervals (default 0.95)")
     parser.add_argument("--seed", type=number(int, minimum=0), default=0,
                         help="seed of the bootstrap's random draws (default 0)")
+    parser.add_argument("--pair", action="append", default=[], metavar="ARM:REFERENCE",
+                        help="also compare ARM against REFERENCE, paired by seed (repeatable)")
     args = parser.parse_args(argv)
     folder = Path(args.bundle)
-    document = analyse(folder, args.bootstrap, args.confidence, args.seed)
+    pairs = []
+    for text in args.pair:
+        arm, sep, reference = text.partition(":")
+        if not sep or not arm or not reference or arm == reference:
+            raise UserError(f"--pair must look like ARM:REFERENCE with two different arms, got {text!r}")
+        pairs.append((arm, reference))
+    document = analyse(folder, args.bootstrap, args.confidence, args.seed, pairs)
     text = markdown(document)
     atomic_write_text(folder / "stats.json", json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
     atomic_write_text(folder / "stats.md", text)

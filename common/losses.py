@@ -283,7 +283,8 @@ class DistillationLoss(_TaskCriterion):
     def terms(self, output, x_hat, target):
         l1, similarity = l1_and_ms_ssim(x_hat, target)
         loss = self.l1_weight * l1 + self.msssim_weight * (1.0 - similarity)
-        return {"l1_loss": l1, "ms_ssim": similarity, "tasks": [loss]}
+        # Named apart from the image metrics that validation adds: how close the student is to its teacher.
+        return {"teacher_l1": l1, "teacher_ms_ssim": similarity, "tasks": [loss]}
 
 
 # ---------------------------------------------------------------------------------- CLI

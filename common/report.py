@@ -219,7 +219,8 @@ def render_study(folder: str | Path, out_dir: str | Path) -> Path:
 
 
 def intervals_frame(stats: dict) -> pd.DataFrame:
-    """One row per arm of a bundle's ``stats.json`` (``python -m baselines.stats``): the BD-rate intervals."""
+    """One row per arm of a bundle's ``stats.json`` (``python -m baselines.stats``): the BD-rate intervals, and the
+    BD-PSNR intervals where the bundle's statistics have them (bundles analysed before they were added do not)."""
 
     def interval(entry: dict, low: str, high: str) -> str:
         value = entry.get(low)
@@ -234,7 +235,9 @@ def intervals_frame(stats: dict) -> pd.DataFrame:
                      "pchip bootstrap": interval(pchip, "bootstrap_low_%", "bootstrap_high_%"),
                      "cubic 95 % t": interval(arm["cubic"], "t_low_%", "t_high_%"),
                      "akima 95 % t": interval(arm["akima"], "t_low_%", "t_high_%"),
-                     "verdict": pchip["verdict"], "detectable at 80 % power %": pchip["detectable_%"]})
+                     "verdict": pchip["verdict"], "detectable at 80 % power %": pchip["detectable_%"],
+                     "BD-PSNR pchip 95 % t dB": interval(pchip, "bd_psnr_t_low_dB", "bd_psnr_t_high_dB"),
+                     "BD-PSNR cubic 95 % t dB": interval(arm["cubic"], "bd_psnr_t_low_dB", "bd_psnr_t_high_dB")})
     return pd.DataFrame(rows)
 
 

@@ -223,3 +223,34 @@ def test_a_diverged_run_is_a_result_and_the_sweep_goes_on(tmp_path):
     assert json.loads((tmp_path / "cmp" / "summary.json").read_text())["diverged"] == summary["diverged"]
     with pytest.raises(UserError, match=r"blowup/seed0/lambda_1e-05 holds a run that diverged with other flags"):
         compare.main(argv(1e29))
+
+
+def test_staged_arms_and_arms_that_start_from_another(tmp_path):
+    # An NPU recipe as one arm of stages (replaced layers, then all; distillation, then the R-D fine-tuning) and a
+    # QAT arm that starts from another arm's final model: every stage starts from the one before, the distillation
+    # stage gets no λ, and a rerun finds every stage finished.
+    train, test = write_image_dirs(tmp_path, size=64, n_train=2, n_test=1)
+    replaced = "--act relu --replace_parts encoder"
+    argv = ["--out_dir", str(tmp_path / "cmp"), "--lambdas", "0.001,0.1", "--anchors", "", "--jobs", "2",
+            "--start_checkpoint", str(BASE), "--arm", "gdn=--optimizer adam",
+            "--arm", f"relu={replaced} --train_scope replaced --steps 1 --then {replaced} --train_scope all",
+            "--arm", "upsample=--distill --decoder_upsample true --steps 1 --then --decoder_upsample true",
+            "--arm", "relu_qat=--after relu --qat true --qat_scope encoder --qat_calib_steps 1 --qat_freeze_after 1",
+            "--model", "bmshj2018-factorized-small", "--steps", "2", "--batch_size", "2", "--patch_size", "32",
+            "--val_patch_size", "32", "--val_every", "1", "--recon_every", "0", "--train_dataset", str(train),
+            "--test_dataset", str(test)]
+    assert compare.main(argv) == 0
+    runs = tmp_path / "cmp"
+    first = torch.load(runs / "relu/seed0/lambda_0.1.stage1/last.pt", weights_only=True)
+    second = torch.load(runs / "relu/seed0/lambda_0.1/last.pt", weights_only=True)
+    assert first["args"]["train_scope"] == "replaced" and second["args"]["train_scope"] == "all"
+    assert second["args"]["checkpoint"].endswith("lambda_0.1.stage1/last.pt") and second["step"] == 2
+    distilled = torch.load(runs / "upsample/seed0/lambda_0.001.stage1/last.pt", weights_only=True)
+    assert distilled["args"]["distill"] and distilled["args"]["lmbda"] != 0.001
+    assert "teacher_ms_ssim" in (runs / "upsample/seed0/lambda_0.001.stage1/val_log.jsonl").read_text()
+    quantised = torch.load(runs / "relu_qat/seed0/lambda_0.001/last.pt", weights_only=True)
+    assert quantised["qat"] and quantised["args"]["checkpoint"] == str(runs / "relu/seed0/lambda_0.001/last.pt")
+    summary = json.loads((runs / "summary.json").read_text())
+    assert summary["arms"]["upsample"] == "--distill --decoder_upsample true --steps 1 --then --decoder_upsample true"
+    assert {row["pair"] for row in summary["bd_per_seed"]} == {"relu vs gdn", "upsample vs gdn", "relu_qat vs gdn"}
+    assert compare.main(argv) == 0

@@ -446,6 +446,6 @@ def test_a_failed_run_stops_the_sweep_with_its_line_not_a_cancelled_future(tmp_p
     from baselines.compare import train_all
 
     bad = ["--model", "no-such-model", "--save_dir"]
-    jobs = [([*bad, str(tmp_path / f"run{index}")], tmp_path / f"run{index}", bad) for index in range(4)]
+    jobs = [([[*bad, str(tmp_path / f"run{index}")]], tmp_path / f"run{index}", bad) for index in range(4)]
     with pytest.raises(UserError, match=r"training in .*run0 failed: .*no-such-model"):
-        train_all(jobs, 1)
+        train_all([jobs], 1)
