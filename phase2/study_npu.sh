@@ -2,7 +2,7 @@
 # Study 6, the NPU question (fixed before it was run; PHASES_OVERVIEW.md, study 6): what does each NPU-friendly
 # replacement of seeds 000-003 cost in rate and quality, and what does QAT int8 add, measured from a trained model?
 # Every run starts from the shipped base model (baselines/pretrained/bmshj2018-factorized-small.pt, GDN/IGDN,
-# 36,000 steps at λ 0.0048) and trains STEPS steps in all (600: batch 4 of 64 px crops of the 6 training photos,
+# 36,000 steps at λ 0.0048) and trains STEPS steps in all (1200: batch 4 of 64 px crops of the 6 training photos,
 # lr 1e-3 cosine with 20 warm-up steps, validation on the 2 validation photos); the 4 test photos are read once, by
 # the final real-bitstream evaluation. 3 seeds x 3 λ (CompressAI's 0.0018, 0.0035, 0.0067 around the base's):
 #   gdn           the control: the GDN model fine-tuned alone, λ·255²·MSE + bpp (fine-tuning itself moves quality)
@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 RUNS_DIR="${RUNS:-runs/studies}/npu"
 BUNDLE="${RESULTS:-results}/study-npu"
-STEPS="${STEPS:-600}"
+STEPS="${STEPS:-1200}"
 QAT_STEPS="${QAT_STEPS:-200}"
 half=$((STEPS / 2))
 relu="--act relu --replace_parts encoder"
