@@ -103,9 +103,9 @@ def parse_arm(text: str) -> Arm:
 
 
 def check_arms(arms: Sequence[Arm]) -> None:
-    """Two or more arms with different names; an arm's ``--after`` names an arm before it."""
-    if len(arms) < 2 or len({arm.name for arm in arms}) != len(arms):
-        raise UserError("give at least two --arm settings with different names")
+    """Arms with different names (one arm is a λ sweep); an arm's ``--after`` names an arm before it."""
+    if len({arm.name for arm in arms}) != len(arms):
+        raise UserError("give the --arm settings different names")
     if arms[0].after:
         raise UserError(f"the reference arm {arms[0].name} cannot start {AFTER} another arm")
     for index, arm in enumerate(arms):
@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "the first arm and against JPEG/WebP measured on the same images.")
     parser.add_argument("--out_dir", required=True, help="run folders and the study bundle")
     parser.add_argument("--arm", action="append", required=True, metavar='NAME="FLAGS"',
-                        help="an optimizer setting; give two or more, the first is the reference")
+                        help="a setting (its training flags; stages joined by --then; --after ARM first to start "
+                             "from that arm's models); the first is the reference; one arm is a λ sweep")
     parser.add_argument("--lambdas", required=True, help="comma-separated λ values")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default: 0)")
     start = parser.add_mutually_exclusive_group()
@@ -288,20 +289,34 @@ def _train(stages: list[list[str]], folder: str, flags: list[str]) -> str:
 
 def train_all(waves: Iterable[list[tuple[list[list[str]], Path, list[str]]]], parallel: int) -> None:
     """Run the trainings (each stage's arguments, folder, the run's flags), wave after wave (a wave starts from
-    the models of the waves before it), ``parallel`` at a time in worker processes that each import the engine
-    once.
+    the models of the waves before it): one at a time in this process, or ``parallel`` at a time in worker
+    processes that each import the engine once.
 
     Each worker gets (usable cores) / ``parallel`` threads: the cores this process may use (taskset,
     cgroups), not the machine's, since more threads than cores slows every run down many times over.
     A run that diverges is a result: it is recorded in its folder and the sweep goes on. A run that fails
     otherwise stops the sweep with its last line once the runs already started have ended.
     """
+    started = time.perf_counter()
+    failures: list[str] = []
+
+    def record(folder: Path, verdict: str) -> bool:
+        """Print a finished run's verdict, or keep its failure; False when it failed."""
+        if verdict.startswith("failed: "):
+            failures.append(f"training in {folder} {verdict} (full output: {folder / 'train.out'})")
+            return False
+        print(f"[{time.perf_counter() - started:7.1f} s] {folder}: {verdict.split(': ', 1)[-1]}", flush=True)
+        return True
+
+    if parallel == 1:
+        for jobs in waves:
+            if not all(record(folder, _train(stages, str(folder), flags)) for stages, folder, flags in jobs):
+                raise UserError(failures[0])
+        return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, len(os.sched_getaffinity(0)) // parallel)
-    started = time.perf_counter()
-    failure = None
     # spawn, not fork: a forked child of a process whose OpenMP threads already ran can hang.
     with ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(threads,)) as pool:
@@ -310,17 +325,13 @@ def train_all(waves: Iterable[list[tuple[list[list[str]], Path, list[str]]]], pa
             for future in as_completed(futures):
                 if future.cancelled():  # not started: a run before it failed
                     continue
-                folder, verdict = futures[future], future.result()
-                if verdict.startswith("failed: "):
-                    failure = failure or f"training in {folder} {verdict} (full output: {folder / 'train.out'})"
+                if not record(futures[future], future.result()):
                     for other in futures:
                         other.cancel()
-                    continue
-                print(f"[{time.perf_counter() - started:7.1f} s] {folder}: {verdict.split(': ', 1)[-1]}", flush=True)
-            if failure:
+            if failures:
                 break
-    if failure:
-        raise UserError(failure)
+    if failures:
+        raise UserError(failures[0])
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -585,7 +596,9 @@ def _check_train_flags(train_argv: list[str], arms: Sequence[Arm]) -> list[Path]
     from common.train.options import build_parser as train_parser
 
     for arm in arms:
-        reserved = [flag for flag in arm.flags if flag.split("=")[0] in _RESERVED and flag != "--optimizer"]
+        # An arm is an optimizer setting: the optimizer flags are its own, the others are set per run.
+        reserved = [flag for flag in arm.flags if flag.split("=")[0] in _RESERVED
+                    and flag.split("=")[0] not in ("--optimizer", "--use_balanced")]
         if reserved:
             raise UserError(f"--arm {arm.name}: {', '.join(reserved)} are set per run by the comparison")
         for stage in arm.stages:
@@ -631,7 +644,13 @@ def _start(args, seed: int, lmbda: float) -> Path | None:
     if not path.is_file():
         hint = " (run the sweep it comes from first)" if args.start_from else ""
         raise UserError(f"starting model not found: {path}{hint}")
+    if path not in _CHECKED_STARTS:  # a file that is no checkpoint fails here, not in every run
+        load_file(path)
+        _CHECKED_STARTS.add(path)
     return path
+
+
+_CHECKED_STARTS: set[Path] = set()
 
 
 def cli() -> None:

@@ -1,34 +1,31 @@
-"""λ sweep: train one model per λ with the engine, evaluate each with real bitstreams, write an R-D curve.
+"""λ sweep: one setting trained at every λ and evaluated with real bitstreams, by the study runner.
 
 ``python -m baselines.sweep --lambdas 0.0035,0.013,0.0483 --out_dir runs/sweep [train flags...]``
 
-Every flag that ``python -m common.train`` knows is passed through to each run (``--optimizer balanced``
-turns the standard-Adam baseline into the Balanced R-D curve). With ``--warm_start_steps N`` a shared model
-is first trained for N steps at the middle λ and every λ run fine-tunes from it: short CPU budgets reach a
-monotone curve that way, since training time rather than λ otherwise limits quality
-(see ../shared/spec/README.md, "Convergence within a CPU budget"). ``--start_checkpoint PATH`` starts every
-run from an existing model instead, e.g. the warm start of another optimizer's sweep.
+A sweep is a study of one arm (``baselines.compare``): the same runs, evaluation, bundle and resumability.
+Every flag that ``python -m common.train`` knows is that arm's flags (``--optimizer balanced`` turns the
+standard-Adam curve into the Balanced R-D one); ``--seed`` and ``--checkpoint`` become the study's seed and
+starting model. With ``--warm_start_steps N`` a shared model is first trained with Adam for N steps at the
+middle λ and every λ run fine-tunes from it: short CPU budgets reach a monotone curve that way, since training
+time rather than λ otherwise limits quality (see ../shared/spec/README.md, "Convergence within a CPU budget").
+``--start_checkpoint PATH`` starts every run from an existing model instead, e.g. the warm start of another
+optimizer's sweep.
 
-The sweep is resumable: finished runs are skipped, interrupted ones continue from their ``last.pt``.
-Outputs in ``--out_dir``: ``lambda_<λ>/`` run folders, ``<name>.json`` (CompressAI format, one point per λ),
-``<name>.csv`` (per image), ``<name>_rd.png`` and the printed table.
+Outputs in ``--out_dir``: the run folders ``<name>/seed<k>/lambda_<λ>/``, ``warm_start/`` and the study bundle
+(``summary.json``, ``curves/<name>_seed<k>.json`` in CompressAI's format with the test set and codec recorded,
+``points.csv``, ``rd.png``, JPEG and WebP measured on the same images), which ``python -m common.report`` renders.
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from tqdm import tqdm
-
-from common.assembly import load_model
 from common.checkpoint import load_file
 from common.cli import OneLineErrorParser, number, parse_with_train_flags, run_main
-from common.data.images import list_images
 from common.errors import UserError
-from common.eval.evaluate import describe, evaluate, write_results
-from common.rd import RDCurve, curve_from_json, plot_curves, sorted_monotone
 from common.train.config import TrainConfig
 
 
@@ -60,13 +57,16 @@ def sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lambdas", default=None,
                         help=f"comma-separated λ values (default: the --recipe's ladder, else {DEFAULT_LAMBDAS})")
     parser.add_argument("--out_dir", default="runs/sweep")
-    parser.add_argument("--name", default=None, help="curve name (default: model and optimizer)")
+    parser.add_argument("--name", default=None, help="the arm's name, of letters, digits, - and _ (default: model "
+                                                     "and optimizer)")
     parser.add_argument("--warm_start_steps", type=number(int, minimum=0), default=0,
                         help="train a shared start model at the middle λ for this many steps first")
     parser.add_argument("--warm_start_lr", type=number(float, above=0), default=None, help="learning rate of the warm start")
     parser.add_argument("--start_checkpoint", default=None,
                         help="start every λ run from this checkpoint instead, e.g. another sweep's "
                              "warm_start/last.pt, so that two optimizers' curves share one starting model")
+    parser.add_argument("--anchors", default="jpeg,webp",
+                        help="classic codecs measured on the same images ('' for none; default: jpeg,webp)")
     parser.add_argument("--eval_dataset", default=None,
                         help="images for the real-bitstream evaluation (default: --test_dataset or the "
                              "embedded test samples)")
@@ -110,17 +110,34 @@ def train_or_reuse(config: TrainConfig, done: bool) -> None:
         Trainer(config).fit()
 
 
-def eval_images(args: argparse.Namespace, config: TrainConfig) -> tuple[list[Path], Path]:
-    if args.eval_dataset or config.data.test_dataset:
-        root = Path(args.eval_dataset or config.data.test_dataset)
-    else:
-        from common.data.samples import sample_dirs
-
-        root = sample_dirs()[1]
-    return list_images(root), root
+def study_argv(args: argparse.Namespace, train_argv: list[str], name: str, lambdas: Sequence[float],
+               start: str | None) -> list[str]:
+    """The ``baselines.compare`` arguments of the sweep: one arm holding every training flag, the seed and the
+    starting model given as the study's."""
+    flags, seeds = [], "0"
+    tokens = iter(train_argv)
+    for token in tokens:
+        flag, sep, value = token.partition("=")
+        if flag in ("--seed", "--checkpoint"):
+            value = value if sep else next(tokens, "")
+            if flag == "--seed":
+                seeds = value
+            elif start is not None:
+                raise UserError("--checkpoint, --start_checkpoint and --warm_start_steps each choose the starting "
+                                "model; pass one")
+            else:
+                start = value
+            continue
+        flags.append(token)
+    return ["--out_dir", str(args.out_dir), "--arm", f"{name}={shlex.join(flags)}",
+            "--lambdas", ",".join(repr(value) for value in lambdas), "--seeds", seeds, "--anchors", args.anchors,
+            *(["--start_checkpoint", start] if start else []),
+            *(["--eval_dataset", args.eval_dataset] if args.eval_dataset else []),
+            "--title", f"{name}: λ sweep"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from baselines import compare
     from common.train.optimizers import optimizer_name, with_optimizer
     from common.train.options import parse_config
 
@@ -137,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.start_checkpoint and args.warm_start_steps > 0:
         raise UserError("--start_checkpoint and --warm_start_steps both choose the starting model; pass one")
-    start = {"checkpoint": args.start_checkpoint} if args.start_checkpoint else {}
+    start = args.start_checkpoint
     if args.warm_start_steps > 0:
         warm_dir = out_dir / "warm_start"
         done = finished(warm_dir, args.warm_start_steps)
@@ -147,45 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         warm = replace(config, optim=with_optimizer(config.optim, "adam"), output=replace(config.output, recon_every=0))
         train_or_reuse(run_config(warm, warm_dir, lambdas[len(lambdas) // 2], steps=args.warm_start_steps,
                                   lr=args.warm_start_lr), done)
-        start = {"checkpoint": str(warm_dir / "last.pt")}
-
-    for lmbda in lambdas:
-        run_dir = out_dir / f"lambda_{lmbda:g}"
-        train_or_reuse(run_config(config, run_dir, lmbda, **({} if (run_dir / "last.pt").is_file() else start)),
-                       finished(run_dir, config.schedule.steps))
-
-    images, root = eval_images(args, config)
-    labels, aggregates, rows_per_point = [], [], []
-    for lmbda in tqdm(lambdas, desc="real-bitstream evaluation", unit="model"):
-        model = load_model(checkpoint=str(out_dir / f"lambda_{lmbda:g}" / "last.pt"))
-        rows, aggregate = evaluate(model, images, root=root)
-        labels.append(f"lambda={lmbda:g}")
-        aggregates.append(aggregate)
-        rows_per_point.append(rows)
-    json_path, csv_path = write_results(out_dir / f"{name}.json", name,
-                                        describe(False, "zero", model.eval_pad_multiple, model.eval_pad_multiple),
-                                        labels, aggregates, rows_per_point)
-    curve = curve_from_json({"name": name, "results": {k: [a[k] for a in aggregates] for k in aggregates[0]}})
-    plot_path = plot_curves([curve], out_dir / f"{name}_rd.png", title=f"{name} on {root}")
-    print_table(lambdas, aggregates)
-    report_monotonicity(curve)
-    print(f"results: {json_path}\nper image: {csv_path}\nR-D plot: {plot_path}\nruns: {out_dir}/lambda_*/")
-    return 0
-
-
-def print_table(lambdas: list[float], aggregates: list[dict]) -> None:
-    print(f"\n{'lambda':>8} {'bpp':>8} {'bpp(est)':>9} {'PSNR':>8} {'MS-SSIM':>8} {'enc s':>7} {'dec s':>7}")
-    for lmbda, agg in zip(lambdas, aggregates):
-        print(f"{lmbda:>8g} {agg['bpp']:>8.4f} {agg['bpp_estimated']:>9.4f} {agg['psnr-rgb']:>8.3f} "
-              f"{agg['ms-ssim-rgb']:>8.4f} {agg['encoding_time']:>7.3f} {agg['decoding_time']:>7.3f}")
-
-
-def report_monotonicity(curve: RDCurve) -> None:
-    try:
-        sorted_monotone(curve.bpp, curve.values("psnr-rgb"), curve.name)
-        print("R-D curve is monotone (PSNR rises with bpp): BD-rate against it is meaningful")
-    except UserError as exc:
-        print(f"warning: {exc}")
+        start = str(warm_dir / "last.pt")
+    return compare.main(study_argv(args, train_argv, name, lambdas, start))
 
 
 def cli() -> None:

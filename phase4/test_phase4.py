@@ -164,7 +164,10 @@ def test_eval_checkpoints_needs_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["--arm", "adam", "--arm", "b=--optimizer balanced"], "--arm must look like"),
-    (["--arm", "a=--optimizer adam"], "at least two --arm"),
+    (["--arm", "a=--optimizer adam", "--arm", "a=--optimizer balanced"], "different names"),
+    (["--arm", "a=--optimizer adam", "--arm", "b=--after c --qat true"], "--after c must name an arm given before it"),
+    (["--arm", "a=--optimizer adam", "--arm", "b=--act relu --then"], "every stage between --then needs flags"),
+    (["--arm", "a=--after b", "--arm", "b=--optimizer adam"], "the reference arm a cannot start --after"),
     (["--arm", "a=--optimizer adam", "--arm", "b=--optimizer balanced", "--lambda", "0.1"], "set per run"),
     (["--arm", "a=--optimizer adam", "--arm", "b=--optimizer balanced", "--start_from", "nowhere"],
      "starting model not found: nowhere/seed0/lambda_0.01/last.pt"),

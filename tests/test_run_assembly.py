@@ -117,7 +117,8 @@ def test_sweep_warm_start_trains_adam_even_for_a_balanced_sweep(image_dirs, tmp_
              "--recon_every", "0"]
     main([*flags, "--gamma", "0.01"])
     warm = torch.load(tmp_path / "warm_start" / "last.pt", weights_only=True)
-    swept = torch.load(tmp_path / "lambda_0.01" / "last.pt", weights_only=True)
+    run = tmp_path / "bmshj2018-factorized-tiny-balanced" / "seed0" / "lambda_0.01"  # the study runner's layout
+    swept = torch.load(run / "last.pt", weights_only=True)
     assert warm["args"]["optimizer"] == "adam" and "famo" not in warm["optimizer"]
     assert swept["args"]["optimizer"] == "balanced" and "famo" in swept["optimizer"]
 
@@ -125,7 +126,7 @@ def test_sweep_warm_start_trains_adam_even_for_a_balanced_sweep(image_dirs, tmp_
     # whatever --gamma says) is reused, the Balanced run of another γ is refused instead of reported as this one.
     with pytest.raises(UserError, match=r"lambda_0.01 holds a finished run trained with --gamma \[0.01\] \(now \[0.02\]\)"):
         main([*flags, "--gamma", "0.02"])
-    assert torch.load(tmp_path / "lambda_0.01" / "last.pt", weights_only=True)["progress"] == swept["progress"]
+    assert torch.load(run / "last.pt", weights_only=True)["progress"] == swept["progress"]
 
 
 @pytest.mark.parametrize("spelling, mode", [("auto", "auto"), ("True", "true"), ("1", "true"), ("yes", "true"),
