@@ -229,8 +229,11 @@ def arm_statistics(bundle: Bundle, arm: str, confidence: float, draws: int, rng:
                          "seeds_for_1_%": seeds_needed(DETECT_TARGET_PERCENT, sd, alpha)}
         psnr_per_seed = [_bd(bundle.curve(reference, seed), bundle.curve(arm, seed), method, bd_psnr)
                          for seed in bundle.seeds]
-        mean, sd, low, high = t_interval([value for value in psnr_per_seed if not math.isnan(value)], confidence)
-        entry[method].update({"bd_psnr_per_seed_dB": psnr_per_seed, "bd_psnr_mean_dB": mean, "bd_psnr_sd_dB": sd,
+        good_psnr = [value for value in psnr_per_seed if not math.isnan(value)]
+        mean, sd, low, high = t_interval(good_psnr, confidence)
+        # BD-PSNR needs the curves to share rates, BD-rate to share qualities: either may exist without the other.
+        entry[method].update({"bd_psnr_per_seed_dB": psnr_per_seed, "bd_psnr_n": len(good_psnr),
+                              "bd_psnr_mean_dB": mean, "bd_psnr_sd_dB": sd,
                               "bd_psnr_t_low_dB": low, "bd_psnr_t_high_dB": high})
     low, high, failed = (bootstrap_interval(bundle, arm, draws, confidence, rng, reference) if draws
                          else (math.nan,) * 2 + (0,))
@@ -286,13 +289,14 @@ def markdown(document: dict) -> str:
     for arm, runs in (document.get("diverged_arms") or {}).items():
         lines.append(f"| {arm} | {runs} run(s) diverged (summary.json) | – | – | – | – | no interval | – | – |")
     lines += ["", f"BD-PSNR against {document['reference']} (paired by seed; positive = more dB at the same rate)",
-              "", f"| arm | pchip mean ± SD | pchip {percent} t-interval | cubic {percent} t-interval |",
-              "|---|---|---|---|"]
+              "", f"| arm | seeds with a value | pchip mean ± SD | pchip {percent} t-interval | cubic {percent} t-interval |",
+              "|---|---|---|---|---|"]
     for entry in document["arms"]:
         pchip, cubic = entry["pchip"], entry["cubic"]
-        if pchip["n"] == 0 or "bd_psnr_mean_dB" not in pchip:
+        if not pchip.get("bd_psnr_n"):
             continue
-        lines.append(f"| {_label(entry, document)} | {pchip['bd_psnr_mean_dB']:+.3f} ± {pchip['bd_psnr_sd_dB']:.3f} dB | "
+        lines.append(f"| {_label(entry, document)} | {pchip['bd_psnr_n']} of {len(document['seeds'])} | "
+                     f"{pchip['bd_psnr_mean_dB']:+.3f} ± {pchip['bd_psnr_sd_dB']:.3f} dB | "
                      f"{_db_interval(pchip)} | {_db_interval(cubic)} |")
     lines += ["", f"Per arm and λ: mean over seeds ({percent} t-interval); l = λ·255²·MSE on the test images", "",
               "| arm | λ | bpp | PSNR dB | MS-SSIM | l |", "|---|---|---|---|---|---|"]

@@ -16,8 +16,9 @@
 #   <arm>_qat     seed 002's QAT: that arm's final model, INT8 fake quantization of g_a and g_s (entropy model and
 #                 hyperprior in float), QAT_STEPS more steps at lr 1e-4 (observers calibrate for the first quarter,
 #                 every scale fixed from three quarters on), evaluated as the quantised model
-# Outcomes: each arm's BD-rate and BD-PSNR against gdn (pchip and cubic, 95 % t-intervals over seeds, paired by
-# seed), each QAT arm against its float arm (what QAT costs), PSNR and MS-SSIM per λ; whether the distillation
+# Outcomes: each arm's BD-PSNR and BD-rate against gdn (pchip, 95 % t-intervals over seeds, paired by seed; cubic
+# needs 4 points per curve, so with 3 λ it has no value, and BD-rate exists only where the curves share qualities),
+# each QAT arm against its float arm (what QAT costs), PSNR and MS-SSIM per λ; whether the distillation
 # stage reaches seed 001's claim (within 0.1 dB PSNR of its teacher, MS-SSIM to the teacher >= 0.995) and after how
 # many steps (baselines.npu_claims); the deployment facts of each arm's trained model (benchmarks/npu_deploy.py).
 set -euo pipefail
@@ -41,7 +42,7 @@ arms=(--arm "gdn=--optimizer adam"
 pairs=()
 for arm in gdn relu gdnish_rd gdnish_recon upsample; do
   arms+=(--arm "${arm}_qat=--after $arm $qat")
-  pairs+=(--pair "${arm}_qat:$arm")
+  [ "$arm" = gdn ] || pairs+=(--pair "${arm}_qat:$arm")  # gdn_qat is compared with gdn anyway
 done
 "$PY" -m baselines.compare --out_dir "$RUNS_DIR" --bundle_dir "$BUNDLE" \
   --title "Study 6: what each NPU-friendly replacement costs (fine-tuning the shipped base, GDN as reference)" \
@@ -51,3 +52,6 @@ done
   --val_patch_size "${VAL_PATCH:-256}" --lr 1e-3 --sched cosine --lr_warmup_steps 20 --val_every "${VAL_EVERY:-50}" \
   --recon_every 0 --num_workers 0 "$@"
 "$PY" -m baselines.stats "$BUNDLE" "${pairs[@]}"
+"$PY" -m baselines.npu_claims "$RUNS_DIR" "$BUNDLE"
+"$PY" -m benchmarks.npu_deploy "$RUNS_DIR" --lambda "${DEPLOY_LAMBDA:-0.0035}" --json "$BUNDLE/deployment.json" \
+  --markdown "$BUNDLE/deployment.md"
