@@ -35,7 +35,6 @@ import re
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -50,29 +49,10 @@ from common.paths import output_dir
 from common.eval.evaluate import codec_description, describe, describe_test_set, evaluate, write_results
 from common.rd import RDCurve, bd_row, computed, curve_from_json, trimmed
 
-REPO = Path(__file__).resolve().parent.parent
+from baselines.study import AFTER, REPO, THEN, Arm, Point, run_dir  # noqa: F401  (REPO: for scripts and tests)
+
 # Flags the comparison sets for each run itself.
 _RESERVED = ("--lambda", "--save_dir", "--resume", "--seed", "--checkpoint", "--optimizer", "--use_balanced")
-
-
-THEN, AFTER = "--then", "--after"
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One setting of the study: a name, the training flags of each of its stages (one stage for an optimizer
-    setting; several for a recipe such as "train the replaced layers, then all"), and the arm whose final model
-    of the same seed and λ it starts from (``after``; None: the study's start)."""
-
-    name: str
-    stages: tuple[tuple[str, ...], ...]
-    after: str | None = None
-
-    @property
-    def flags(self) -> tuple[str, ...]:
-        """The flags as given: stages joined by ``--then``, led by ``--after ARM`` where there is one."""
-        joined = [flag for index, stage in enumerate(self.stages) for flag in ((THEN,) if index else ()) + stage]
-        return ((AFTER, self.after) if self.after else ()) + tuple(joined)
 
 
 def parse_arm(text: str) -> Arm:
@@ -172,10 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------------ training
-def run_dir(out_dir: Path, arm: str, seed: int, lmbda: float) -> Path:
-    return out_dir / arm / f"seed{seed}" / f"lambda_{lmbda:g}"
-
-
 def finished(folder: Path) -> bool:
     """A run is finished when it wrote its convergence verdict, which the engine does after its last step."""
     return (folder / "convergence.json").is_file() and (folder / "last.pt").is_file()
@@ -335,18 +311,6 @@ def train_all(waves: Iterable[list[tuple[list[list[str]], Path, list[str]]]], pa
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-@dataclass
-class Point:
-    """One evaluated model: its arm, seed and λ, its aggregate metrics and its convergence verdict."""
-
-    arm: str
-    seed: int
-    lmbda: float
-    metrics: dict
-    convergence: dict
-    train_seconds: float | None = None
-
-
 def evaluate_runs(out_dir: Path, arms: Sequence[Arm], seeds: Sequence[int], lambdas: Sequence[float],
                   images: list[Path], root: Path, test_set: dict,
                   curves_dir: Path) -> tuple[list[Point], dict[tuple[str, int], Path]]:

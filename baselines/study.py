@@ -16,7 +16,8 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -24,10 +25,8 @@ from PIL import Image
 from common.checkpoint import atomic_write_text, load_file
 from common.rd import RDCurve, plot_curves, sorted_monotone
 
-if TYPE_CHECKING:
-    from baselines.compare import Arm, Point
-
 SUMMARY = "summary.json"
+REPO = Path(__file__).resolve().parent.parent
 # The demo's targets (issue "Results a researcher can trust"): λ must move the rate at least this much.
 MIN_RATE_SPREAD = 3.0
 MIN_OVERLAP = 75.0
@@ -36,8 +35,6 @@ RECON_CROP = 192
 
 
 def git_commit() -> str:
-    from baselines.compare import REPO
-
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
@@ -46,6 +43,43 @@ def git_commit() -> str:
         return "unknown"
     commit = result.stdout.strip() or "unknown"
     return f"{commit} (with uncommitted changes)" if dirty else commit
+
+
+THEN, AFTER = "--then", "--after"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One setting of the study: a name, the training flags of each of its stages (one stage for an optimizer
+    setting; several for a recipe such as "train the replaced layers, then all"), and the arm whose final model
+    of the same seed and λ it starts from (``after``; None: the study's start)."""
+
+    name: str
+    stages: tuple[tuple[str, ...], ...]
+    after: str | None = None
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """The flags as given: stages joined by ``--then``, led by ``--after ARM`` where there is one."""
+        joined = [flag for index, stage in enumerate(self.stages) for flag in ((THEN,) if index else ()) + stage]
+        return ((AFTER, self.after) if self.after else ()) + tuple(joined)
+
+
+@dataclass
+class Point:
+    """One evaluated model: its arm, seed and λ, its aggregate metrics and its convergence verdict."""
+
+    arm: str
+    seed: int
+    lmbda: float
+    metrics: dict
+    convergence: dict
+    train_seconds: float | None = None
+
+
+def run_dir(out_dir: Path, arm: str, seed: int, lmbda: float) -> Path:
+    """The folder of one run of a study: ``<out_dir>/<arm>/seed<k>/lambda_<λ>/``."""
+    return out_dir / arm / f"seed{seed}" / f"lambda_{lmbda:g}"
 
 
 def machine_description() -> str:
@@ -66,8 +100,8 @@ def machine_description() -> str:
             f"Python {sys.version.split()[0]}")
 
 
-def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: Sequence["Arm"], lambdas: Sequence[float],
-                 seeds: Sequence[int], points: Sequence["Point"], curves: dict[tuple[str, int], RDCurve],
+def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: Sequence[Arm], lambdas: Sequence[float],
+                 seeds: Sequence[int], points: Sequence[Point], curves: dict[tuple[str, int], RDCurve],
                  anchors: Sequence[RDCurve], pairs: list[dict], summary: list[dict], images: list[Path],
                  root: Path, test_set: dict, wall_time: float, commit: str, image_sets: dict | None = None,
                  diverged: Sequence[dict] = ()) -> None:
@@ -145,7 +179,7 @@ def json_safe(value):
     return value
 
 
-def _point_row(point: "Point") -> dict:
+def _point_row(point: Point) -> dict:
     conv = point.convergence
     return {"arm": point.arm, "seed": point.seed, "lambda": point.lmbda, "bpp": point.metrics["bpp"],
             "bpp_estimated": point.metrics["bpp_estimated"], "psnr-rgb": point.metrics["psnr-rgb"],
@@ -230,8 +264,6 @@ def _overlap_detail(entry: dict) -> str:
 # ------------------------------------------------------------------------------------------ side files
 def copy_task_weights(out_dir: Path, run_root: Path, arms, seeds, lambdas) -> None:
     """Subsampled task-weight trajectories of every run that logged them (Balanced and BalancedQP)."""
-    from baselines.compare import run_dir
-
     target = out_dir / "task_weights"
     for stale in target.glob("*.csv"):  # a rerun with other arms or λ must not leave the old histories
         stale.unlink()
@@ -267,7 +299,6 @@ def write_reconstructions(out_dir: Path, run_root: Path, arms, seed: int, lambda
     import torch
 
     from baselines.classic import encode
-    from baselines.compare import run_dir
     from common.data.images import load_rgb, to_tensor
     from common.eval.evaluate import centred_padding, crop, pad
     from common.assembly import load_model
