@@ -21,8 +21,8 @@ HPCM's training size); the seeds' COCO recipes use 224 (``--patch_size 224``, th
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -32,10 +32,7 @@ from common.data.images import list_images, load_rgb, load_rgb_tensor, set_max_i
 from common.data.samples import sample_dirs, sample_splits
 from common.errors import UserError
 
-if TYPE_CHECKING:
-    from common.train.config import DataConfig
-
-__all__ = ["ImageFileDataset", "build_datasets", "find_images", "hash_split", "hash_subset",
+__all__ = ["DataConfig", "ImageFileDataset", "build_datasets", "find_images", "hash_split", "hash_subset",
            "is_validation", "list_images", "load_rgb", "load_rgb_tensor", "recon_subset", "sample_dirs", "sample_splits",
            "split_key", "to_tensor"]
 
@@ -47,6 +44,24 @@ DEFAULT_CACHE_MB = 512.0
 def default_num_workers() -> int:
     """DataLoader workers when not told: up to 4, no more than the machine's CPUs."""
     return min(4, os.cpu_count() or 1)
+
+
+@dataclass
+class DataConfig:
+    """Training and validation images (:func:`common.data.build_datasets`)."""
+
+    train_dataset: str | None = None
+    test_dataset: str | None = None
+    coco_dir: str | None = None
+    use_prepared: bool = False
+    val_ratio: float | None = None
+    max_images: int | None = None
+    patch_size: int = DEFAULT_PATCH_SIZE
+    val_patch_size: int | None = None
+    num_workers: int = field(default_factory=default_num_workers)
+    strict: bool = False
+    max_image_pixels: int | None = None
+    cache_images_mb: float = DEFAULT_CACHE_MB
 
 
 def _existing_dir(path: str | os.PathLike, flag: str) -> Path:

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.data import default_num_workers
+from common.data import DataConfig  # noqa: F401  (declared beside the code that reads it)
 
 
 @dataclass
@@ -25,24 +25,6 @@ class ModelConfig:
     checkpoint: str | None = None
     trust_checkpoint: bool = False
     recipe: str | None = None
-
-
-@dataclass
-class DataConfig:
-    """Training and validation images (:func:`common.data.build_datasets`)."""
-
-    train_dataset: str | None = None
-    test_dataset: str | None = None
-    coco_dir: str | None = None
-    use_prepared: bool = False
-    val_ratio: float | None = None
-    max_images: int | None = None
-    patch_size: int = 256
-    val_patch_size: int | None = None
-    num_workers: int = field(default_factory=default_num_workers)
-    strict: bool = False
-    max_image_pixels: int | None = None
-    cache_images_mb: float = 512.0
 
 
 @dataclass
