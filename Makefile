@@ -18,7 +18,7 @@ STUDIES ?= $(patsubst %/summary.json,%,$(wildcard results/*/summary.json))
 help:
 	@echo "make demo   - Adam vs Balanced R-D at 5 lambdas from the shipped base model, real bitstreams, JPEG/WebP anchors"
 	@echo "make test   - run the test suite"
-	@echo "make pretrain - train the demo's base model (about 1.5 h on 2 cores)"
+	@echo "make pretrain - train the demo's base model (about 1.5 h on one core); BASE=hpcm-tiny: phase 3's (about 20 min)"
 	@echo "make study-arms - study 4: Adam, Balanced and the arms between them, 8 seeds x 4 λ, intervals (results/study-arms)"
 	@echo "make study-qp - study 5: the exact QP's predicted vs realised log-loss changes, plain Adam, low lr, ridges"
 	@echo "make study-npu - study 6: what each NPU-friendly replacement and QAT costs from the trained base (results/study-npu)"
@@ -78,7 +78,7 @@ demo: setup
 
 # One thread, as the shipped base model was made (thread count changes the float summation order).
 pretrain: setup
-	OMP_NUM_THREADS=1 $(PY) -m baselines.pretrain
+	OMP_NUM_THREADS=1 $(PY) -m baselines.pretrain $(if $(BASE),--base $(BASE))
 
 study-scratch: setup
 	phase4/study_scratch.sh

@@ -7,13 +7,18 @@ PY="${PY:-$REPO/.venv/bin/python}"
 OUT="${OUT:-runs}"
 # Phases 1 and 2 (scripts that set FROM_BASE=1) with no MODEL fine-tune the shipped base model in the demo's regime
 # (800 steps, lr 1e-3 cosine, batch 4 of 64 px crops): a run that ends at a trained operating point in about a
-# minute. A fresh hpcm-tiny at 150 steps (MODEL=hpcm-tiny, the other scripts' default) is a pipeline check only:
-# it ends near 10 dB at the rate corner (PHASES_OVERVIEW.md).
+# minute. Phase 3 (FROM_BASE=hpcm-tiny) fine-tunes the shipped hpcm-tiny base in study 3's regime (800 steps, lr 5e-4
+# cosine, batch 4 of 64 px crops, γ 0.03 and 5-task γ 0.03 0.03 0.08 0.06 0.04, following the lr). A fresh hpcm-tiny
+# at 150 steps (MODEL=hpcm-tiny) is a pipeline check only: it ends near 10 dB at the rate corner (PHASES_OVERVIEW.md).
 START_FLAGS=()
 if [ -z "${MODEL:-}" ] && [ -n "${FROM_BASE:-}" ]; then
-  MODEL=bmshj2018-factorized-small
-  START="${START-$REPO/baselines/pretrained/bmshj2018-factorized-small.pt}"
-  STEPS="${STEPS:-800}" LR="${LR:-1e-3}" BATCH="${BATCH:-4}" PATCH="${PATCH:-64}" VAL_EVERY="${VAL_EVERY:-40}"
+  if [ "$FROM_BASE" = hpcm-tiny ]; then
+    MODEL=hpcm-tiny LR="${LR:-5e-4}" GAMMAS="${GAMMAS:-0.03 0.03 0.08 0.06 0.04}"
+  else
+    MODEL=bmshj2018-factorized-small LR="${LR:-1e-3}"
+  fi
+  START="${START-$REPO/baselines/pretrained/$MODEL.pt}"
+  STEPS="${STEPS:-800}" BATCH="${BATCH:-4}" PATCH="${PATCH:-64}" VAL_EVERY="${VAL_EVERY:-40}"
   # As the demo: within 800 steps Balanced's weights settle only with γ 0.03 (results/demo-gamma/), and a γ that
   # follows the cosine lr is the per-step schedule that fits this run (the epoch schedules assume hundreds).
   GAMMA="${GAMMA:-0.03}" GAMMA_STRATEGY="${GAMMA_STRATEGY:-follow}"
