@@ -18,7 +18,7 @@ STUDIES ?= $(patsubst %/summary.json,%,$(wildcard results/*/summary.json))
 help:
 	@echo "make demo   - Adam vs Balanced R-D at 5 lambdas from the shipped base model, real bitstreams, JPEG/WebP anchors"
 	@echo "make test   - run the test suite"
-	@echo "make pretrain - train the demo's base model (about 1.5 h on one core); BASE=hpcm-tiny: phase 3's (about 20 min)"
+	@echo "make pretrain - train the demo's base model (about 1.5 h on one core); BASE=hpcm-tiny: phase 3's (about 14 min)"
 	@echo "make study-arms - study 4: Adam, Balanced and the arms between them, 8 seeds x 4 λ, intervals (results/study-arms)"
 	@echo "make study-qp - study 5: the exact QP's predicted vs realised log-loss changes, plain Adam, low lr, ridges"
 	@echo "make study-npu - study 6: what each NPU-friendly replacement and QAT costs from the trained base (results/study-npu)"

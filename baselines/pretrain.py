@@ -7,7 +7,7 @@ A λ ladder is usually made the way LIC papers make theirs: one model trained lo
 fine-tuned from it. Each recipe (``RECIPES``) trains its model with Adam on the embedded sample photos' training
 split (validation on ``val/``) at the geometric middle of the demo's ladder, with a cosine learning-rate decay:
 bmshj2018-factorized-small (the demo's and phases 1, 2 and 4's, about 1.5 h on one core) and hpcm-tiny (phase 3's
-HPCM, about 20 minutes on one core). The result is written as a slim checkpoint (weights, the model's name and the
+HPCM, about 14 minutes on one core). The result is written as a slim checkpoint (weights, the model's name and the
 training flags; no optimizer state) and a JSON file beside it with the command, the git commit, the time
 taken (by this invocation; ``resumed_from_step`` says where an interrupted run continued), the final
 validation metrics and the convergence verdict.
