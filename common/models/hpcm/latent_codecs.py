@@ -12,9 +12,10 @@ no keys and official checkpoints load unchanged.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
+from torch import nn
 from compressai.ans import BufferedRansEncoder, RansDecoder
 
 from common.errors import UserError
@@ -22,9 +23,8 @@ from common.models.hpcm import schedule
 from common.models.hpcm.ggm import ggm_scale_table
 from common.models.hpcm.schedule import S1_PHASE, S2_PHASE, SCALE_STEPS, pack, unpack
 
-if TYPE_CHECKING:
-    from common.models.hpcm.model import HPCM
-
+# The codecs read the HPCM module that owns them (its layers, tables and ``bitstream`` choice); typed as
+# ``nn.Module`` so that this module, which the model imports, does not import the model back.
 # A step's coder: (step 1..11, scales, means, mask) on the step's grid -> integer residuals (0 off-mask).
 StepCoder = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # Latent sizes whose step maps are kept (evaluation sees a few image sizes over and over).
@@ -38,7 +38,7 @@ def _noisy(values: torch.Tensor) -> torch.Tensor:
     return values + noise
 
 
-def _official_tables(model: HPCM) -> dict:
+def _official_tables(model: nn.Module) -> dict:
     """The official code's y and z tables and y scale levels, rebuilt when ``scales_hyper`` changes.
 
     They are not buffers: the model's buffers keep the toolkit's (more accurate) tables, and official
@@ -55,7 +55,7 @@ def _official_tables(model: HPCM) -> dict:
     return cached[1]
 
 
-def _tables(model: HPCM, kind: str) -> tuple[list, list, list]:
+def _tables(model: nn.Module, kind: str) -> tuple[list, list, list]:
     if model.bitstream == "official":
         return tuple(t.tolist() for t in _official_tables(model)[kind])
     if not model.quantized_cdf_y.numel() or not model.quantized_cdf_z.numel():
@@ -68,7 +68,7 @@ def _tables(model: HPCM, kind: str) -> tuple[list, list, list]:
 class HyperpriorCodec:
     """z = h_a(y), coded with one GGM per channel (mean ``means_hyper``, scale ``scales_hyper``)."""
 
-    def __init__(self, model: HPCM):
+    def __init__(self, model: nn.Module):
         self.model = model
 
     def forward(self, y: torch.Tensor) -> dict:
@@ -125,7 +125,7 @@ class ProgressiveContextCodec:
     ``official_s2_hyper_quirk`` (the model's flag) reproduces the official, misaligned scale-2 hyper merge.
     """
 
-    def __init__(self, model: HPCM):
+    def __init__(self, model: nn.Module):
         self.model = model
         self._schedules: dict = {}
 
