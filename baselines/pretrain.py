@@ -56,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if parsed is None:
         return 0
     args, overrides = parsed
+    # Before anything is written: the base model this run replaces is a tracked file, a local change once written.
+    commit = git_commit()
     args.out = args.out or str(shipped_base(args.base))
     args.save_dir = args.save_dir or f"runs/pretrain/{args.base}"
     output_file(args.out, "--out")
@@ -76,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     atomic_save(model_only(load_file(Path(args.save_dir) / "last.pt")), out)
     provenance = {"command": "python -m baselines.pretrain " + " ".join(sys.argv[1:] if argv is None else argv),
-                  "training_flags": train_argv, "git_commit": git_commit(),
+                  "training_flags": train_argv, "git_commit": commit,
                   "wall_time_s": round(time.perf_counter() - started, 1), "resumed_from_step": resumed_from,
                   "torch_threads": torch.get_num_threads(), "final_validation": final,
                   "convergence": trainer.convergence.to_dict()}
