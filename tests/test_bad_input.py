@@ -313,6 +313,15 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_where_it_loads(image_di
             Trainer(train_args(image_dirs, folder, "--steps", "8", *flags))
 
 
+def test_a_weight_average_with_non_finite_values_is_refused_on_resume(image_dirs, tmp_path):  # noqa: F811
+    Trainer(train_args(image_dirs, tmp_path, "--steps", "4", "--ema_decay", "0.9")).fit()
+    checkpoint = ckpt_io.load_file(tmp_path / "last.pt")
+    checkpoint["ema_state_dict"]["g_a.0.weight"].fill_(float("inf"))
+    torch.save(checkpoint, tmp_path / "last.pt")
+    with pytest.raises(UserError, match=r"\(its weight average\) holds non-finite values .* in g_a.0.weight"):
+        Trainer(train_args(image_dirs, tmp_path, "--steps", "8", "--ema_decay", "0.9", "--resume"))
+
+
 def test_a_latent_that_is_not_finite_is_refused_before_coding(image_dirs):  # noqa: F811
     from common.eval import evaluate
     from common.models import build

@@ -539,6 +539,8 @@ class Trainer:
             if ckpt.get("ema_state_dict") is None:
                 raise UserError("the checkpoint has no weight average to continue; resume without --ema_decay")
             self.ema.load(ckpt["ema_state_dict"], ckpt["ema_updates"])
+            # The average is what evaluation and the final checkpoint use: a damaged one must not train on.
+            check_finite_parameters(self.ema.module, f"{self._resume_path()} (its weight average)")
         if self.dist.enabled:
             # Each rank draws its own quantisation noise; re-derive it from the resumed step.
             seed_everything(self.cfg.schedule.seed + self.dist.rank + 7919 * ckpt["progress"]["step"])
