@@ -183,11 +183,10 @@ def reads_lambda(flags: Sequence[str]) -> bool:
     """Whether a stage's loss has the R-D trade-off λ: not distillation (its target is the teacher's output) and
     not a ``--loss_type`` without λ (seed 000's reconstruction loss, the seeds' recon + λ_bpp·bpp)."""
     from common.losses import LOSS_OPTIONS
+    from common.train.options import build_parser as train_parser
 
-    if "--distill" in flags:
-        return False
-    loss_types = [flags[index + 1] for index, flag in enumerate(flags[:-1]) if flag == "--loss_type"]
-    return "lmbda" in LOSS_OPTIONS.get(loss_types[-1] if loss_types else "mse", ("lmbda",))
+    parsed = train_parser().parse_args(list(flags))
+    return not parsed.distill and "lmbda" in LOSS_OPTIONS[parsed.loss_type]
 
 
 def stage_flags(train_argv: Sequence[str], flags: Sequence[str], seed: int, lmbda: float, folder: Path) -> list[str]:
@@ -477,6 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "image(s): the convergence verdict and best/EMA checkpoints then see the test images; give "
               "--eval_dataset (or a --test_dataset that is not the test set)", file=sys.stderr)
     starts = {(seed, lmbda): _start(args, seed, lmbda) for seed in seeds for lmbda in lambdas}
+    for path in set(starts.values()) - {None}:  # a file that is no checkpoint fails here, not in every run
+        load_file(path)
     out_dir = output_dir(args.out_dir, "--out_dir")
     output_dir(args.bundle_dir or out_dir, "--bundle_dir")
 
@@ -608,13 +609,7 @@ def _start(args, seed: int, lmbda: float) -> Path | None:
     if not path.is_file():
         hint = " (run the sweep it comes from first)" if args.start_from else ""
         raise UserError(f"starting model not found: {path}{hint}")
-    if path not in _CHECKED_STARTS:  # a file that is no checkpoint fails here, not in every run
-        load_file(path)
-        _CHECKED_STARTS.add(path)
     return path
-
-
-_CHECKED_STARTS: set[Path] = set()
 
 
 def cli() -> None:

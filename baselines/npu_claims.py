@@ -77,10 +77,8 @@ def replacement_rows(stats: dict) -> list[dict]:
     """Each arm's BD-PSNR and BD-rate against the reference, or QAT against its float arm, with a verdict."""
     rows = []
     for entry in stats["arms"]:
-        pchip = entry["pchip"]
+        pchip = {key: math.nan if value is None else value for key, value in entry["pchip"].items()}  # JSON null: NaN
         low, high = pchip.get("bd_psnr_t_low_dB", math.nan), pchip.get("bd_psnr_t_high_dB", math.nan)
-        low = math.nan if low is None else low
-        high = math.nan if high is None else high
         rows.append({"arm": entry["arm"], "against": entry["reference"], "seeds_with_value": pchip.get("bd_psnr_n", 0),
                      "seeds": len(entry["seeds"]),
                      "bd_psnr_mean_db": pchip.get("bd_psnr_mean_dB"), "bd_psnr_low_db": low, "bd_psnr_high_db": high,
@@ -121,14 +119,14 @@ def markdown(document: dict) -> str:
               "| arm | against | seeds with a BD-PSNR | BD-PSNR dB | 95 % interval dB | BD-rate % | 95 % interval % "
               "| verdict |", "|---|---|---|---|---|---|---|---|"]
     for row in document["replacements"]:
-        if row["seeds_with_value"] == 0 or row["bd_psnr_mean_db"] is None:
+        if not row["seeds_with_value"] or math.isnan(row["bd_psnr_mean_db"]):
             lines.append(f"| {row['arm']} | {row['against']} | – | no value (the curves share no rates: see the "
                          "per-λ table) | – | – | – | no value |")
             continue
         lines.append(f"| {row['arm']} | {row['against']} | {row['seeds_with_value']} of {row['seeds']} | "
                      f"{row['bd_psnr_mean_db']:+.3f} | "
-                     f"{_interval_db(row['bd_psnr_low_db'], row['bd_psnr_high_db'])} | {_number(row['bd_rate_mean_%'])} "
-                     f"| {_interval(row['bd_rate_low_%'], row['bd_rate_high_%'])} | {row['verdict']} |")
+                     f"{_interval(row['bd_psnr_low_db'], row['bd_psnr_high_db'], 3)} | {_number(row['bd_rate_mean_%'])} "
+                     f"| {_interval(row['bd_rate_low_%'], row['bd_rate_high_%'], 2)} | {row['verdict']} |")
     lines += ["", f"Per λ against {document['reference']} at the same λ (means over seeds)", "",
               "| arm | λ | bpp (reference) | PSNR dB (change) | MS-SSIM (change) |", "|---|---|---|---|---|"]
     for row in document["points"]:
@@ -138,18 +136,12 @@ def markdown(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _number(value) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.2f}"
+def _number(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:+.2f}"
 
 
-def _interval_db(low, high) -> str:
-    return "–" if math.isnan(low) else f"[{low:+.3f}, {high:+.3f}]"
-
-
-def _interval(low, high) -> str:
-    if low is None or (isinstance(low, float) and math.isnan(low)):
-        return "–"
-    return f"[{low:+.2f}, {high:+.2f}]"
+def _interval(low: float, high: float, digits: int) -> str:
+    return "–" if math.isnan(low) else f"[{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,7 +27,7 @@ import csv
 import json
 import math
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Sequence
 
@@ -126,8 +126,7 @@ class Bundle:
         self.reference = summary["reference_arm"]
         self.seeds = [int(seed) for seed in summary["seeds"]]
         # The pairing is over seeds: an arm with a run that diverged (no curve for that seed) has no paired values.
-        diverged = summary.get("diverged") or []
-        self.diverged = {run["arm"]: sum(1 for other in diverged if other["arm"] == run["arm"]) for run in diverged}
+        self.diverged = dict(Counter(run["arm"] for run in summary.get("diverged") or []))
         if self.reference in self.diverged:
             raise UserError(f"{summary_path}: the reference arm {self.reference} has runs that diverged; the paired "
                             "statistics need its curve at every seed")
