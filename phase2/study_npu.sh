@@ -4,7 +4,9 @@
 # Every run starts from the shipped base model (baselines/pretrained/bmshj2018-factorized-small.pt, GDN/IGDN,
 # 36,000 steps at λ 0.0048) and trains STEPS steps in all (1200: batch 4 of 64 px crops of the 6 training photos,
 # lr 1e-3 cosine with 20 warm-up steps, validation on the 2 validation photos); the 4 test photos are read once, by
-# the final real-bitstream evaluation. 3 seeds x 3 λ (CompressAI's 0.0018, 0.0035, 0.0067 around the base's):
+# the final real-bitstream evaluation. 3 seeds x 4 λ (CompressAI's 0.0018, 0.0035, 0.0067 and 0.013 around the base's;
+# the design fixed at d2ef1b8 had the first three: 0.013 was added after that run, before anything was tuned on it,
+# because cubic BD needs 4 points per curve and the ReLU and Upsample curves did not reach GDN's qualities):
 #   gdn           the control: the GDN model fine-tuned alone, λ·255²·MSE + bpp (fine-tuning itself moves quality)
 #   relu          seed 000: encoder GDN -> ReLU; the replaced layers train on seed 000's reconstruction loss
 #                 (0.4·L1 + 0.6·(1 - MS-SSIM)) for STEPS/2, then every layer on the R-D loss for STEPS/2
@@ -16,8 +18,8 @@
 #   <arm>_qat     seed 002's QAT: that arm's final model, INT8 fake quantization of g_a and g_s (entropy model and
 #                 hyperprior in float), QAT_STEPS more steps at lr 1e-4 (observers calibrate for the first quarter,
 #                 every scale fixed from three quarters on), evaluated as the quantised model
-# Outcomes: each arm's BD-PSNR and BD-rate against gdn (pchip, 95 % t-intervals over seeds, paired by seed; cubic
-# needs 4 points per curve, so with 3 λ it has no value, and BD-rate exists only where the curves share qualities),
+# Outcomes: each arm's BD-PSNR and BD-rate against gdn (pchip and cubic, 95 % t-intervals over seeds, paired by
+# seed; BD-rate exists only where the curves share qualities),
 # each QAT arm against its float arm (what QAT costs), PSNR and MS-SSIM per λ; whether the distillation
 # stage reaches seed 001's claim (within 0.1 dB PSNR of its teacher, MS-SSIM to the teacher >= 0.995) and after how
 # many steps (baselines.npu_claims); the deployment facts of each arm's trained model (benchmarks/npu_deploy.py).
@@ -47,7 +49,7 @@ done
 "$PY" -m baselines.compare --out_dir "$RUNS_DIR" --bundle_dir "$BUNDLE" \
   --title "Study 6: what each NPU-friendly replacement costs (fine-tuning the shipped base, GDN as reference)" \
   --start_checkpoint baselines/pretrained/bmshj2018-factorized-small.pt --anchors "" \
-  --lambdas "${LAMBDAS:-0.0018,0.0035,0.0067}" --seeds "${SEEDS:-0,1,2}" --jobs "${JOBS:-2}" "${arms[@]}" \
+  --lambdas "${LAMBDAS:-0.0018,0.0035,0.0067,0.013}" --seeds "${SEEDS:-0,1,2}" --jobs "${JOBS:-2}" "${arms[@]}" \
   --model bmshj2018-factorized-small --steps "$STEPS" --batch_size 4 --patch_size 64 \
   --val_patch_size "${VAL_PATCH:-256}" --lr 1e-3 --sched cosine --lr_warmup_steps 20 --val_every "${VAL_EVERY:-50}" \
   --recon_every 0 --num_workers 0 "$@"
