@@ -8,7 +8,7 @@ Every *arm* is one optimizer setting; all arms share every other training flag, 
 and the starting model, so their curves differ only by the optimizer. For each arm, seed and λ a run
 of ``python -m common.train`` is made (in worker processes that import the engine once; ``--jobs 2`` runs
 two at a time with one thread each), then every final model is evaluated with real bitstreams on the evaluation images
-(CompressAI's protocol, ``common.eval``), JPEG and WebP are measured on the same images
+(CompressAI's protocol, ``common.eval``; as many at a time as train), JPEG and WebP are measured on the same images
 (``baselines.classic``), and one table is printed: the R-D points, whether each run converged
 (``common.train.convergence``), the BD-rate and BD-PSNR of every arm against the first arm and against
 JPEG (per seed, then mean ± standard deviation over seeds), and the overlap of each pair.
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--start_from", metavar="DIR",
                        help="each run starts from DIR/seed<k>/lambda_<λ>/last.pt (another sweep's final models)")
     parser.add_argument("--jobs", type=number(int, minimum=1, maximum=64), default=1,
-                        help="trainings at a time; each gets (usable cores)/jobs threads")
+                        help="trainings (then evaluations) at a time; each gets (usable cores)/jobs threads")
     parser.add_argument("--eval_dataset", help="images of the real-bitstream evaluation (default: "
                                                "--test_dataset, else the embedded test photos)")
     parser.add_argument("--test_set", help="test-set name recorded in the curves (see common.eval --test_set)")
@@ -262,13 +262,23 @@ def _train(stages: list[list[str]], folder: str, flags: list[str]) -> str:
     return next((line for line in reversed(lines) if line.startswith("convergence")), "convergence: no verdict")
 
 
+def _worker_pool(parallel: int):
+    """``parallel`` worker processes, each with (usable cores) / ``parallel`` threads: the cores this process may
+    use (taskset, cgroups), not the machine's, since more threads than cores slows every run down many times over."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, len(os.sched_getaffinity(0)) // parallel)
+    # spawn, not fork: a forked child of a process whose OpenMP threads already ran can hang.
+    return ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker, initargs=(threads,))
+
+
 def train_all(waves: Iterable[list[tuple[list[list[str]], Path, list[str]]]], parallel: int) -> None:
     """Run the trainings (each stage's arguments, folder, the run's flags), wave after wave (a wave starts from
     the models of the waves before it): one at a time in this process, or ``parallel`` at a time in worker
-    processes that each import the engine once.
+    processes that each import the engine once (:func:`_worker_pool`).
 
-    Each worker gets (usable cores) / ``parallel`` threads: the cores this process may use (taskset,
-    cgroups), not the machine's, since more threads than cores slows every run down many times over.
     A run that diverges is a result: it is recorded in its folder and the sweep goes on. A run that fails
     otherwise stops the sweep with its last line once the runs already started have ended.
     """
@@ -288,13 +298,9 @@ def train_all(waves: Iterable[list[tuple[list[list[str]], Path, list[str]]]], pa
             if not all(record(folder, _train(stages, str(folder), flags)) for stages, folder, flags in jobs):
                 raise UserError(failures[0])
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
-    threads = max(1, len(os.sched_getaffinity(0)) // parallel)
-    # spawn, not fork: a forked child of a process whose OpenMP threads already ran can hang.
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_start_worker, initargs=(threads,)) as pool:
+    with _worker_pool(parallel) as pool:
         for jobs in waves:
             futures = {pool.submit(_train, stages, str(folder), flags): folder for stages, folder, flags in jobs}
             for future in as_completed(futures):
@@ -310,33 +316,53 @@ def train_all(waves: Iterable[list[tuple[list[list[str]], Path, list[str]]]], pa
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def evaluate_runs(out_dir: Path, arms: Sequence[Arm], seeds: Sequence[int], lambdas: Sequence[float],
-                  images: list[Path], root: Path, test_set: dict,
-                  curves_dir: Path) -> tuple[list[Point], dict[tuple[str, int], Path]]:
-    """Real-bitstream evaluation of every final model; one CompressAI-format curve per arm and seed whose runs
-    all finished (where one diverged, the others are not evaluated: a curve needs every λ)."""
+def _evaluate_checkpoint(checkpoint: str, images: list[str], root: str) -> tuple[list[dict], dict, int]:
+    """Real-bitstream evaluation of one final model (in this process or a worker's): its per-image rows, their
+    aggregate and the padding multiple it was evaluated with."""
     from common.assembly import load_model
 
+    model = load_model(checkpoint=checkpoint)
+    rows, aggregate = evaluate(model, images, root=root)
+    return rows, aggregate, model.eval_pad_multiple
+
+
+def evaluate_checkpoints(checkpoints: dict, images: list[Path], root: Path, parallel: int) -> dict:
+    """``_evaluate_checkpoint`` of every checkpoint (values of ``checkpoints``, by the same keys): one at a time in
+    this process, or ``parallel`` at a time in worker processes (a model's evaluation is independent of the
+    others', and a study of 100+ runs spent minutes on it one at a time)."""
+    jobs = {key: (str(path), [str(image) for image in images], str(root)) for key, path in checkpoints.items()}
+    if parallel == 1 or len(jobs) < 2:
+        return {key: _evaluate_checkpoint(*job) for key, job in jobs.items()}
+    with _worker_pool(min(parallel, len(jobs))) as pool:
+        futures = {key: pool.submit(_evaluate_checkpoint, *job) for key, job in jobs.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+def evaluate_runs(out_dir: Path, arms: Sequence[Arm], seeds: Sequence[int], lambdas: Sequence[float],
+                  images: list[Path], root: Path, test_set: dict, curves_dir: Path,
+                  parallel: int = 1) -> tuple[list[Point], dict[tuple[str, int], Path]]:
+    """Real-bitstream evaluation of every final model (``parallel`` at a time); one CompressAI-format curve per
+    arm and seed whose runs all finished (where one diverged, the others are not evaluated: a curve needs every
+    λ)."""
+    complete = [(arm, seed) for arm in arms for seed in seeds
+                if not any(diverged_record(run_dir(out_dir, arm.name, seed, lmbda)) for lmbda in lambdas)]
+    results = evaluate_checkpoints({(arm.name, seed, lmbda): run_dir(out_dir, arm.name, seed, lmbda) / "last.pt"
+                                    for arm, seed in complete for lmbda in lambdas}, images, root, parallel)
     points, curves = [], {}
-    for arm in arms:
-        for seed in seeds:
-            if any(diverged_record(run_dir(out_dir, arm.name, seed, lmbda)) for lmbda in lambdas):
-                continue
-            aggregates, rows_per_point = [], []
-            for lmbda in lambdas:
-                folder = run_dir(out_dir, arm.name, seed, lmbda)
-                model = load_model(checkpoint=str(folder / "last.pt"))
-                rows, aggregate = evaluate(model, images, root=root)
-                aggregates.append(aggregate)
-                rows_per_point.append(rows)
-                verdict = run_verdict(folder)
-                points.append(Point(arm.name, seed, lmbda, aggregate, verdict, training_seconds(folder)))
-            name = arm.name if len(seeds) == 1 else f"{arm.name} (seed {seed})"
-            path, _ = write_results(curves_dir / f"{arm.name}_seed{seed}.json", name,
-                                    describe(False, "zero", model.eval_pad_multiple, model.eval_pad_multiple),
-                                    [f"lambda={lmbda:g}" for lmbda in lambdas], aggregates, rows_per_point,
-                                    test_set=test_set, codec=codec_description(_model_name(folder)))
-            curves[(arm.name, seed)] = path
+    for arm, seed in complete:
+        aggregates, rows_per_point = [], []
+        for lmbda in lambdas:
+            folder = run_dir(out_dir, arm.name, seed, lmbda)
+            rows, aggregate, pad_multiple = results[(arm.name, seed, lmbda)]
+            aggregates.append(aggregate)
+            rows_per_point.append(rows)
+            points.append(Point(arm.name, seed, lmbda, aggregate, run_verdict(folder), training_seconds(folder)))
+        name = arm.name if len(seeds) == 1 else f"{arm.name} (seed {seed})"
+        path, _ = write_results(curves_dir / f"{arm.name}_seed{seed}.json", name,
+                                describe(False, "zero", pad_multiple, pad_multiple),
+                                [f"lambda={lmbda:g}" for lmbda in lambdas], aggregates, rows_per_point,
+                                test_set=test_set, codec=codec_description(_model_name(folder)))
+        curves[(arm.name, seed)] = path
     return points, curves
 
 
@@ -502,7 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         for run in diverged:
             print(f"  {run['arm']}/seed{run['seed']}/λ={run['lambda']:g}: {run['message']}", file=sys.stderr)
-    points, curve_paths = evaluate_runs(out_dir, arms, seeds, lambdas, images, root, test_set, bundle / "curves")
+    points, curve_paths = evaluate_runs(out_dir, arms, seeds, lambdas, images, root, test_set, bundle / "curves",
+                                        args.jobs)
     if not any(key[0] == arms[0].name for key in curve_paths):
         raise UserError(f"every run of the reference arm {arms[0].name} diverged: there is no curve to compare "
                         "against (the bundle is not written)")

@@ -228,6 +228,30 @@ def test_a_diverged_run_is_a_result_and_the_sweep_goes_on(tmp_path):
         compare.main(argv(1e29))
 
 
+def test_evaluation_in_worker_processes_equals_evaluation_in_process(tmp_path):
+    # The bundle's points do not depend on --jobs: two different models evaluated two at a time in spawned workers
+    # (one thread each) give the bytes, PSNR and MS-SSIM of the same evaluation in this process at one thread,
+    # bit for bit (same kernels, same thread count); only the timings differ.
+    _, test = write_image_dirs(tmp_path, size=64, n_train=1, n_test=1)
+    images = sorted(test.iterdir())
+    checkpoints = {"bmshj2018": BASE, "hpcm": BASE.with_name("hpcm-tiny.pt")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        in_process = compare.evaluate_checkpoints(checkpoints, images, test, parallel=1)
+    finally:
+        torch.set_num_threads(threads)
+    in_workers = compare.evaluate_checkpoints(checkpoints, images, test, parallel=2)
+    assert in_process.keys() == in_workers.keys() == checkpoints.keys()
+    for key, (rows, aggregate, pad_multiple) in in_process.items():
+        other_rows, other_aggregate, other_pad = in_workers[key]
+        assert pad_multiple == other_pad
+        untimed = [{k: v for k, v in row.items() if "time" not in k} for row in rows]
+        assert untimed == [{k: v for k, v in row.items() if "time" not in k} for row in other_rows]
+        assert aggregate["bpp"] > 0 and aggregate["psnr-rgb"] == other_aggregate["psnr-rgb"]
+    assert in_process["bmshj2018"][0][0]["bytes"] != in_process["hpcm"][0][0]["bytes"]
+
+
 def test_staged_arms_and_arms_that_start_from_another(tmp_path):
     # An NPU recipe as one arm of stages (replaced layers, then all; distillation, then the R-D fine-tuning) and a
     # QAT arm that starts from another arm's final model: every stage starts from the one before, the distillation
