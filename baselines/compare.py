@@ -339,14 +339,14 @@ def evaluate_checkpoints(checkpoints: dict, images: list[Path], root: Path, para
 
 
 def evaluate_runs(out_dir: Path, arms: Sequence[Arm], seeds: Sequence[int], lambdas: Sequence[float],
-                  images: list[Path], root: Path, test_set: dict, curves_dir: Path,
-                  parallel: int = 1) -> tuple[list[Point], dict[tuple[str, int], Path]]:
-    """Real-bitstream evaluation of every final model (``parallel`` at a time); one CompressAI-format curve per
-    arm and seed whose runs all finished (where one diverged, the others are not evaluated: a curve needs every
-    λ)."""
+                  images: list[Path], root: Path, test_set: dict, curves_dir: Path, parallel: int = 1,
+                  checkpoint: str = "last.pt") -> tuple[list[Point], dict[tuple[str, int], Path]]:
+    """Real-bitstream evaluation of every final model (``parallel`` at a time; ``checkpoint``: which file of each
+    run folder, e.g. weights it kept along the way); one CompressAI-format curve per arm and seed whose runs all
+    finished (where one diverged, the others are not evaluated: a curve needs every λ)."""
     complete = [(arm, seed) for arm in arms for seed in seeds
                 if not any(diverged_record(run_dir(out_dir, arm.name, seed, lmbda)) for lmbda in lambdas)]
-    results = evaluate_checkpoints({(arm.name, seed, lmbda): run_dir(out_dir, arm.name, seed, lmbda) / "last.pt"
+    results = evaluate_checkpoints({(arm.name, seed, lmbda): run_dir(out_dir, arm.name, seed, lmbda) / checkpoint
                                     for arm, seed in complete for lmbda in lambdas}, images, root, parallel)
     points, curves = [], {}
     for arm, seed in complete:

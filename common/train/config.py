@@ -193,6 +193,7 @@ class OutputConfig:
     save_every_steps: int = 0
     keep_last: int = 0
     keep_best: int = 0
+    keep_steps: list[int] = field(default_factory=list)
     resume: str | None = None
     overwrite: bool = False
     wandb: bool = False

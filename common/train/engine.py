@@ -50,6 +50,7 @@ VALIDATION_STEPS = 500
 RESUME_OVERRIDES = ("lr", "steps", "epochs")
 RESUME_FREE = ("resume", "overwrite", "checkpoint", "pretrained", "trust_checkpoint", "progress", "wandb",
                "wandb_project", "val_every", "recon_every", "recon_count", "recon_dir", "recon_subdir", "save_every_steps",
+               "keep_steps",
                "num_workers", "device", "cache_images_mb", "max_image_pixels", "save_dir", "strict")
 
 
@@ -313,6 +314,10 @@ class Trainer:
         self.val_every = cfg.output.val_every or max(1, math.ceil(VALIDATION_STEPS / self.sampler.batches_per_epoch))
         self.recon_every = self.val_every if cfg.output.recon_every is None else cfg.output.recon_every
         self.total_steps = self._total_steps()
+        beyond = [step for step in cfg.output.keep_steps if step > self.total_steps]
+        if beyond:
+            raise UserError(f"--keep_steps {' '.join(map(str, beyond))}: the run has {self.total_steps} steps; keep "
+                            "steps within it")
         self.convergence_start = convergence.window_start(self.total_steps)
         self.convergence: convergence.Convergence | None = None
         self.total_epochs = math.ceil(self.total_steps / self.sampler.batches_per_epoch)
@@ -787,6 +792,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
                 if cfg.output.save_every_steps and progress.step % cfg.output.save_every_steps == 0:
                     self.save(self.names["last"])
+                if progress.step in cfg.output.keep_steps and self.main:
+                    run_folder.keep_step(self.save_dir, self.checkpoint(), progress.step, self.epoch_index(),
+                                         self.cfg.flat())
                 if progress.batch_in_epoch < self.sampler.batches_per_epoch:
                     self._validate_at_window_start()  # else after the epoch's own validation below
                 if progress.step >= self.total_steps:

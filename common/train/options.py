@@ -160,6 +160,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                      help="also keep the checkpoints of the last K validations (SAVE_DIR/checkpoints, with an info JSON)")
     out.add_argument("--keep_best", type=number(int, minimum=0), default=0, metavar="K",
                      help="also keep the weights of the K validations with the lowest loss (SAVE_DIR/checkpoints)")
+    out.add_argument("--keep_steps", type=number(int, minimum=1), nargs="+", default=[], metavar="N",
+                     help="also keep the weights after each of these steps (SAVE_DIR/checkpoints/step_N.pt, with an "
+                          "info JSON): the model at fractions of its budget, as python -m baselines.budget reads them")
     out.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                      help="continue a run (default file: SAVE_DIR/last.pt)")
     bool_flag(out, "--overwrite", False, "start a new run in a SAVE_DIR that already holds one, replacing its "

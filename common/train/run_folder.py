@@ -56,6 +56,14 @@ def keep_checkpoints(save_dir: Path, ckpt: dict, metrics: dict[str, float], keep
                 _remove(old)
 
 
+def keep_step(save_dir: Path, ckpt: dict, step: int, epoch: int, config: dict[str, Any]) -> None:
+    """``checkpoints/step_N.pt``: the weights (and weight average) after step N of ``--keep_steps``, with its
+    ``.json`` (step, epoch, config); never pruned."""
+    folder = save_dir / KEPT_DIR
+    folder.mkdir(exist_ok=True)
+    _write(folder / f"step_{step:08d}.pt", model_only(ckpt), _info(step, epoch, {}, config))
+
+
 # What each file of a run folder is, in the order the README lists them.
 _CONTENTS = {
     "last.pt": "the latest checkpoint: weights, optimizer, schedules, RNG and data position (`--resume` continues "
@@ -64,7 +72,8 @@ _CONTENTS = {
     "best_msssim.pt": "the weights of the validation with the highest MS-SSIM",
     "ft_last.pt": "seed 001's fine-tuning stage: its latest checkpoint",
     "ft_best.pt": "seed 001's fine-tuning stage: its best weights",
-    KEPT_DIR: "`last_step_N.pt` for the last `--keep_last` validations, `best_step_N.pt` for the `--keep_best` "
+    KEPT_DIR: "`step_N.pt` (weights) after each step of `--keep_steps`, `last_step_N.pt` for the last `--keep_last` "
+              "validations, `best_step_N.pt` for the `--keep_best` "
               "lowest validation losses, each with a `.json` of its step, epoch, metrics and config",
     "train_log.csv": "one row per step: the loss terms, lr and (Balanced) task weights (`.jsonl`: the same rows)",
     "val_log.csv": "one row per validation (`.jsonl`: the same rows)",
