@@ -281,3 +281,44 @@ def test_staged_arms_and_arms_that_start_from_another(tmp_path):
     assert summary["arms"]["upsample"] == "--distill --decoder_upsample true --steps 1 --then --decoder_upsample true"
     assert {row["pair"] for row in summary["bd_per_seed"]} == {"relu vs gdn", "upsample vs gdn", "relu_qat vs gdn"}
     assert compare.main(argv) == 0
+
+
+def test_the_arms_compared_at_fractions_of_their_budget(tmp_path):
+    # A study whose runs keep their weights after step 1 of 3: baselines.budget evaluates each kept model (the same
+    # numbers as evaluating that file directly), writes a bundle with statistics per kept step, and puts the steps
+    # side by side with the final models (the study's own bundle, whose statistics it recomputes identically).
+    from baselines import budget, stats
+    from common.assembly import load_model
+    from common.eval.evaluate import evaluate
+
+    train, test = write_image_dirs(tmp_path, size=64, n_train=2, n_test=2)
+    runs = tmp_path / "cmp"
+    argv = ["--out_dir", str(runs), "--lambdas", "0.001,0.1", "--seeds", "0,1", "--anchors", "", "--jobs", "2",
+            "--start_checkpoint", str(BASE), "--arm", "adam=--optimizer adam", "--arm", "cautious=--optimizer cautious_adam",
+            "--model", "bmshj2018-factorized-small", "--steps", "3", "--batch_size", "2", "--patch_size", "32",
+            "--val_patch_size", "32", "--val_every", "1", "--recon_every", "0", "--train_dataset", str(train),
+            "--test_dataset", str(test)]
+    assert compare.main(argv) == 0
+    with pytest.raises(UserError, match="kept no weights along the way: train the study with --keep_steps"):
+        budget.main([str(runs), str(runs), "--eval_dataset", str(test), "--bootstrap", "0"])
+    assert compare.main([*argv, "--keep_steps", "1"]) == 0  # other flags: every run is trained again
+    assert budget.main([str(runs), str(runs), "--eval_dataset", str(test), "--bootstrap", "0", "--jobs", "2"]) == 0
+    document = json.loads((runs / "budget.json").read_text())
+    assert document["steps"] == [1, 3] and document["total_steps"] == 3
+    kept = runs / "cautious/seed1/lambda_0.1/checkpoints/step_00000001.pt"
+    rows, aggregate = evaluate(load_model(checkpoint=str(kept)), sorted(test.iterdir()), root=test)
+    step_curve = runs / "budget/step_00000001/curves/cautious_seed1.csv"
+    with step_curve.open(newline="") as handle:
+        written = [row for row in csv.DictReader(handle) if row["point"] == "lambda=0.1"]
+    assert [float(row["bpp"]) for row in written] == pytest.approx([row["bpp"] for row in rows], rel=1e-12)
+    first = next(row for row in document["rows"] if row["step"] == 1 and row.get("lambda") == 0.1
+                 and row["arm"] == "cautious")
+    final_stats = stats.analyse(runs, 0)
+    final = next(row for row in document["rows"] if row["step"] == 3 and row.get("lambda") == 0.1
+                 and row["arm"] == "cautious")
+    expected = next(row for row in final_stats["points"] if row["arm"] == "cautious" and row["lambda"] == 0.1)
+    assert final["psnr_mean"] == expected["psnr_mean"] and final["bpp_mean"] == expected["bpp_mean"]
+    assert first["bpp_mean"] != final["bpp_mean"]
+    assert json.loads((runs / "budget/step_00000001/stats.json").read_text())["reference"] == "adam"
+    assert "| 1 (33.3333 %) | cautious |" in (runs / "budget.md").read_text()
+    assert (runs / "budget.png").stat().st_size > 0
