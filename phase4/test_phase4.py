@@ -298,10 +298,7 @@ def test_the_arms_compared_at_fractions_of_their_budget(tmp_path):
             "--model", "bmshj2018-factorized-small", "--steps", "3", "--batch_size", "2", "--patch_size", "32",
             "--val_patch_size", "32", "--val_every", "1", "--recon_every", "0", "--train_dataset", str(train),
             "--test_dataset", str(test)]
-    assert compare.main(argv) == 0
-    with pytest.raises(UserError, match="kept no weights along the way: train the study with --keep_steps"):
-        budget.main([str(runs), str(runs), "--eval_dataset", str(test), "--bootstrap", "0"])
-    assert compare.main([*argv, "--keep_steps", "1"]) == 0  # other flags: every run is trained again
+    assert compare.main([*argv, "--keep_steps", "1"]) == 0
     assert budget.main([str(runs), str(runs), "--eval_dataset", str(test), "--bootstrap", "0", "--jobs", "2"]) == 0
     document = json.loads((runs / "budget.json").read_text())
     assert document["steps"] == [1, 3] and document["total_steps"] == 3
@@ -322,3 +319,11 @@ def test_the_arms_compared_at_fractions_of_their_budget(tmp_path):
     assert json.loads((runs / "budget/step_00000001/stats.json").read_text())["reference"] == "adam"
     assert "| 1 (33.3333 %) | cautious |" in (runs / "budget.md").read_text()
     assert (runs / "budget.png").stat().st_size > 0
+    shutil.rmtree(runs / "cautious/seed1/lambda_0.1/checkpoints")
+    with pytest.raises(UserError, match=r"the runs kept different steps \(.*adam/seed0/lambda_0.001: \[1\], "
+                                        r".*cautious/seed1/lambda_0.1: \[\]\)"):
+        budget.main([str(runs), str(runs), "--eval_dataset", str(test)])
+    shutil.rmtree(runs / "adam/seed0/lambda_0.001/checkpoints")
+    with pytest.raises(UserError, match="adam/seed0/lambda_0.001 kept no weights along the way: train the study "
+                                        "with --keep_steps"):
+        budget.main([str(runs), str(runs), "--eval_dataset", str(test)])

@@ -50,7 +50,6 @@ VALIDATION_STEPS = 500
 RESUME_OVERRIDES = ("lr", "steps", "epochs")
 RESUME_FREE = ("resume", "overwrite", "checkpoint", "pretrained", "trust_checkpoint", "progress", "wandb",
                "wandb_project", "val_every", "recon_every", "recon_count", "recon_dir", "recon_subdir", "save_every_steps",
-               "keep_steps",
                "num_workers", "device", "cache_images_mb", "max_image_pixels", "save_dir", "strict")
 
 
