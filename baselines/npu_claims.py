@@ -120,8 +120,8 @@ def markdown(document: dict) -> str:
               "| verdict |", "|---|---|---|---|---|---|---|---|"]
     for row in document["replacements"]:
         if not row["seeds_with_value"] or math.isnan(row["bd_psnr_mean_db"]):
-            lines.append(f"| {row['arm']} | {row['against']} | – | no value (the curves share no rates: see the "
-                         "per-λ table) | – | – | – | no value |")
+            lines.append(f"| {row['arm']} | {row['against']} | – | no value (no seed's curves give one: not "
+                         "monotone or sharing no rates, bd.csv says which) | – | – | – | no value |")
             continue
         lines.append(f"| {row['arm']} | {row['against']} | {row['seeds_with_value']} of {row['seeds']} | "
                      f"{row['bd_psnr_mean_db']:+.3f} | "
