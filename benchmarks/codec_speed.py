@@ -20,6 +20,7 @@ import torch
 from common.cli import OneLineErrorParser, run_main
 from common.errors import UserError
 from common.eval import payload_bytes
+from common.assembly import build_with_weights
 from common.models import build
 from benchmarks.timing import median_time, photo
 
@@ -72,7 +73,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    model = build("bmshj2018-factorized", quality=args.quality, checkpoint=args.checkpoint).eval().to(args.device)
+    model = (build_with_weights("bmshj2018-factorized", quality=args.quality, checkpoint=args.checkpoint)
+             if args.checkpoint else build("bmshj2018-factorized", quality=args.quality)).eval().to(args.device)
     start = time.perf_counter()
     model.update(force=True)
     update_ms = (time.perf_counter() - start) * 1e3

@@ -45,6 +45,7 @@ from common.cli import OneLineErrorParser, run_main
 from common.errors import UserError
 from common.losses import RateDistortionLoss
 from common.eval import payload_bytes
+from common.assembly import build_with_weights
 from common.models import build, memory_format
 from common.models.memory_format import MEMORY_FORMATS
 from common.models.hpcm.ggm import ggm_scale_table
@@ -261,9 +262,8 @@ def main(argv=None) -> int:
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
 
-    model = build(args.model, checkpoint=args.checkpoint).eval()
-    if not args.checkpoint:
-        fill_parity_weights(model)
+    model = (build_with_weights(args.model, checkpoint=args.checkpoint) if args.checkpoint
+             else fill_parity_weights(build(args.model))).eval()
     for width, height in args.sizes:
         if width % model.forward_multiple or height % model.forward_multiple:
             raise UserError(f"size {width}x{height}: {args.model} needs multiples of {model.forward_multiple}")

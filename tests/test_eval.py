@@ -14,6 +14,7 @@ from PIL import Image
 
 from common.eval import DecodeMismatchWarning, centred_padding, crop, describe, evaluate, pad, write_results
 from common.checkpoint import CHECKPOINT_FORMAT
+from common.assembly import build_with_weights
 from common.models import build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def test_centred_padding_matches_compressai():
 
 
 def test_matches_compressai_eval_model(dataset, checkpoint, compressai_eval):
-    ours_model = build("bmshj2018-factorized", checkpoint=str(checkpoint))
+    ours_model = build_with_weights("bmshj2018-factorized", checkpoint=str(checkpoint))
     images = sorted(dataset.glob("*.png"))
     rows, agg = evaluate(ours_model, images)
 
@@ -113,7 +114,7 @@ def test_matches_compressai_eval_model(dataset, checkpoint, compressai_eval):
 
 
 def test_entropy_estimation_matches_compressai_and_pads(dataset, checkpoint, compressai_eval, tmp_path):
-    model = build("bmshj2018-factorized", checkpoint=str(checkpoint)).eval()
+    model = build_with_weights("bmshj2018-factorized", checkpoint=str(checkpoint)).eval()
     path = tmp_path / "aligned.png"
     Image.fromarray(_smooth_image(np.random.default_rng(3), 192, 256)).save(path)
     (row,), _ = evaluate(model, [path], entropy_estimation=True)
@@ -129,7 +130,7 @@ def test_entropy_estimation_matches_compressai_and_pads(dataset, checkpoint, com
 
 
 def test_decode_mismatch_warns(dataset, checkpoint):
-    model = build("bmshj2018-factorized", checkpoint=str(checkpoint))
+    model = build_with_weights("bmshj2018-factorized", checkpoint=str(checkpoint))
     decompress = model.decompress
 
     def shifted(strings, shape):
@@ -145,7 +146,7 @@ def test_decode_mismatch_warns(dataset, checkpoint):
 def test_small_image_uses_fewer_ms_ssim_scales(tmp_path, dataset, checkpoint):
     """Below 161 px pytorch-msssim (and so compressai's eval) asserts; we use common.losses' policy."""
     Image.fromarray(_smooth_image(np.random.default_rng(1), 40, 70)).save(tmp_path / "tiny.png")
-    model = build("bmshj2018-factorized", checkpoint=str(checkpoint))
+    model = build_with_weights("bmshj2018-factorized", checkpoint=str(checkpoint))
     rows, agg = evaluate(model, [tmp_path / "tiny.png", dataset / "img0.png"])
     assert rows[0]["ms_ssim_scales"] == 2 and rows[1]["ms_ssim_scales"] == 5
     assert 0 < rows[0]["ms-ssim-rgb"] < 1 and rows[0]["bpp"] > 0
@@ -156,7 +157,7 @@ def test_small_image_uses_fewer_ms_ssim_scales(tmp_path, dataset, checkpoint):
 
 
 def test_restores_training_mode_and_psnr_by_hand(tmp_path, checkpoint):
-    model = build("bmshj2018-factorized", checkpoint=str(checkpoint)).train()
+    model = build_with_weights("bmshj2018-factorized", checkpoint=str(checkpoint)).train()
     flat = np.full((64, 64, 3), 128, dtype=np.uint8)
     Image.fromarray(flat).save(tmp_path / "flat.png")
     (row,), _ = evaluate(model, [tmp_path / "flat.png"])
@@ -185,7 +186,7 @@ def test_cli_writes_compressai_json_and_csv(dataset, checkpoint, tmp_path):
     assert results["bpp"][0] == results["bpp"][1]
     lines = out.with_suffix(".csv").read_text().strip().splitlines()
     assert len(lines) == 1 + 2 * len(SIZES)
-    model = build("bmshj2018-factorized", checkpoint=str(checkpoint))
+    model = build_with_weights("bmshj2018-factorized", checkpoint=str(checkpoint))
     _, agg = evaluate(model, sorted(dataset.glob("*.png")), pad_mode="replicate")
     assert results["bpp"][0] == pytest.approx(agg["bpp"])
 
@@ -315,7 +316,7 @@ def test_pretrained_from_local_cache(dataset, checkpoint, tmp_path, monkeypatch)
     from common.eval.__main__ import main
     from common.models.bmshj2018 import pretrained_path
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    model = build("bmshj2018-factorized", checkpoint=str(checkpoint))
+    model = build_with_weights("bmshj2018-factorized", checkpoint=str(checkpoint))
     model.update(force=True)
     target = pretrained_path(1)
     target.parent.mkdir(parents=True)

@@ -11,6 +11,7 @@ from scipy.stats import gennorm
 
 from common.checkpoint import CHECKPOINT_FORMAT
 from common.errors import UserError
+from common.assembly import build_with_weights
 from common.models import available_models, build
 from common.models.hpcm import schedule
 from common.models.hpcm.ggm import GGMEntropyModel, ggm_cdf, ggm_scale_table
@@ -259,14 +260,14 @@ def test_checkpoint_loading(tmp_path):
                 "step": 3, "epoch": 0}, tmp_path / "last.pt")
     coded = model.compress(x)
     for name in ("raw.pth", "last.pt"):
-        loaded = build("hpcm-tiny", checkpoint=str(tmp_path / name)).eval()
+        loaded = build_with_weights("hpcm-tiny", checkpoint=str(tmp_path / name)).eval()
         assert loaded.update() is False  # the tables came with the checkpoint
         assert torch.equal(loaded.decompress(coded["strings"], coded["shape"])["x_hat"],
                            model.decompress(coded["strings"], coded["shape"])["x_hat"])
     with pytest.raises(UserError, match="does not fit hpcm-base"):
-        build("hpcm-base", checkpoint=str(tmp_path / "raw.pth"))
+        build_with_weights("hpcm-base", checkpoint=str(tmp_path / "raw.pth"))
     with pytest.raises(UserError, match="not found"):
-        build("hpcm-tiny", checkpoint=str(tmp_path / "missing.pth"))
+        build_with_weights("hpcm-tiny", checkpoint=str(tmp_path / "missing.pth"))
 
 
 def test_speed_benchmark_runs_and_checks_decoding(capsys):

@@ -19,10 +19,10 @@ from common.errors import UserError
 from common.paths import output_file, path_text
 from common.eval.evaluate import (PAD_MODES, DecodeMismatchWarning, codec_description, describe,
                                   describe_test_set, evaluate, write_results)
-from common.models import available_models, build, entry, memory_format
+from common.models import available_models, entry, memory_format
 from common.models.memory_format import MEMORY_FORMATS
 from common.models.hpcm.model import BITSTREAM_FORMATS
-from common.assembly import load_model
+from common.assembly import build_with_weights, load_model
 
 # Padding beyond the largest eval multiple (HPCM's 256) only costs memory: each side grows to the next multiple,
 # and a multiple of 10^9 asks for a 10^9 x 10^9 image. 4096 keeps any padded image within 4096 px of its own size.
@@ -103,9 +103,9 @@ def _load(args, quality: int | None, checkpoint: str | None, replace_config: dic
                         f"{args.model} with --checkpoint PATH")
     if replace_config is not None:
         raise UserError("replacement flags apply to checkpoints only; published weights are the original models")
-    # build() rather than load_model(): only build() knows the --metric of published weights.
+    # build_with_weights() rather than load_model(): only it knows the --metric of published weights.
     kwargs = {"quality": quality} if quality is not None else {}
-    return build(args.model, pretrained=True, metric=args.metric, trust_checkpoint=args.trust_checkpoint, **kwargs)
+    return build_with_weights(args.model, pretrained=True, metric=args.metric, trust=args.trust_checkpoint, **kwargs)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -8,8 +8,8 @@ Every registered model has ``forward(x) -> {"x_hat", "likelihoods": {...}}``, ``
 
 Builders only build architectures (no file I/O). Each :class:`ModelEntry` also states the facts that
 loaders need about the model: where its published weights are, how a state dict tells its quality level,
-how a state dict decides its size, how foreign key names convert. :func:`build` with ``pretrained`` or
-``checkpoint`` hands the loading to :mod:`common.assembly`.
+how a state dict decides its size, how foreign key names convert. Loading weights is :mod:`common.assembly`'s,
+which imports this registry (never the other way round).
 """
 from __future__ import annotations
 
@@ -73,21 +73,10 @@ def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build(name: str, *, pretrained: bool = False, checkpoint: str | None = None, trust_checkpoint: bool = False,
-          metric: str = "mse", **kwargs) -> nn.Module:
-    """Build the registered model ``name`` with architecture ``kwargs``, fresh or with weights.
-
-    ``pretrained`` loads the published weights of ``metric`` from the torch.hub cache, ``checkpoint`` a state
-    dict or one of our checkpoints (see :func:`common.assembly.build_with_weights`). Unknown names raise a
-    one-line :class:`UserError`.
-    """
-    model = entry(name)
-    if pretrained or checkpoint:
-        from common.assembly import build_with_weights
-
-        return build_with_weights(name, pretrained=pretrained, checkpoint=checkpoint, trust=trust_checkpoint,
-                                  metric=metric, **kwargs)
-    return model.build(**kwargs)
+def build(name: str, **kwargs) -> nn.Module:
+    """Build the registered model ``name`` with architecture ``kwargs`` and fresh weights (with weights:
+    :func:`common.assembly.build_with_weights`). Unknown names raise a one-line :class:`UserError`."""
+    return entry(name).build(**kwargs)
 
 
 # Registration happens on import of each model module.

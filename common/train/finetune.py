@@ -23,18 +23,15 @@ plateaued (:class:`ScaleEarlyStopping`).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from common.errors import UserError
 from common.train import distributed
-from common.train.callbacks import Callback
+from common.train.callbacks import Callback, TrainerState
 from common.train.config import FinetuneConfig
-
-if TYPE_CHECKING:
-    from common.train.engine import Trainer
 
 PARAMETER_GROUPS: dict[str, str] = {
     "analysis": r"g_a\.",
@@ -207,7 +204,7 @@ class ScaleEarlyStopping(Callback):
         mean = sum(window) / len(window)
         return max(window) - min(window) <= self.tol * abs(mean)
 
-    def on_validation(self, trainer: "Trainer", val: dict[str, float]) -> None:
+    def on_validation(self, trainer: TrainerState, val: dict[str, float]) -> None:
         optimizer = trainer.optimizer
         rows = trainer.val_log.rows() if trainer.main else []
         names = list(optimizer.task_names)
