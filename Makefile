@@ -10,7 +10,7 @@ DEMO_DIR ?= runs/demo
 # Study bundles that `make phase4` renders (folders with a summary.json written by baselines.compare).
 STUDIES ?= $(patsubst %/summary.json,%,$(wildcard results/*/summary.json))
 
-.PHONY: setup test demo pretrain gpu-check study-scratch study-finetune study-hierarchical study-arms study-qp study-npu phase4 bench clean-venv help \
+.PHONY: setup test demo pretrain gpu-check study-scratch study-finetune study-hierarchical study-arms study-qp study-npu study-budget phase4 bench clean-venv help \
 	phase1-standard phase1-balanced phase1-hparam \
 	phase2-adaptive phase2-finetune phase2-optuna phase2-npu-relu phase2-npu-gdnish phase2-npu-qat \
 	phase2-npu-distill phase2-npu-export phase3-hierarchical phase3-ablation phase4-bdrate phase4-eval
@@ -21,6 +21,7 @@ help:
 	@echo "make pretrain - train the demo's base model (about 1.5 h on one core); BASE=hpcm-tiny: phase 3's (about 14 min)"
 	@echo "make study-arms - study 4: Adam, Balanced and the arms between them, 8 seeds x 4 λ, intervals (results/study-arms)"
 	@echo "make study-qp - study 5: the exact QP's predicted vs realised log-loss changes, plain Adam, low lr, ridges"
+	@echo "make study-budget - study 7: Adam vs Balanced from scratch at 5/10/25/50/100 % of the budget, 8 seeds x 4 λ"
 	@echo "make study-npu - study 6: what each NPU-friendly replacement and QAT costs from the trained base (results/study-npu)"
 	@echo "make study-scratch study-finetune study-hierarchical - the committed studies (results/)"
 	@echo "make phase4 - tables, figures and an HTML page for every study in results/ (into reports/)"
@@ -92,6 +93,8 @@ study-qp: setup
 	phase4/study_qp.sh
 study-npu: setup
 	phase2/study_npu.sh
+study-budget: setup
+	phase4/study_budget.sh
 
 phase4: setup
 	$(if $(STUDIES),$(PY) -m common.report $(STUDIES) --out_dir reports,@echo "no study in results/ (run make study-scratch first)" >&2; exit 2)
