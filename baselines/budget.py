@@ -164,7 +164,8 @@ def markdown(document: dict) -> str:
 
 
 def plot(document: dict, path: Path) -> None:
-    """BD-rate (pchip) of each arm against the reference over the budget, with its t-interval."""
+    """BD-rate (pchip) of each arm against the reference over the budget, with its t-interval (steps where fewer
+    than two seeds have a value are left out: they have no interval)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,18 +174,15 @@ def plot(document: dict, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6, 4))
     compared = [row for row in document["rows"] if "reference" in row]
     for arm in sorted({row["arm"] for row in compared}, key=document["arms"].index):
-        rows = [row for row in compared if row["arm"] == arm and row["bd_rate_pchip_mean_%"] is not None
-                and not math.isnan(row["bd_rate_pchip_mean_%"])]
+        rows = [row for row in compared if row["arm"] == arm and row["bd_rate_pchip_n"] >= 2]
         steps = [row["step"] for row in rows]
         means = [row["bd_rate_pchip_mean_%"] for row in rows]
-        errors = [[mean - (row["bd_rate_pchip_low_%"] if not math.isnan(row["bd_rate_pchip_low_%"]) else mean)
-                   for mean, row in zip(means, rows)],
-                  [(row["bd_rate_pchip_high_%"] if not math.isnan(row["bd_rate_pchip_high_%"]) else mean) - mean
-                   for mean, row in zip(means, rows)]]
+        errors = [[mean - row["bd_rate_pchip_low_%"] for mean, row in zip(means, rows)],
+                  [row["bd_rate_pchip_high_%"] - mean for mean, row in zip(means, rows)]]
         axis.errorbar(steps, means, yerr=errors, marker="o", capsize=3, label=f"{arm} vs {document['reference']}")
     axis.axhline(0, color="grey", linewidth=0.8)
     axis.set_xscale("log")
-    axis.set_xlabel("training step (log)")
+    axis.set_xlabel("training step (log; steps where under 2 seeds have a value: not drawn)")
     axis.set_ylabel("BD-rate, pchip (%), 95 % t-interval")
     axis.set_title(document["title"], fontsize=8)
     axis.legend(fontsize=8)
