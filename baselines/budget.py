@@ -172,20 +172,23 @@ def plot(document: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    compared = [row for row in document["rows"] if "reference" in row]
-    for arm in sorted({row["arm"] for row in compared}, key=document["arms"].index):
-        rows = [row for row in compared if row["arm"] == arm and row["bd_rate_pchip_n"] >= 2]
-        steps = [row["step"] for row in rows]
+    drawn = [row for row in document["rows"] if "reference" in row and row["bd_rate_pchip_n"] >= 2]
+    for arm in sorted({row["arm"] for row in drawn}, key=document["arms"].index):
+        rows = [row for row in drawn if row["arm"] == arm]
         means = [row["bd_rate_pchip_mean_%"] for row in rows]
         errors = [[mean - row["bd_rate_pchip_low_%"] for mean, row in zip(means, rows)],
                   [row["bd_rate_pchip_high_%"] - mean for mean, row in zip(means, rows)]]
-        axis.errorbar(steps, means, yerr=errors, marker="o", capsize=3, label=f"{arm} vs {document['reference']}")
+        axis.errorbar([row["step"] for row in rows], means, yerr=errors, marker="o", capsize=3,
+                      label=f"{arm} vs {document['reference']}")
     axis.axhline(0, color="grey", linewidth=0.8)
-    axis.set_xscale("log")
+    if drawn:
+        axis.set_xscale("log")
+        axis.legend(fontsize=8)
+    else:
+        axis.text(0.5, 0.5, "no step where two or more seeds have a BD-rate", ha="center", transform=axis.transAxes)
     axis.set_xlabel("training step (log; steps where under 2 seeds have a value: not drawn)")
     axis.set_ylabel("BD-rate, pchip (%), 95 % t-interval")
     axis.set_title(document["title"], fontsize=8)
-    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
