@@ -96,8 +96,7 @@ def step_bundle(runs_dir: Path, bundle: Path, summary: dict, step: int, total: i
 def write_stats(folder: Path, bootstrap: int) -> dict:
     """``baselines.stats`` of one bundle folder (stats.json, stats.md), as its command line writes them."""
     document = stats.analyse(folder, bootstrap)
-    atomic_write_text(folder / "stats.json", json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
-    atomic_write_text(folder / "stats.md", stats.markdown(document))
+    stats.write(folder, document)
     return document
 
 

@@ -366,6 +366,14 @@ def analyse(folder: Path, draws: int = 2000, confidence: float = 0.95, seed: int
             "points": point_statistics(bundle, confidence)}
 
 
+def write(folder: Path, document: dict) -> str:
+    """Write ``document`` into the bundle ``folder`` as stats.json and stats.md; returns the markdown."""
+    text = markdown(document)
+    atomic_write_text(folder / "stats.json", json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(folder / "stats.md", text)
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineErrorParser(prog="python -m baselines.stats", description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", help="folder of a baselines.compare bundle (summary.json, curves/)")
@@ -386,9 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"--pair must look like ARM:REFERENCE with two different arms, got {text!r}")
         pairs.append((arm, reference))
     document = analyse(folder, args.bootstrap, args.confidence, args.seed, pairs)
-    text = markdown(document)
-    atomic_write_text(folder / "stats.json", json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
-    atomic_write_text(folder / "stats.md", text)
+    text = write(folder, document)
     title = Bundle(folder).summary.get("title", "")
     plot_mean_curves(document, folder / "rd_mean.png", title)
     print(text)
