@@ -473,7 +473,8 @@ def _first_note(group: Sequence[dict]) -> str:
 
 # ------------------------------------------------------------------------------------------ main
 def main(argv: Sequence[str] | None = None) -> int:
-    from baselines.study import git_commit, write_bundle
+    from baselines.study import write_bundle
+    from common.receipt import git_commit
 
     started = time.perf_counter()
     # Before anything is written: a bundle folder that git tracks would otherwise count as a local change.

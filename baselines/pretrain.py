@@ -40,7 +40,7 @@ def shipped_base(name: str) -> Path:
     """Where the shipped base model of ``name`` lives."""
     return PRETRAINED / f"{name}.pt"
 def main(argv: Sequence[str] | None = None) -> int:
-    from baselines.study import git_commit
+    from common.receipt import git_commit
     from common.train.engine import Trainer
     from common.train.options import parse_config
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import platform
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Sequence
@@ -23,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from common.checkpoint import atomic_write_text, load_file
+from common.receipt import machine_description
 from common.rd import RDCurve, plot_curves, sorted_monotone
 
 SUMMARY = "summary.json"
@@ -32,17 +30,6 @@ MIN_RATE_SPREAD = 3.0
 MIN_OVERLAP = 75.0
 TASK_WEIGHT_ROWS = 200  # task-weight trajectories are subsampled to at most this many rows per run
 RECON_CROP = 192
-
-
-def git_commit() -> str:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = result.stdout.strip() or "unknown"
-    return f"{commit} (with uncommitted changes)" if dirty else commit
 
 
 THEN, AFTER = "--then", "--after"
@@ -80,24 +67,6 @@ class Point:
 def run_dir(out_dir: Path, arm: str, seed: int, lmbda: float) -> Path:
     """The folder of one run of a study: ``<out_dir>/<arm>/seed<k>/lambda_<λ>/``."""
     return out_dir / arm / f"seed{seed}" / f"lambda_{lmbda:g}"
-
-
-def machine_description() -> str:
-    """Architecture, CPU model, the instruction set torch's CPU kernels dispatch to, and Python.
-
-    Recorded because CPU results are reproducible bit for bit only where the same kernels run: the same command
-    and seeds on another kind of CPU can differ in the last bits, and thousands of steps make that visible.
-    """
-    import torch
-
-    model = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return (f"{platform.machine()}, {model}, torch CPU kernels {torch.backends.cpu.get_cpu_capability()}, "
-            f"Python {sys.version.split()[0]}")
 
 
 def write_bundle(out_dir: Path, *, run_root: Path, args, argv: list[str], arms: Sequence[Arm], lambdas: Sequence[float],

@@ -101,7 +101,7 @@ def markdown(document: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from baselines.study import machine_description
+    from common.receipt import machine_description
 
     parser = OneLineErrorParser(prog="python -m benchmarks.npu_deploy", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs_dir", help="study 6's run folders (make study-npu: runs/studies/npu)")

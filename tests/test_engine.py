@@ -239,6 +239,57 @@ def test_kept_checkpoints_and_the_run_readme(image_dirs, tmp_path):
     assert "task_weights.png" not in readme  # Adam: no such file, so not listed
 
 
+def test_every_run_folder_has_a_receipt(image_dirs, tmp_path):
+    import hashlib
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(train_args(image_dirs, run, "--steps", "4", "--save_every_steps", "1"), callbacks=[CrashAfter()]).fit()
+    Trainer(train_args(image_dirs, run, "--steps", "4", "--save_every_steps", "1", "--resume")).fit()
+    receipt = json.loads((run / "receipt.json").read_text())
+    assert receipt["config"]["steps"] == 4 and receipt["config"]["model"] == "bmshj2018-factorized-tiny"
+    assert [session["from_step"] for session in receipt["sessions"]] == [0, 2]  # the resume opened a session
+    for session in receipt["sessions"]:
+        assert len(session["code"]["git_commit"]) == 40 or session["code"]["git_commit"] == "unknown"
+        facts = session["machine"]
+        assert facts["torch_cpu_capability"] and facts["cpu"] and facts["libraries"]["torch"] == torch.__version__
+        assert facts["libraries"]["compressai"] and isinstance(facts["gpus"], list)
+    train, test = image_dirs
+    assert receipt["data"]["train"]["images"] == 6 and receipt["data"]["val"]["images"] == 2
+    manifest = [line.split("\t") for line in (run / "data_manifest.tsv").read_text().splitlines()[1:]]
+    assert hashlib.sha256((run / "data_manifest.tsv").read_bytes()).hexdigest() == receipt["data"]["manifest_sha256"]
+    first = next(row for row in manifest if row[0] == "train")
+    assert first[3] == hashlib.sha256(open(first[1], "rb").read()).hexdigest() and int(first[2]) > 0
+    end = receipt["end"]
+    assert end["steps"] == 4 and len(end["validation_bpp"]["images"]) == 2
+    for image in end["validation_bpp"]["images"]:  # a real bitstream against the likelihood estimate
+        assert image["bpp"] > 0 and image["bpp_estimated"] > 0
+        assert image["gap_%"] == pytest.approx(100 * (image["bpp"] / image["bpp_estimated"] - 1))
+    assert list(end["aux_loss"]) == ["entropy_bottleneck"] and end["aux_loss"]["entropy_bottleneck"] >= 0
+    assert "`receipt.json`" in (run / "README.md").read_text()
+
+
+def test_the_receipt_holds_uncommitted_changes_as_a_patch(tmp_path):
+    from common.receipt import code_state
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "train.py").write_text("lr = 1e-3\n")
+    git("add", "train.py")
+    git("commit", "-q", "-m", "first")
+    clean, patch = code_state(tmp_path)
+    assert clean["dirty"] is False and patch == "" and len(clean["git_commit"]) == 40
+    (tmp_path / "train.py").write_text("lr = 5e-4\n")
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    dirty, patch = code_state(tmp_path)
+    assert dirty["dirty"] is True and dirty["git_commit"] == clean["git_commit"] and dirty["untracked"] == ["notes.txt"]
+    assert "-lr = 1e-3" in patch and "+lr = 5e-4" in patch
+    assert code_state(tmp_path / "not-a-repo-folder")[0]["git_commit"] == "unknown"
+
+
 class FakeWandbRun:
     id = "fake"
 

@@ -212,6 +212,33 @@ def test_cli_names_that_are_not_utf8(tmp_path):
     assert sorted(row.split(",")[1] for row in rows) == ["plain.png", "x\\xff\\xfe.png"]
 
 
+@pytest.mark.parametrize("stale", [False, True], ids=["tables_of_the_model", "stale_tables"])
+def test_cli_prints_real_against_estimated_bpp_and_warns_on_stale_tables(dataset, tmp_path, capsys, stale):
+    """Tables built before the density moved code with the old density: the real bpp leaves the estimate."""
+    import warnings as warnings_module
+
+    from common.eval.__main__ import main
+    torch.manual_seed(0)
+    model = build("bmshj2018-factorized-tiny")
+    model.update(force=True)
+    if stale:
+        with torch.no_grad():
+            for bias in model.entropy_bottleneck.biases:
+                bias += 1.5
+    weights = tmp_path / "tiny.pt"
+    torch.save(model.state_dict(), weights)
+    with warnings_module.catch_warnings(record=True) as caught:
+        warnings_module.simplefilter("always")
+        assert main(["--model", "bmshj2018-factorized-tiny", "--checkpoint", str(weights), "--dataset", str(dataset),
+                     "--output", str(tmp_path / "o.json"), "--no-update"]) == 0
+    printed = capsys.readouterr().err
+    assert all(f"  img{index}.png: bpp " in printed for index in range(len(SIZES)))
+    gap_warnings = [str(w.message) for w in caught if "off the likelihood estimate" in str(w.message)]
+    assert len(gap_warnings) == int(stale)
+    if stale:
+        assert "2 image(s)" in gap_warnings[0]
+
+
 def test_cli_hpcm_official_bitstream_layout(dataset, tmp_path):
     """Both layouts code the same symbols with tables a few counts in 2^16 apart, and the coder writes 32-bit
     words: the same size to a word per image (equal sizes on these images, as on the official fixture)."""

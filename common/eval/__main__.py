@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from common import replace
+from common import receipt, replace
 from common.cli import MAX_WORKERS, OneLineErrorParser, bool_flag, number, run_main
 from common.flags import add_pixel_limit_argument, add_replace_arguments
 from common.data.images import list_images, set_max_image_pixels
@@ -108,6 +108,22 @@ def _load(args, quality: int | None, checkpoint: str | None, replace_config: dic
     return build_with_weights(args.model, pretrained=True, metric=args.metric, trust=args.trust_checkpoint, **kwargs)
 
 
+def report_bpp_gaps(label: str, rows: list[dict]) -> None:
+    """Each image's real vs estimated bpp on stderr, and a warning where the gap is more than the coder's fixed
+    cost can explain (``common.receipt.suspect_gaps``)."""
+    gaps = receipt.bpp_gaps(rows)
+    for image in gaps["images"]:
+        print(f"  {image['image']}: bpp {image['bpp']:.4f}, estimate {image['bpp_estimated']:.4f} "
+              f"({image['gap_%']:+.2f} %)", file=sys.stderr)
+    suspect = receipt.suspect_gaps(gaps)
+    if suspect:
+        worst = max(suspect, key=lambda image: abs(image["gap_%"]))
+        warnings.warn(f"{label}: the real bpp of {len(suspect)} image(s) is more than "
+                      f"{receipt.BPP_GAP_WARNING_PERCENT:g} % off the likelihood estimate (worst {worst['image']}: "
+                      f"{worst['gap_%']:+.2f} %, {worst['bytes_over_estimate']:+.0f} bytes): the entropy coder's tables "
+                      "or quantiles do not match the model (fit the quantiles, then update(force=True))", stacklevel=2)
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     prefix = "WARNING" if issubclass(category, DecodeMismatchWarning) else "warning"
     return f"{prefix}: {message}\n"
@@ -152,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         labels.append(label)
         aggregates.append(agg)
         rows_per_point.append(rows)
+        if not args.entropy_estimation:
+            report_bpp_gaps(label, rows)
         print(f"{label}: {agg['num_images']} images, bpp {agg['bpp']:.4f} (likelihood estimate "
               f"{agg['bpp_estimated']:.4f}), PSNR {agg['psnr-rgb']:.4f} dB, MS-SSIM {agg['ms-ssim-rgb']:.6f}, "
               f"enc {agg['encoding_time']:.3f} s, dec {agg['decoding_time']:.3f} s", file=sys.stderr)

@@ -163,6 +163,19 @@ def evaluate_image(model: nn.Module, x: torch.Tensor, pad_multiple: int, pad_mod
     return row
 
 
+def evaluate_tensors(model: nn.Module, images: Sequence[tuple[str, torch.Tensor]]) -> list[dict]:
+    """:func:`evaluate_image` of in-memory images (name, 1×3×H×W in [0, 1]) at the model's ``eval_pad_multiple``,
+    in eval mode (the model's mode is restored); the entropy coder's tables must be up to date."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return [evaluate_image(model, x.to(device), model.eval_pad_multiple, name=name) for name, x in images]
+    finally:
+        model.train(was_training)
+
+
 def payload_bytes(strings) -> int:
     """Total length of the byte strings in a (possibly nested) ``compress()["strings"]`` structure."""
     if isinstance(strings, (bytes, bytearray)):

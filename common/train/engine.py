@@ -23,12 +23,13 @@ from tqdm import tqdm
 
 import common.models as models
 from balanced_rd import FollowLRGamma, TaskLossError, TaskWeightedOptimizer
-from common import data, losses, qat, replace
+from common import data, losses, qat, receipt, replace
 from common.assembly import Recipe, assemble, check_finite_parameters, load_model, start_from_weights
 from common.models import memory_format
 from common.checkpoint import (CHECKPOINT_FORMAT, atomic_link, atomic_save, atomic_write_text, load_file, model_only,
                                remove_stale_temporaries)
 from common.errors import UserError
+from common.eval.evaluate import evaluate_tensors
 from common.paths import output_dir
 from common.train import convergence, distributed, finetune, optimizers, precision, run_folder
 from common.train.callbacks import Callback
@@ -769,6 +770,10 @@ class Trainer:
                    disable=not (self.main and cfg.output.progress), dynamic_ncols=True)
         val: dict[str, float] | None = None
         started = time.perf_counter()
+        if self.main:
+            files = {split: getattr(dataset, "files", None) for split, dataset in
+                     (("train", self.train_set), ("val", self.val_set))}
+            receipt.record_start(self.save_dir, self.cfg.flat(), files, progress.step)
         if 0 < progress.batch_in_epoch < self.sampler.batches_per_epoch:
             # Resumed from a checkpoint written at the step where the convergence window starts, before that
             # step's validation (--save_every_steps): validate now, as the uninterrupted run did.
@@ -839,6 +844,23 @@ class Trainer:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *values)
 
+    def _close_receipt(self, update_options: dict) -> None:
+        """The receipt's end: real vs estimated bpp of the validation images and the aux losses, for the model as
+        saved (an average gets its own tables again: syncing it copies the raw model's buffers)."""
+        model = self.evaluated_model()
+        model.update(force=True, **update_options)
+        names = [Path(file).name for file in getattr(self.val_set, "files", [])]
+        images = [(names[index] if index < len(names) else f"val{index}", self.val_set[index].unsqueeze(0))
+                  for index in range(len(self.val_set))]
+        bpp = receipt.bpp_gaps(evaluate_tensors(model, images))
+        receipt.record_end(self.save_dir, bpp, receipt.aux_losses(model), self.progress.step)
+        suspect = receipt.suspect_gaps(bpp)
+        if suspect:
+            worst = max(suspect, key=lambda row: abs(row["gap_%"]))
+            warnings.warn(f"real bpp differs from the estimate by {worst['gap_%']:+.2f} % ({worst['bytes_over_estimate']:+.0f}"
+                          f" bytes) on validation image {worst['image']} (receipt.json): the entropy coder's tables "
+                          "or quantiles do not match the model", stacklevel=2)
+
     def _finish(self) -> None:
         """Make the saved model ready for real bitstreams (CDF tables) without touching the resume state."""
         if self.qat_controller is not None:
@@ -853,6 +875,8 @@ class Trainer:
             average.update(force=True, **options)
             ckpt["ema_state_dict"] = average.state_dict()
         self.save(self.names["last"], ckpt)
+        if self.main:
+            self._close_receipt(options)
         if isinstance(self.optimizer, TaskWeightedOptimizer) and self.main:
             plot_task_weights(self.save_dir / "train_log.csv", self.save_dir / "task_weights.png")
         distributed.barrier(self.dist)

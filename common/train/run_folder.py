@@ -78,6 +78,11 @@ _CONTENTS = {
     "train_log.csv": "one row per step: the loss terms, lr and (Balanced) task weights (`.jsonl`: the same rows)",
     "val_log.csv": "one row per validation (`.jsonl`: the same rows)",
     "convergence.json": "the convergence verdict: PSNR and bpp change over the last 20 % of the steps",
+    "receipt.json": "the run's receipt: resolved config; per start or resume the git commit, uncommitted changes and "
+                    "machine (CPU, kernels, threads, GPUs, library versions); the data manifest; at the end the real "
+                    "vs estimated bpp of the validation images and the entropy bottlenecks' aux losses",
+    "receipt.patch": "the uncommitted changes to the code when the run started (`git apply` restores them)",
+    "data_manifest.tsv": "every training and validation image: name, bytes, SHA-256",
     "task_weights.png": "the task weights and gradient coefficients over the steps (Balanced)",
     "recon": "reconstructions of the validation images (`origin/`, `pre_e000/`, `eNNN/`)",
     "recon_ft": "reconstructions of seed 001's fine-tuning stage",
