@@ -256,3 +256,23 @@ def finalize(model: nn.Module) -> nn.Module:
         warnings.warn(f"activation ranges never observed for {', '.join(unobserved)}: they still use scale 1; "
                       "run at least one training step in the calibration phase", stacklevel=2)
     return model
+
+
+def snap_weights(model: nn.Module) -> nn.Module:
+    """Replace every fake-quantized layer's weight by its quantized value (integer codes times scale), in place.
+
+    What an exported graph should store: a runtime that quantizes the float weight itself rounds
+    ``w / scale`` where PyTorch's fake quantizer rounds ``w * (1 / scale)``, and a weight at a half step gets
+    another code (seen in a trained model: one weight of 4800 at -4.5000005 steps moved one output channel by up
+    to 4 steps). Snapped weights are whole multiples of their scale, so every runtime gives the same codes;
+    PyTorch's eval-mode outputs do not change (fake quantization of a quantized weight returns it).
+    """
+    with torch.no_grad():
+        for layer in fake_quant_layers(model):
+            fake_quant = layer.weight_fake_quant
+            observing = bool(fake_quant.observer_enabled[0])
+            fake_quant.disable_observer()
+            layer.layer.weight.copy_(fake_quant(layer.layer.weight))
+            if observing:
+                fake_quant.enable_observer()
+    return model

@@ -1,13 +1,15 @@
 """common.export.onnx and common.assembly: parity with PyTorch and compressai, CLI errors."""
+import copy
 import subprocess
 import sys
 
 import pytest
 import torch
-from compressai.models import FactorizedPrior
+from compressai.models import FactorizedPrior, MeanScaleHyperprior
 
 from common import qat
 from common.checkpoint import atomic_save
+from common.export import onnx as onnx_export
 from common.errors import UserError
 from common.export.onnx import NPU_FRIENDLY_OPS, export_onnx, latent_channels, main, run_onnxruntime
 from common.assembly import load_model
@@ -112,16 +114,89 @@ def test_dynamic_axes_accept_other_sizes(tmp_path):
     assert produced.shape == (2, 3, 48, 80) and abs(produced - reference).max() < 1e-4
 
 
-def test_qat_model_exports_quantize_dequantize(tmp_path):
-    replace = make_config("all", "gdnish")
+def calibrated_qat_model(replace):
     config = qat.make_config(calib_steps=1, freeze_after=1)
     model = qat.prepare(q1_model(replace), config)
     model.train()(torch.rand(1, 3, 64, 64))  # calibration step
-    qat.finalize(model)
+    return qat.finalize(model).eval(), config
+
+
+def test_qat_model_exports_quantize_dequantize(tmp_path):
+    replace = make_config("all", "gdnish")
+    model, config = calibrated_qat_model(replace)
     path = save_training_checkpoint(tmp_path / "qat.pt", model, replace, config)
     report = export_onnx(load_model(checkpoint=path), "encoder", tmp_path / "enc.onnx", input_size=64)
     assert report.ok and {"QuantizeLinear", "DequantizeLinear"} <= set(report.op_types)
     assert set(report.op_types) <= NPU_FRIENDLY_OPS
+    # Judged layer by layer: every fake-quantized layer of g_a, each within one step of its output quantizer.
+    assert report.quantized.layers == len(qat.fake_quant_layers(model.g_a))
+    assert report.quantized.worst_steps <= 1.0 + 1e-3 and report.quantized.float_max_abs_diff < 1e-4
+
+
+def test_the_layer_by_layer_check_of_a_qat_graph_fails_when_a_layer_computes_something_else(tmp_path):
+    model, _ = calibrated_qat_model(make_config("all", "gdnish"))
+    with torch.no_grad():
+        y_hat = torch.round(model.g_a(torch.rand(1, 3, 64, 64)))
+    export_onnx(model, "decoder", tmp_path / "dec.onnx", input_size=64)
+    layers = qat.fake_quant_layers(model.g_s)
+    assert onnx_export.quantized_layer_steps(tmp_path / "dec.onnx", layers, y_hat) <= 1.0 + 1e-3
+    last = layers[-1]
+    with torch.no_grad():  # the PyTorch layer now differs from the exported one by 3 steps of its output
+        last.layer.bias += 3 * last.output_fake_quant.scale
+    assert onnx_export.quantized_layer_steps(tmp_path / "dec.onnx", layers, y_hat) >= 2.0
+
+
+def test_full_graph_of_a_quantized_hyperprior_checks_its_layers_in_the_order_they_run(tmp_path):
+    """g_s is registered before h_a and h_s but runs after them: the layer check pairs by call order."""
+    torch.manual_seed(0)
+    model = qat.prepare(MeanScaleHyperprior(32, 48), qat.make_config(calib_steps=1, freeze_after=1,
+                                                                      exclude_entropy=False))
+    model.train()(torch.rand(1, 3, 64, 64))
+    qat.finalize(model).eval().update(force=True)
+    report = export_onnx(model, "full", tmp_path / "full.onnx", input_size=64)
+    assert report.ok, report.summary()
+    assert report.quantized.layers == len(qat.fake_quant_layers(model)) > len(qat.fake_quant_layers(model.g_s))
+
+
+def half_step_weight(scale: float) -> float:
+    """A float32 weight w with round(w * (1 / scale)) != round(w / scale): what PyTorch's fake quantizer and a
+    runtime's QuantizeLinear compute."""
+    import numpy as np
+    scale32, inverse = np.float32(scale), np.float32(1.0) / np.float32(scale)
+    for code in range(1, 127):
+        w = np.float32((code + 0.5) * scale32)
+        for _ in range(8):
+            if np.round(w * inverse) != np.round(w / scale32):
+                return float(w)
+            w = np.nextafter(w, np.float32(np.inf))
+    raise AssertionError("no half-step weight for this scale")
+
+
+def test_exported_qat_weights_are_on_their_grid(tmp_path):
+    """A weight at a half step gets another int8 code from a runtime that divides by the scale than from PyTorch's
+    fake quantizer, which multiplies by its inverse; the exporter stores the quantized weights, so both agree."""
+    model, _ = calibrated_qat_model(None)
+    layer = qat.fake_quant_layers(model.g_s)[-1]
+    scale = float(layer.weight_fake_quant.scale[0])
+    weight = half_step_weight(scale)
+    with torch.no_grad():
+        layer.layer.weight[0, 0, 0, 0] = weight
+    raw = layer.layer.weight.detach().clone()
+    divided = torch.round(raw / layer.weight_fake_quant.scale.reshape(1, -1, 1, 1))
+    with torch.no_grad():
+        fake = layer.weight_fake_quant(raw) / layer.weight_fake_quant.scale.reshape(1, -1, 1, 1)
+    assert (divided != torch.round(fake)).any()  # the case exists in float32 as the runtimes compute it
+    snapped = qat.snap_weights(copy.deepcopy(model))
+    grid = qat.fake_quant_layers(snapped.g_s)[-1]
+    codes = grid.layer.weight / grid.weight_fake_quant.scale.reshape(1, -1, 1, 1)
+    # q * scale / scale is q to a float32 ulp, far from any half step: division and multiplication agree.
+    assert (codes - torch.round(codes)).abs().max() < 1e-3 and torch.equal(torch.round(codes), torch.round(fake))
+    with torch.no_grad():
+        y_hat = torch.round(model.g_a(torch.rand(1, 3, 64, 64)))
+        assert torch.equal(snapped.g_s(y_hat), model.g_s(y_hat))  # PyTorch's quantized model is unchanged
+    report = export_onnx(model, "decoder", tmp_path / "dec.onnx", input_size=64)
+    assert report.ok, report.summary()
+    assert torch.equal(layer.layer.weight, raw)  # the caller's model keeps its float weights
 
 
 def test_restore_training_checkpoint_and_raw_state_dict(tmp_path):

@@ -65,5 +65,10 @@ def test_deployment_facts_of_each_arm_side_by_side(tmp_path):
     assert "ConvTranspose" in arms["relu"]["decoder"]["outside_npu_set"]
     for entry in arms.values():  # float graphs: onnxruntime reproduces PyTorch to float rounding
         assert entry["encoder"]["ok"] and entry["decoder"]["photo_max_abs_diff"] < 1e-4
+        assert entry["decoder"]["photo_psnr_ort_vs_pytorch_db"] > 70  # an MSE under 1e-7
+        assert entry["decoder"]["quantized_check"] is None
+    table = npu_deploy.markdown({"seed": 0, "lambda": 0.01, "size": "64x32", "repeats": 2, "threads": 1,
+                                 "machine": "here", "arms": arms})
+    assert table.count("\n| gdn |") == 1 and "| relu | none | Concat, ConvTranspose" in table
     with pytest.raises(UserError, match="no gdn/seed1/lambda_0.01/last.pt"):
         npu_deploy.arm_checkpoints(tmp_path, 1, 0.01)

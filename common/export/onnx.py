@@ -16,9 +16,16 @@ needs onnxscript and emits larger graphs for the same modules). Every export is 
 ``onnx.checker`` and run in onnxruntime on random input against PyTorch; the check fails when the
 largest absolute difference exceeds ``atol * max(1, max|reference|)`` (default ``atol = 1e-3``: a quarter
 of one 8-bit code value for images, a thousandth of a quantization step for latents, while float32
-reordering differences between the two runtimes are around 1e-6). Graphs of QAT models hold
-QuantizeLinear/DequantizeLinear pairs: a float difference of 1e-7 can move a value across a rounding
-boundary there, so their tolerance adds two steps of the last output quantizer.
+reordering differences between the two runtimes are around 1e-6).
+
+Graphs of QAT models hold QuantizeLinear/DequantizeLinear pairs, and onnxruntime runs some of them as integer
+QLinearConv. A float difference of 1e-7 can then put a value on the other side of a rounding boundary: one step
+of that quantizer, which every later layer carries on and can turn into more flips (in a GDNishLite decoder
+with 13 quantizers, about 4 % of the output values of a photo differ, by up to 0.11, while its PSNR moves by
+0.001 dB). The whole graph's difference is therefore reported but not judged for these graphs; the check is
+instead that (1) the same graph with fake quantization off meets the float tolerance above, and (2) every
+fake-quantized layer, given onnxruntime's own input to it, gives PyTorch's output within one step of its
+output quantizer (the most a rounding flip can move it).
 
 Usage::
 
@@ -27,6 +34,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
+import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -38,7 +47,7 @@ import torch
 from compressai.models import FactorizedPrior, MeanScaleHyperprior
 from torch import Tensor, nn
 
-from common import replace
+from common import qat, replace
 from common.cli import OneLineErrorParser, bool_flag, number, run_main
 from common.flags import add_replace_arguments
 from common.errors import UserError
@@ -50,6 +59,9 @@ DEFAULT_ATOL = 1e-3
 # stable); torch.onnx.export raises a multi-line error for any other.
 from torch.onnx._constants import ONNX_MIN_OPSET  # noqa: E402
 from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as ONNX_MAX_OPSET  # noqa: E402
+# A quantized layer's outputs on the two runtimes may differ by one step of its output quantizer (a rounding flip);
+# the dequantized values are (q - zero_point) * scale on both, so beyond that only float32 rounding of the product.
+FLIP_STEPS = 1.0 + 1e-3
 DOWNSAMPLING = 16  # g_a reduces H and W by 16 in every registered model
 # The models whose bitstream reconstruction is one graph (FullCodec), with their registry names: their y is coded
 # without a context model.
@@ -139,13 +151,105 @@ def part_module(model: nn.Module, part: str) -> tuple[nn.Module, str, str]:
     raise UserError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
 
 
-def output_quant_step(graph: nn.Module) -> float:
-    """Quantization step of the graph's last fake-quantized layer (0 for float graphs)."""
-    from common.qat import fake_quant_layers
-    layers = fake_quant_layers(graph)
-    if not layers or not layers[-1].eval_fakequant:
-        return 0.0
-    return float(layers[-1].output_fake_quant.scale.max())
+def active_fake_quant_layers(graph: nn.Module) -> list:
+    """The fake-quantized layers of ``graph`` that quantize in eval mode (none for a float model)."""
+    return [layer for layer in qat.fake_quant_layers(graph) if layer.eval_fakequant]
+
+
+def layer_calls(graph: nn.Module, layers: list, example: Tensor) -> list:
+    """``layers`` in the order ``graph`` calls them on ``example`` (once per call): the order of their quantizers in
+    the traced graph, which the order of registration need not be (a hyperprior's full graph runs h_a before g_s)."""
+    calls = []
+    handles = [layer.register_forward_hook(lambda module, *_: calls.append(module)) for layer in layers]
+    try:
+        with torch.no_grad():
+            graph(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _write_graph(graph: nn.Module, example: Tensor, out: Path, opset: int, input_name: str, output_name: str,
+                 dynamic: bool) -> None:
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter announces its own deprecation on every call.
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning, torch.jit.TracerWarning))
+        torch.onnx.export(graph, (example,), str(out), dynamo=False, opset_version=opset,
+                          input_names=[input_name], output_names=[output_name],
+                          dynamic_axes={input_name: axes, output_name: axes} if dynamic else None)
+
+
+def _difference(graph: nn.Module, onnx_path: Path, checks: list[Tensor], atol: float) -> tuple[float, float]:
+    """(largest |onnxruntime - PyTorch| over ``checks``, the tolerance atol * max(1, max|PyTorch|))."""
+    max_diff, tolerance = 0.0, 0.0
+    for inputs in checks:
+        with torch.no_grad():
+            reference = graph(inputs).numpy()
+        produced = run_onnxruntime(onnx_path, inputs)
+        if produced.shape != reference.shape:
+            raise UserError(f"onnxruntime output shape {produced.shape} differs from PyTorch {reference.shape}")
+        max_diff = max(max_diff, float(np.abs(produced - reference).max()))
+        tolerance = max(tolerance, atol * max(1.0, float(np.abs(reference).max())))
+    return max_diff, tolerance
+
+
+def quantized_layer_steps(onnx_path: Path, layers: list, inputs: Tensor) -> float:
+    """Run the graph in onnxruntime with the input and output of every fake-quantized layer exposed, apply the
+    PyTorch layer to onnxruntime's input and return the largest difference in steps of the layer's output quantizer.
+
+    A layer's output quantizer is the QuantizeLinear fed by its Conv/ConvTranspose/Gemm node; they occur in the
+    graph in the order the layers run (``layers``, one entry per call: :func:`layer_calls`).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    nodes = model.graph.node
+    producer = {name: node for node in nodes for name in node.output}
+    pairs = []
+    for node in nodes:
+        source = producer.get(node.input[0]) if node.op_type == "QuantizeLinear" else None
+        if source is not None and source.op_type in ("Conv", "ConvTranspose", "Gemm"):
+            dequantize = next(n for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] == node.output[0])
+            pairs.append((source.input[0], dequantize.output[0]))
+    if len(pairs) != len(layers):
+        raise UserError(f"the exported graph has {len(pairs)} quantized layer outputs where the model runs "
+                        f"{len(layers)} fake-quantized layers; cannot check them one by one")
+    known = {info.name: info for info in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    exposed = [name for pair in pairs for name in pair if name not in {o.name for o in model.graph.output}]
+    model.graph.output.extend(known[name] for name in dict.fromkeys(exposed))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = dict(zip(names, session.run(None, {session.get_inputs()[0].name: inputs.numpy()})))
+    worst = 0.0
+    for layer, (layer_input, layer_output) in zip(layers, pairs):
+        with torch.no_grad():
+            expected = layer(torch.from_numpy(values[layer_input])).numpy()
+        step = float(layer.output_fake_quant.scale.max())
+        worst = max(worst, float(np.abs(values[layer_output] - expected).max()) / step)
+    return worst
+
+
+def quantized_check(graph: nn.Module, layers: list, example: Tensor, onnx_path: Path, checks: list[Tensor],
+                    opset: int, names: tuple[str, str], dynamic: bool, atol: float) -> QuantizedCheck:
+    """Check a graph with fake-quantized ``layers``: layer by layer, and as a float graph (fake quantization off)."""
+    calls = layer_calls(graph, layers, example)
+    worst = max(quantized_layer_steps(onnx_path, calls, inputs) for inputs in checks)
+    for layer in layers:
+        layer.eval_fakequant = False
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            float_path = Path(folder) / "float.onnx"
+            _write_graph(graph, example, float_path, opset, *names, dynamic)
+            float_diff, float_tolerance = _difference(graph, float_path, checks, atol)
+    finally:
+        for layer in layers:
+            layer.eval_fakequant = True
+    return QuantizedCheck(len(layers), worst, float_diff, float_tolerance)
 
 
 def example_input(model: nn.Module, part: str, height: int, width: int, seed: int = 0) -> Tensor:
@@ -162,6 +266,20 @@ def example_input(model: nn.Module, part: str, height: int, width: int, seed: in
 
 
 @dataclass
+class QuantizedCheck:
+    """The parity check of a graph with fake-quantized layers (see the module docstring)."""
+
+    layers: int  # fake-quantized layers compared one by one
+    worst_steps: float  # their largest onnxruntime vs PyTorch difference, in steps of the layer's output quantizer
+    float_max_abs_diff: float  # the same graph exported with fake quantization off
+    float_tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.worst_steps <= FLIP_STEPS and self.float_max_abs_diff <= self.float_tolerance
+
+
+@dataclass
 class ExportReport:
     path: Path
     part: str
@@ -171,20 +289,31 @@ class ExportReport:
     max_abs_diff: float
     tolerance: float
     op_types: Counter
+    quantized: QuantizedCheck | None = None
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.tolerance
+        return self.quantized.ok if self.quantized else self.max_abs_diff <= self.tolerance
 
     def unfriendly_ops(self) -> list[str]:
         return sorted(set(self.op_types) - NPU_FRIENDLY_OPS)
 
     def summary(self) -> str:
         ops = ", ".join(f"{op} x{n}" for op, n in sorted(self.op_types.items()))
+        verdict = "ok" if self.ok else "FAILED"
+        if self.quantized:
+            check = self.quantized
+            parity = (f"onnxruntime vs PyTorch max abs diff {self.max_abs_diff:.3g} over the quantized graph (reported, "
+                      f"not judged: rounding flips carry on); with fake quantization off {check.float_max_abs_diff:.3g} "
+                      f"(tolerance {check.float_tolerance:.3g}); each of {check.layers} quantized layers on "
+                      f"onnxruntime's input to it: at most {check.worst_steps:.3g} steps of its output quantizer "
+                      f"(allowed 1): {verdict}")
+        else:
+            parity = (f"onnxruntime vs PyTorch max abs diff {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g}): "
+                      f"{verdict}")
         return (f"exported {self.part} {'x'.join(map(str, self.input_shape))} ({'dynamic' if self.dynamic else 'static'}"
                 f" H/W, opset {self.opset}) to {self.path}\n"
-                f"onnx.checker: ok; onnxruntime vs PyTorch max abs diff {self.max_abs_diff:.3g} "
-                f"(tolerance {self.tolerance:.3g}): {'ok' if self.ok else 'FAILED'}\n"
+                f"onnx.checker: ok; {parity}\n"
                 f"operators: {ops}\n"
                 f"outside the NPU-friendly set: {', '.join(self.unfriendly_ops()) or 'none'}")
 
@@ -221,6 +350,10 @@ def export_onnx(model: nn.Module, part: str, out: str | Path, input_size: int = 
         raise UserError(f"--opset must be >= 13 (HardSigmoid/Clip/QuantizeLinear per-channel), got {opset}")
     model = model.eval()
     graph, input_name, output_name = part_module(model, part)
+    layers = active_fake_quant_layers(graph)
+    if layers:  # the graph stores the weights' int8 values, on a copy: the caller's model may train on
+        graph = qat.snap_weights(copy.deepcopy(graph))
+        layers = active_fake_quant_layers(graph)
     # The full graph of a hyperprior also runs h_a, which halves the sides twice more (the model's forward_multiple).
     multiple = getattr(model, "forward_multiple", DOWNSAMPLING) if part == "full" else DOWNSAMPLING
     if input_size <= 0 or input_size % multiple:
@@ -230,29 +363,16 @@ def export_onnx(model: nn.Module, part: str, out: str | Path, input_size: int = 
     example = example_input(model, part, input_size, input_size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings(), torch.no_grad():
-        # The TorchScript exporter announces its own deprecation on every call.
-        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning, torch.jit.TracerWarning))
-        torch.onnx.export(graph, (example,), str(out), dynamo=False, opset_version=opset,
-                          input_names=[input_name], output_names=[output_name],
-                          dynamic_axes={input_name: axes, output_name: axes} if dynamic else None)
+    _write_graph(graph, example, out, opset, input_name, output_name, dynamic)
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     checks = [example]
     if dynamic:
         checks.append(example_input(model, part, input_size + multiple, input_size + 2 * multiple, seed=1))
-    max_diff, tolerance = 0.0, 0.0
-    quant_slack = 2.0 * output_quant_step(graph)
-    for inputs in checks:
-        with torch.no_grad():
-            reference = graph(inputs).numpy()
-        produced = run_onnxruntime(out, inputs)
-        if produced.shape != reference.shape:
-            raise UserError(f"onnxruntime output shape {produced.shape} differs from PyTorch {reference.shape}")
-        max_diff = max(max_diff, float(np.abs(produced - reference).max()))
-        tolerance = max(tolerance, atol * max(1.0, float(np.abs(reference).max())) + quant_slack)
+    max_diff, tolerance = _difference(graph, out, checks, atol)
+    quantized = quantized_check(graph, layers, example, out, checks, opset, (input_name, output_name), dynamic,
+                                atol) if layers else None
     return ExportReport(out, part, (1, example.shape[1], side, side), dynamic, opset, max_diff, tolerance,
-                        operator_types(out))
+                        operator_types(out), quantized)
 
 
 def build_parser() -> argparse.ArgumentParser:
