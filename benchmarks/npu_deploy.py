@@ -5,8 +5,8 @@ width), their operators outside the NPU-friendly set of seed 003 §7 (``common.e
 largest difference between onnxruntime and PyTorch (on a random image, and on the latents of the embedded 'coffee'
 photo at ``--size``, with the share of 8-bit pixel values that differ and the PSNR between the two decodes), the
 exporter's verdict (``common.export.onnx``; layer by layer for a QAT graph), and the decoder graph's onnxruntime
-CPU latency at ``--size`` (768x512 by default, Kodak's size): the median over ``--repeats`` rounds in which every arm runs once in turn, so
-all arms see the same machine state, and its ratio to the GDN reference's.
+CPU latency at ``--size`` (768x512 by default, Kodak's size): the median over ``--repeats`` rounds in which every
+arm runs once in turn, so all arms see the same machine state, and its ratio to the GDN reference's.
 
     python -m benchmarks.npu_deploy runs/studies/npu [--seed 0] [--lambda 0.0035] [--size 768x512]
         [--repeats 20] [--threads 1] [--json OUT.json] [--markdown OUT.md]

@@ -364,3 +364,13 @@ def test_custom_block_via_act_module(tmp_path, monkeypatch):
     assert torch.equal(model.g_s[1].gain, torch.full((N,), 0.5))
     params = set_trainable(model, config)
     assert {id(p) for p in params} == {id(p) for n, p in model.named_parameters() if n.startswith(("g_a", "g_s"))}
+
+
+@pytest.mark.parametrize("package", ["balanced_rd", "common.data", "common.eval", "common.models.bmshj2018",
+                                     "common.models.hpcm", "common.replace"])
+def test_star_import_of_every_package_finds_what_it_promises(package):
+    import importlib
+
+    module = importlib.import_module(package)
+    missing = [name for name in module.__all__ if not hasattr(module, name)]
+    assert not missing, f"{package}.__all__ names {missing}"

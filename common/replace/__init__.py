@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from common.train.config import ReplaceConfig
 
 __all__ = [
-    "ECA", "GDNishLiteDec", "GDNishLiteEnc", "UpsampleConv", "add_arguments", "apply_config", "architecture", "aux_parameters",
+    "ECA", "GDNishLiteDec", "GDNishLiteEnc", "UpsampleConv", "apply_config", "architecture", "aux_parameters",
     "available_blocks", "build_student_from_teacher", "config_from_args", "is_replaced", "make_config",
     "register_block", "replace_decoder_deconv", "replace_gdn", "set_trainable", "trainable_names",
     "upconv_from_deconv",
