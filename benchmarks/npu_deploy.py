@@ -104,12 +104,12 @@ def markdown(document: dict) -> str:
              f"{document['repeats']} interleaved rounds; {document['machine']}", "",
              "| arm | encoder ops outside the NPU set | decoder ops outside the NPU set | ORT vs PyTorch max abs diff "
              "(encoder / decoder / decoder on the photo) | decoded photo, ORT vs PyTorch: 8-bit values that differ, "
-             "PSNR | exporter's check (encoder / decoder) | decoder latency ms | vs GDN |",
+             "PSNR | exporter's check (encoder / decoder; QAT graphs: each quantized layer within one step of its "
+             "output quantizer) | decoder latency ms | vs GDN |",
              "|---|---|---|---|---|---|---|---|"]
     for arm, entry in document["arms"].items():
         enc, dec = entry["encoder"], entry["decoder"]
-        verdicts = " / ".join(("yes" if part["ok"] else "NO")
-                              + (" (each quantized layer within 1 step)" if part["quantized_check"] else "")
+        verdicts = " / ".join(("yes" if part["ok"] else "NO") + (" (per layer)" if part["quantized_check"] else "")
                               for part in (enc, dec))
         lines.append(f"| {arm} | {', '.join(enc['outside_npu_set']) or 'none'} | "
                      f"{', '.join(dec['outside_npu_set']) or 'none'} | {enc['max_abs_diff']:.2g} / "
