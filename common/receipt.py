@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -137,8 +138,19 @@ def read(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
 def _write(folder: Path, receipt: dict[str, Any]) -> None:
-    atomic_write_text(Path(folder) / RECEIPT, json.dumps(receipt, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(Path(folder) / RECEIPT, json.dumps(_finite(receipt), indent=2, allow_nan=False) + "\n")
 
 
 def record_start(folder: Path, config: dict[str, Any], splits: dict[str, Sequence[Path] | None], step: int) -> None:
@@ -160,8 +172,9 @@ def record_start(folder: Path, config: dict[str, Any], splits: dict[str, Sequenc
 
 
 def bpp_gap_percent(bpp: float, bpp_estimated: float) -> float:
-    """How far the real bpp of a bitstream is above (+) or below (-) the likelihood estimate, in %."""
-    return 100.0 * (bpp - bpp_estimated) / bpp_estimated
+    """How far the real bpp of a bitstream is above (+) or below (-) the likelihood estimate, in % (NaN for an
+    estimate of 0)."""
+    return 100.0 * (bpp - bpp_estimated) / bpp_estimated if bpp_estimated > 0 else math.nan
 
 
 def bpp_gaps(rows: Sequence[dict]) -> dict[str, Any]:
@@ -170,13 +183,23 @@ def bpp_gaps(rows: Sequence[dict]) -> dict[str, Any]:
                "gap_%": bpp_gap_percent(row["bpp"], row["bpp_estimated"]),
                "bytes_over_estimate": (row["bpp"] - row["bpp_estimated"]) * row["height"] * row["width"] / 8}
               for row in rows]
-    return {"images": images, "largest_gap_%": max((abs(image["gap_%"]) for image in images), default=0.0)}
+    gaps = [abs(image["gap_%"]) for image in images if math.isfinite(image["gap_%"])]
+    return {"images": images, "largest_gap_%": max(gaps, default=math.nan)}
 
 
 def suspect_gaps(bpp: dict[str, Any]) -> list[dict]:
     """The images whose real bpp is off the estimate by more than 1 % and by more than the coder's fixed cost."""
-    return [row for row in bpp["images"] if abs(row["gap_%"]) > BPP_GAP_WARNING_PERCENT
+    return [row for row in bpp["images"] if math.isfinite(row["gap_%"]) and abs(row["gap_%"]) > BPP_GAP_WARNING_PERCENT
             and abs(row["bytes_over_estimate"]) > FIXED_COST_BYTES]
+
+
+def gap_warning(suspect: Sequence[dict], where: str) -> str:
+    """The warning for :func:`suspect_gaps` (non-empty), naming the worst image and the usual causes."""
+    worst = max(suspect, key=lambda row: abs(row["gap_%"]))
+    return (f"{where}: the real bpp of {len(suspect)} image(s) is more than {BPP_GAP_WARNING_PERCENT:g} % off the "
+            f"likelihood estimate (worst {worst['image']}: {worst['gap_%']:+.2f} %, {worst['bytes_over_estimate']:+.0f} "
+            "bytes); causes: CDF tables older than the weights (update(force=True)), quantiles not fitted (values "
+            "outside them are escape-coded), or likelihoods below the coder's 16-bit precision")
 
 
 def aux_losses(model) -> dict[str, float]:

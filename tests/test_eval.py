@@ -14,6 +14,7 @@ from PIL import Image
 
 from common.eval import DecodeMismatchWarning, centred_padding, crop, describe, evaluate, pad, write_results
 from common.checkpoint import CHECKPOINT_FORMAT
+from common.errors import UserError
 from common.assembly import build_with_weights
 from common.models import build
 
@@ -239,6 +240,18 @@ def test_cli_prints_real_against_estimated_bpp_and_warns_on_stale_tables(dataset
         assert "2 image(s)" in gap_warnings[0]
 
 
+def test_quantiles_no_table_can_hold_are_a_one_line_error_not_a_hung_coder(dataset):
+    """A diverged aux optimizer leaves quantiles far apart: their int32 table offsets overflow and rANS would loop."""
+    torch.manual_seed(0)
+    model = build("bmshj2018-factorized-tiny")
+    with torch.no_grad():
+        model.entropy_bottleneck.quantiles[:, :, 2] = 1e30
+    model.update(force=True)
+    with pytest.raises(UserError, match=r"^img0.png: the entropy bottleneck entropy_bottleneck has quantiles spanning "
+                                        r"1e\+30 \(at most 65536 can be coded\)"):
+        evaluate(model, sorted(dataset.glob("*.png")), update=False)
+
+
 def test_cli_hpcm_official_bitstream_layout(dataset, tmp_path):
     """Both layouts code the same symbols with tables a few counts in 2^16 apart, and the coder writes 32-bit
     words: the same size to a word per image (equal sizes on these images, as on the official fixture)."""
@@ -321,7 +334,6 @@ def test_codec_speed_benchmark_runs(capsys):
 
 
 def test_pretrained_weights_missing_is_a_user_error(dataset, tmp_path, monkeypatch):
-    from common.errors import UserError
     from common.eval.__main__ import main
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     with pytest.raises(UserError, match="pretrained weights not found: put bmshj2018-factorized-prior-2-"):

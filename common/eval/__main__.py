@@ -117,11 +117,7 @@ def report_bpp_gaps(label: str, rows: list[dict]) -> None:
               f"({image['gap_%']:+.2f} %)", file=sys.stderr)
     suspect = receipt.suspect_gaps(gaps)
     if suspect:
-        worst = max(suspect, key=lambda image: abs(image["gap_%"]))
-        warnings.warn(f"{label}: the real bpp of {len(suspect)} image(s) is more than "
-                      f"{receipt.BPP_GAP_WARNING_PERCENT:g} % off the likelihood estimate (worst {worst['image']}: "
-                      f"{worst['gap_%']:+.2f} %, {worst['bytes_over_estimate']:+.0f} bytes): the entropy coder's tables "
-                      "or quantiles do not match the model (fit the quantiles, then update(force=True))", stacklevel=2)
+        warnings.warn(receipt.gap_warning(suspect, label), stacklevel=2)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -40,6 +40,10 @@ FORWARD_TOLERANCE = 1.0 / (4 * 255)
 
 # The analysis transforms of every registered model (Ballé et al.'s names): their outputs are the latents coded.
 LATENT_TRANSFORMS = {"g_a": "y", "h_a": "z"}
+# An entropy bottleneck's CDF table holds one entry per integer between its lower and upper quantile, addressed with
+# int32 offsets: far beyond this span the offsets overflow and the rANS coder never finishes a symbol (a diverged aux
+# optimizer gets there). Trained models span tens to hundreds.
+MAX_QUANTILE_SPAN = 1 << 16
 
 MEAN_KEYS = ("bpp", "bpp_estimated", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
 
@@ -109,6 +113,21 @@ def finite_latents(model: nn.Module, name: str):
             handle.remove()
 
 
+def check_codable(model: nn.Module, name: str) -> None:
+    """A one-line error when an entropy bottleneck's quantiles are not finite or span more than the coder's tables
+    can address (:data:`MAX_QUANTILE_SPAN`): coding with them would hang."""
+    from compressai.entropy_models import EntropyBottleneck
+
+    for module_name, module in model.named_modules():
+        if isinstance(module, EntropyBottleneck):
+            quantiles = module.quantiles.detach()
+            span = float((quantiles[:, 0, 2] - quantiles[:, 0, 0]).max())
+            if not (torch.isfinite(quantiles).all() and span <= MAX_QUANTILE_SPAN):
+                raise UserError(f"{name}: the entropy bottleneck {module_name or 'entropy_bottleneck'} has quantiles "
+                                f"spanning {span:.3g} (at most {MAX_QUANTILE_SPAN} can be coded): its auxiliary "
+                                "training diverged (lower --eb_aux_lr) or the weights are damaged")
+
+
 def likelihood_bits(likelihoods: dict[str, torch.Tensor]) -> float:
     """Total -log2 of all likelihoods (the rate an ideal entropy coder would reach)."""
     return float(sum(-torch.log2(lk.double()).sum() for lk in likelihoods.values()))
@@ -139,6 +158,7 @@ def evaluate_image(model: nn.Module, x: torch.Tensor, pad_multiple: int, pad_mod
         row.update(bytes=math.nan, bpp=bpp_estimated, bpp_estimated=bpp_estimated,
                    encoding_time=forward_time / 2, decoding_time=forward_time / 2, forward_max_abs_diff=math.nan)
     else:
+        check_codable(model, name)
         with finite_latents(model, name):
             encoded, encoding_time = _timed(lambda: model.compress(x_padded), device)
         decoded, decoding_time = _timed(lambda: model.decompress(encoded["strings"], encoded["shape"]), device)

@@ -852,14 +852,17 @@ class Trainer:
         names = [Path(file).name for file in getattr(self.val_set, "files", [])]
         images = [(names[index] if index < len(names) else f"val{index}", self.val_set[index].unsqueeze(0))
                   for index in range(len(self.val_set))]
-        bpp = receipt.bpp_gaps(evaluate_tensors(model, images))
+        try:
+            bpp = receipt.bpp_gaps(evaluate_tensors(model, images))
+        except UserError as error:  # the run's weights are saved; its receipt says why nothing could be coded
+            warnings.warn(f"no real bitstream for the receipt: {error}", stacklevel=2)
+            receipt.record_end(self.save_dir, {"skipped": str(error)}, receipt.aux_losses(model), self.progress.step)
+            return
         receipt.record_end(self.save_dir, bpp, receipt.aux_losses(model), self.progress.step)
         suspect = receipt.suspect_gaps(bpp)
         if suspect:
-            worst = max(suspect, key=lambda row: abs(row["gap_%"]))
-            warnings.warn(f"real bpp differs from the estimate by {worst['gap_%']:+.2f} % ({worst['bytes_over_estimate']:+.0f}"
-                          f" bytes) on validation image {worst['image']} (receipt.json): the entropy coder's tables "
-                          "or quantiles do not match the model", stacklevel=2)
+            warnings.warn(receipt.gap_warning(suspect, f"validation images of {self.save_dir} (receipt.json)"),
+                          stacklevel=2)
 
     def _finish(self) -> None:
         """Make the saved model ready for real bitstreams (CDF tables) without touching the resume state."""
