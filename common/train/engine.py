@@ -846,9 +846,11 @@ class Trainer:
 
     def _close_receipt(self, update_options: dict) -> None:
         """The receipt's end: real vs estimated bpp of the validation images and the aux losses, for the model as
-        saved (an average gets its own tables again: syncing it copies the raw model's buffers)."""
+        saved (``_finish`` built the raw model's tables; an average gets its own again, since syncing it copies the
+        raw model's buffers)."""
         model = self.evaluated_model()
-        model.update(force=True, **update_options)
+        if self.ema is not None:
+            model.update(force=True, **update_options)
         names = [Path(file).name for file in getattr(self.val_set, "files", [])]
         images = [(names[index] if index < len(names) else f"val{index}", self.val_set[index].unsqueeze(0))
                   for index in range(len(self.val_set))]
