@@ -11,7 +11,8 @@ A run folder's ``receipt.json`` answers the questions asked of a result that can
 - ``data``: per split, the number of images and their bytes, and the manifest file (``data_manifest.tsv``: name,
   bytes, SHA-256) with its own hash; files are hashed while the split is at most ``MAX_HASHED_BYTES``;
 - ``end`` (when the run finished): the estimated vs the real bpp of each validation image (a real bitstream from
-  ``compress``) and their gap, and each entropy bottleneck's auxiliary loss (how far its quantiles are from fitted).
+  ``compress``) and their gap, each entropy bottleneck's auxiliary loss (how far its quantiles are from fitted) and
+  the share of its inputs on the validation images that lie outside its quantiles (escape-coded symbols).
 """
 from __future__ import annotations
 
@@ -202,6 +203,40 @@ def gap_warning(suspect: Sequence[dict], where: str) -> str:
             "outside them are escape-coded), or likelihoods below the coder's 16-bit precision")
 
 
+def outside_quantiles(model, images: Sequence[tuple[str, Any]]) -> dict[str, float]:
+    """Per entropy bottleneck, the % of its input values (over ``images``) beyond its lower and upper quantiles by
+    more than half a step: the symbols its tables do not hold, which the coder escape-codes (a cheap few bits)
+    while the likelihood estimate charges their tail probability."""
+    import torch
+    from compressai.entropy_models import EntropyBottleneck
+
+    counts: dict[str, list[int]] = {}
+
+    def count(name: str):
+        def hook(module, inputs, output):
+            values, quantiles = inputs[0].detach(), module.quantiles.detach()
+            lower = quantiles[:, 0, 0].reshape(1, -1, *([1] * (values.dim() - 2))) - 0.5
+            upper = quantiles[:, 0, 2].reshape(1, -1, *([1] * (values.dim() - 2))) + 0.5
+            totals = counts.setdefault(name, [0, 0])
+            totals[0] += int(((values < lower) | (values > upper)).sum())
+            totals[1] += values.numel()
+        return hook
+
+    handles = [module.register_forward_hook(count(name or "entropy_bottleneck"))
+               for name, module in model.named_modules() if isinstance(module, EntropyBottleneck)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for _, x in images:
+                model(x.to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return {name: 100.0 * outside / total for name, (outside, total) in counts.items()}
+
+
 def aux_losses(model) -> dict[str, float]:
     """Each entropy bottleneck's auxiliary loss: how far its quantiles are from the tails they stand for (0: fitted)."""
     from compressai.entropy_models import EntropyBottleneck
@@ -210,8 +245,9 @@ def aux_losses(model) -> dict[str, float]:
             for name, module in model.named_modules() if isinstance(module, EntropyBottleneck)}
 
 
-def record_end(folder: Path, bpp: dict[str, Any], aux_losses: dict[str, float], steps: int) -> None:
+def record_end(folder: Path, bpp: dict[str, Any], aux_losses: dict[str, float], outside: dict[str, float],
+               steps: int) -> None:
     receipt = read(folder)
     receipt["end"] = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "steps": steps,
-                      "validation_bpp": bpp, "aux_loss": aux_losses}
+                      "validation_bpp": bpp, "aux_loss": aux_losses, "outside_quantiles_%": outside}
     _write(folder, receipt)

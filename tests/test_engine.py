@@ -266,6 +266,8 @@ def test_every_run_folder_has_a_receipt(image_dirs, tmp_path):
         assert image["bpp"] > 0 and image["bpp_estimated"] > 0
         assert image["gap_%"] == pytest.approx(100 * (image["bpp"] / image["bpp_estimated"] - 1))
     assert list(end["aux_loss"]) == ["entropy_bottleneck"] and end["aux_loss"]["entropy_bottleneck"] >= 0
+    assert list(end["outside_quantiles_%"]) == ["entropy_bottleneck"]
+    assert 0 <= end["outside_quantiles_%"]["entropy_bottleneck"] <= 100
     assert "`receipt.json`" in (run / "README.md").read_text()
 
 

@@ -854,13 +854,14 @@ class Trainer:
         names = [Path(file).name for file in getattr(self.val_set, "files", [])]
         images = [(names[index] if index < len(names) else f"val{index}", self.val_set[index].unsqueeze(0))
                   for index in range(len(self.val_set))]
+        entropy_models = (receipt.aux_losses(model), receipt.outside_quantiles(model, images))
         try:
             bpp = receipt.bpp_gaps(evaluate_tensors(model, images))
         except UserError as error:  # the run's weights are saved; its receipt says why nothing could be coded
             warnings.warn(f"no real bitstream for the receipt: {error}", stacklevel=2)
-            receipt.record_end(self.save_dir, {"skipped": str(error)}, receipt.aux_losses(model), self.progress.step)
+            receipt.record_end(self.save_dir, {"skipped": str(error)}, *entropy_models, self.progress.step)
             return
-        receipt.record_end(self.save_dir, bpp, receipt.aux_losses(model), self.progress.step)
+        receipt.record_end(self.save_dir, bpp, *entropy_models, self.progress.step)
         suspect = receipt.suspect_gaps(bpp)
         if suspect:
             warnings.warn(receipt.gap_warning(suspect, f"validation images of {self.save_dir} (receipt.json)"),
