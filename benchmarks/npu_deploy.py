@@ -28,6 +28,7 @@ from benchmarks.timing import parse_size, photo
 from common.checkpoint import atomic_write_text
 from common.cli import OneLineErrorParser, number, run_main
 from common.errors import UserError
+from common.losses import quantize_8bit
 from common.export.onnx import export_onnx, onnxruntime_session, part_module
 
 REFERENCE = "gdn"
@@ -47,10 +48,6 @@ def decoder_input(model, width: int, height: int) -> torch.Tensor:
     """The rounded latents of the embedded photo at width x height: what the decoder graph sees in deployment."""
     with torch.no_grad():
         return torch.round(model.g_a(photo(width, height)))
-
-
-def to_8bit(image: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(image, 0.0, 1.0) * 255.0)
 
 
 def psnr_db(image: np.ndarray, reference: np.ndarray) -> float:
@@ -80,7 +77,8 @@ def measure_arms(checkpoints: dict[str, Path], width: int, height: int, repeats:
         with torch.no_grad():
             expected = part_module(model, "decoder")[0](latents).numpy()  # the exported graph's PyTorch module
         entry["decoder"].update(photo_max_abs_diff=float(np.abs(produced - expected).max()),
-                                photo_8bit_differ=float(np.mean(to_8bit(produced) != to_8bit(expected))),
+                                photo_8bit_differ=float((quantize_8bit(torch.from_numpy(produced))
+                                                         != quantize_8bit(torch.from_numpy(expected))).float().mean()),
                                 photo_psnr_ort_vs_pytorch_db=psnr_db(produced, expected))
         results[arm], sessions[arm], inputs[arm] = entry, (session, name), latents.numpy()
     times: dict[str, list[float]] = {arm: [] for arm in checkpoints}
